@@ -1,0 +1,3 @@
+"""tether: keeps OpenAI background responses on a tether."""
+
+__version__ = "0.1.0"

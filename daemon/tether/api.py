@@ -1,0 +1,245 @@
+"""An async client for the Responses API: get, cancel, create.
+
+Errors are typed by what the caller should do about them:
+
+- `TransientError`: 5xx, 429 rate limits, timeouts, connection errors, unreadable
+  bodies. Retried here with jittered exponential backoff honouring `Retry-After`.
+- `AccountError`: 401/403 and quota 429s. Not retried; the account is paused
+  (doubling from 30 s to 15 min) so nothing spins against a bad key or an empty wallet.
+- `NotFound`: 404.
+- `RequestRejected`: any other 4xx (on cancel: "not cancellable now").
+
+The API key lives only in the request headers: it never enters an error message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from tether.config import AccountConfig
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
+QUOTA_CODES = frozenset(
+    {"insufficient_quota", "billing_hard_limit_reached", "spend_limit_reached", "usage_limit_reached"}
+)
+ACCOUNT_PAUSE_FIRST = 30.0
+ACCOUNT_PAUSE_MAX = 900.0
+RETRY_AFTER_MAX = 300.0
+
+
+class APIError(Exception):
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        type_: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+        self.type = type_
+        self.retry_after = retry_after
+
+    def as_detail(self) -> dict[str, Any]:
+        return {"http_status": self.status, "code": self.code, "message": self.message}
+
+
+class TransientError(APIError):
+    pass
+
+
+class AccountError(APIError):
+    pass
+
+
+class AccountPaused(AccountError):
+    """Raised without a request while the account is paused after an AccountError."""
+
+
+class NotFound(APIError):
+    pass
+
+
+class RequestRejected(APIError):
+    pass
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 4  # total tries, including the first
+    base: float = 0.5
+    cap: float = 30.0
+
+    def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
+        """Full jitter (between half and all of base·2^attempt); Retry-After is a floor."""
+        backoff = min(self.cap, self.base * 2**attempt) * rng.uniform(0.5, 1.0)
+        if retry_after is not None:
+            return max(backoff, min(retry_after, RETRY_AFTER_MAX))
+        return backoff
+
+
+NO_RETRY = RetryPolicy(attempts=1)
+
+
+def valid_id(response_id: str) -> bool:
+    return bool(ID_PATTERN.match(response_id))
+
+
+class ResponsesClient:
+    """One account's connection pool, concurrency limit and pause state."""
+
+    def __init__(
+        self,
+        account: AccountConfig,
+        api_key: str,
+        *,
+        retry: RetryPolicy = RetryPolicy(),
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.account = account
+        self.retry = retry
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._semaphore = asyncio.Semaphore(account.max_concurrency)
+        self.paused_until = 0.0
+        self._pause = ACCOUNT_PAUSE_FIRST
+        headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
+        if account.organization:
+            headers["OpenAI-Organization"] = account.organization
+        if account.project:
+            headers["OpenAI-Project"] = account.project
+        self._http = httpx.AsyncClient(
+            base_url=account.base_url.rstrip("/") + "/",
+            headers=headers,
+            timeout=account.request_timeout,
+            transport=transport,
+            limits=httpx.Limits(
+                max_connections=account.max_concurrency,
+                max_keepalive_connections=account.max_concurrency,
+            ),
+        )
+
+    async def get(self, response_id: str, *, retry: RetryPolicy | None = None) -> dict[str, Any]:
+        return await self._call("GET", f"responses/{response_id}", None, retry)
+
+    async def cancel(self, response_id: str, *, retry: RetryPolicy | None = None) -> dict[str, Any]:
+        return await self._call("POST", f"responses/{response_id}/cancel", None, retry)
+
+    async def create(self, body: dict[str, Any], *, retry: RetryPolicy | None = None) -> dict[str, Any]:
+        return await self._call("POST", "responses", body, retry)
+
+    def pause_remaining(self) -> float:
+        return max(0.0, self.paused_until - self._clock())
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _call(
+        self, method: str, path: str, body: dict[str, Any] | None, retry: RetryPolicy | None
+    ) -> dict[str, Any]:
+        policy = retry or self.retry
+        attempt = 0
+        while True:
+            try:
+                return await self._once(method, path, body)
+            except TransientError as exc:
+                attempt += 1
+                if attempt >= policy.attempts:
+                    raise
+                await asyncio.sleep(policy.delay(attempt - 1, exc.retry_after, self._rng))
+
+    async def _once(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
+        remaining = self.pause_remaining()
+        if remaining > 0:
+            raise AccountPaused(
+                f"account {self.account.name!r} is paused for {remaining:.0f}s after an auth or quota error",
+                retry_after=remaining,
+            )
+        async with self._semaphore:
+            try:
+                reply = await self._http.request(method, path, json=body)
+            except httpx.TimeoutException as exc:
+                raise TransientError(f"timeout on {method} /{path}: {type(exc).__name__}") from None
+            except httpx.TransportError as exc:
+                raise TransientError(f"connection error on {method} /{path}: {type(exc).__name__}") from None
+        if reply.is_success:
+            self._pause = ACCOUNT_PAUSE_FIRST
+            return self._parse(reply, method, path)
+        raise self._error(reply, method, path)
+
+    def _parse(self, reply: httpx.Response, method: str, path: str) -> dict[str, Any]:
+        try:
+            payload = json.loads(reply.content)
+        except ValueError:
+            raise TransientError(
+                f"unreadable body on {method} /{path} ({reply.headers.get('content-type', 'no content type')})",
+                status=reply.status_code,
+            ) from None
+        if not isinstance(payload, dict):
+            raise TransientError(f"unexpected body on {method} /{path}: not an object", status=reply.status_code)
+        return payload
+
+    def _error(self, reply: httpx.Response, method: str, path: str) -> APIError:
+        status = reply.status_code
+        err = error_body(reply)
+        code = err.get("code") if isinstance(err.get("code"), str) else None
+        message = str(err.get("message") or reply.reason_phrase or "error")[:500]
+        text = f"HTTP {status} on {method} /{path}: {message}"
+        fields = dict(status=status, code=code, type_=err.get("type"), retry_after=retry_after(reply))
+        if status in (401, 403) or (status == 429 and is_quota(code, err.get("type"))):
+            self._pause_account()
+            return AccountError(text, **fields)
+        if status == 429 or status >= 500:
+            return TransientError(text, **fields)
+        if status == 404:
+            return NotFound(text, **fields)
+        return RequestRejected(text, **fields)
+
+    def _pause_account(self) -> None:
+        self.paused_until = self._clock() + self._pause
+        self._pause = min(self._pause * 2, ACCOUNT_PAUSE_MAX)
+
+
+def error_body(reply: httpx.Response) -> dict[str, Any]:
+    try:
+        payload = reply.json()
+    except ValueError:
+        return {}
+    err = payload.get("error") if isinstance(payload, dict) else None
+    return err if isinstance(err, dict) else {}
+
+
+def is_quota(code: str | None, type_: Any) -> bool:
+    text = f"{code or ''} {type_ or ''}"
+    return any(q in text for q in QUOTA_CODES) or "quota" in text or "limit_reached" in text
+
+
+def retry_after(reply: httpx.Response) -> float | None:
+    value = reply.headers.get("retry-after-ms")
+    if value:
+        try:
+            return float(value) / 1000
+        except ValueError:
+            pass
+    value = reply.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None  # an HTTP date: rare for this API; fall back to our own backoff

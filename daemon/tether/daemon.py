@@ -1,0 +1,738 @@
+"""The daemon: polls tracked responses, enforces deadlines, cancels, picks up CLI work.
+
+Two timer heaps drive the work, both rebuilt from the store at start (due times
+live in the database, so a restart loses nothing):
+
+- polls: each active response's next poll, on the `[polling]` backoff;
+- timers: deadlines and cancel retries. They have their own loop and never wait
+  behind polls, so a cancel leaves at its deadline however busy polling is.
+
+APScheduler runs the periodic jobs: picking up what the CLI wrote, flushing poll
+bookkeeping in batches, and the heartbeat. Store writes run on one worker thread so
+an fsync never stalls the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import os
+import random
+import signal
+import socket
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from sqlalchemy import bindparam, func, or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from tether import logs, tracker
+from tether.api import (
+    NO_RETRY,
+    AccountError,
+    AccountPaused,
+    APIError,
+    NotFound,
+    RequestRejected,
+    ResponsesClient,
+    RetryPolicy,
+)
+from tether.config import Config, ConfigError, load_config
+from tether.logs import log
+from tether.models import ACTIVE, TERMINAL, CancelState, Event, Heartbeat, Response, is_active
+from tether.policies import Act, decide
+from tether.schedule import cancel_retry_delay, jittered, next_interval
+from tether.store import Store
+
+PICKUP_EVERY = 0.5  # newly tracked responses are noticed within a second
+FLUSH_EVERY = 1.0  # poll bookkeeping reaches the store at most this late
+HEARTBEAT_EVERY = 5.0
+SHUTDOWN_GRACE = 10.0  # in-flight requests may finish this long after SIGTERM
+POLL_SLOTS = 256  # polls in flight at once, over all accounts
+LOOK_RETRY = RetryPolicy(attempts=1)  # the look (GET) just before acting on a deadline
+CANCEL_RETRY = RetryPolicy(attempts=2, base=0.2, cap=1.0)  # then durable retries take over
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class Active:
+    """What the scheduler needs to know of one response; the row stays the truth."""
+
+    id: str
+    account: str
+    status: str | None
+    deadline_at: float | None
+    next_poll_at: float | None
+    interval: float | None
+    cancel_state: str
+    cancel_attempts: int
+    confirm_until: float | None
+    next_cancel_at: float | None = None
+    polling: bool = False
+    enforcing: bool = False
+    # What the heaps hold for it, so re-scheduling pushes nothing twice.
+    queued_poll: float | None = None
+    queued_deadline: float | None = None
+    queued_cancel: float | None = None
+
+    @classmethod
+    def from_row(cls, row: Response) -> Active:
+        return cls(
+            id=row.id,
+            account=row.account,
+            status=row.status,
+            deadline_at=row.deadline_at,
+            next_poll_at=row.next_poll_at,
+            interval=row.poll_interval,
+            cancel_state=row.cancel_state,
+            cancel_attempts=row.cancel_attempts,
+            confirm_until=row.confirm_until,
+        )
+
+    def refresh(self, row: Response) -> None:
+        """Take what a write changed, keeping the scheduling state owned here."""
+        self.status = row.status
+        self.deadline_at = row.deadline_at
+        self.cancel_state = row.cancel_state
+        self.cancel_attempts = row.cancel_attempts
+        self.confirm_until = row.confirm_until
+
+    def finished(self, now: float) -> bool:
+        return (
+            not is_active(self.status)
+            and self.cancel_state != CancelState.PENDING.value
+            and (self.confirm_until is None or now >= self.confirm_until)
+        )
+
+
+@dataclass(slots=True)
+class PollMark:
+    """A poll that changed nothing: counted in memory, written in the next batch."""
+
+    polls: int
+    last_polled_at: float
+    next_poll_at: float | None
+    interval: float | None
+
+
+class StoreFailure(Exception):
+    """The store refused a write: the daemon stops rather than drop transitions."""
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        *,
+        config_path: str | None = None,
+        clock: Callable[[], float] = time.time,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.config_path = config_path
+        self.clock = clock
+        self._transport = transport
+        self._rng = random.Random()
+        self.clients: dict[str, ResponsesClient] = {}
+        self.active: dict[str, Active] = {}
+        self._polls: list[tuple[float, int, str]] = []
+        self._timers: list[tuple[float, int, str, str]] = []
+        self._seq = itertools.count()
+        self._poll_wake = asyncio.Event()
+        self._timer_wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._poll_slots = asyncio.Semaphore(POLL_SLOTS)
+        self._db = ThreadPoolExecutor(1, thread_name_prefix="tether-store")
+        self._marks: dict[str, PollMark] = {}
+        self._last_event_id = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._failure: BaseException | None = None
+        self._started_at = clock()
+        self._reloading: asyncio.Lock = asyncio.Lock()
+
+    # ---- lifecycle -------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Run until SIGTERM/SIGINT; returns the process exit code."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload(), "reload"))
+        self.clients = self._build_clients(self.config)
+        await self._load()
+        scheduler = self._scheduler()
+        scheduler.start()
+        log.info(
+            "daemon.started",
+            pid=os.getpid(),
+            store=self.store.url,
+            active=len(self.active),
+            accounts=list(self.config.accounts),
+            policies=[p.name for p in self.config.policies],
+        )
+        loops = [
+            asyncio.create_task(self._poll_loop(), name="poll-loop"),
+            asyncio.create_task(self._timer_loop(), name="timer-loop"),
+        ]
+        stopped = asyncio.create_task(self._stop.wait(), name="stop")
+        done, _ = await asyncio.wait([stopped, *loops], return_when=asyncio.FIRST_COMPLETED)
+        log.info("daemon.stopping", active=len(self.active), in_flight=len(self._tasks))
+        scheduler.shutdown(wait=False)
+        for task in [stopped, *loops]:
+            task.cancel()
+        await self._drain()
+        await self._finish()
+        for task in loops:
+            if task in done and not task.cancelled() and task.exception() is not None:
+                self._failure = self._failure or task.exception()
+        if self._failure is not None:
+            log.error("daemon.failed", error=str(self._failure))
+            return 1
+        return 0
+
+    def _scheduler(self) -> AsyncIOScheduler:
+        logging.getLogger("apscheduler").setLevel(logging.ERROR)
+        scheduler = AsyncIOScheduler(timezone="UTC")
+        jobs = ((self._pickup, PICKUP_EVERY), (self._flush, FLUSH_EVERY), (self._heartbeat, HEARTBEAT_EVERY))
+        for job, every in jobs:
+            scheduler.add_job(
+                self._guarded(job),
+                "interval",
+                seconds=every,
+                id=job.__name__,
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=None,
+            )
+        return scheduler
+
+    def _guarded(self, job: Callable[[], Any]) -> Callable[[], Any]:
+        async def run() -> None:
+            try:
+                await job()
+            except StoreFailure:
+                pass  # already logged; the daemon is stopping
+            except Exception as exc:  # a periodic job must not die silently
+                log.error("daemon.error", job=job.__name__, error=repr(exc))
+
+        run.__name__ = job.__name__
+        return run
+
+    async def _drain(self) -> None:
+        """Let in-flight requests finish for a bounded time, then cancel the rest."""
+        pending = {t for t in self._tasks if not t.done()}
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=SHUTDOWN_GRACE)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=1.0)
+
+    async def _finish(self) -> None:
+        try:
+            await self._flush()
+        except StoreFailure:
+            pass
+        for client in self.clients.values():
+            await client.aclose()
+        self._db.shutdown(wait=True)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _build_clients(self, config: Config) -> dict[str, ResponsesClient]:
+        return {
+            name: ResponsesClient(account, account.read_api_key(), transport=self._transport)
+            for name, account in config.accounts.items()
+        }
+
+    # ---- store access ----------------------------------------------------------
+
+    async def _store(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a store function on the store thread; a store error stops the daemon."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._db, fn, *args)
+        except SQLAlchemyError as exc:
+            if self._failure is None:
+                self._failure = exc
+                log.critical(
+                    "daemon.store_failed",
+                    error=str(exc.orig) if getattr(exc, "orig", None) else str(exc),
+                    hint="the store cannot be written (disk full, read-only or removed?); stopping",
+                )
+            self._stop.set()
+            raise StoreFailure(str(exc)) from exc
+
+    async def _load(self) -> None:
+        rows, last = await self._store(self._read_open_rows)
+        self._last_event_id = last
+        for row in rows:
+            self._adopt(row)
+
+    def _read_open_rows(self) -> tuple[list[Response], int]:
+        now = self.clock()
+        with self.store.reading() as session:
+            last = session.execute(select(func.max(Event.id))).scalar() or 0
+            rows = session.execute(
+                select(Response).where(
+                    or_(
+                        Response.status.is_(None),
+                        Response.status.in_(ACTIVE),
+                        Response.cancel_state == CancelState.PENDING.value,
+                        Response.confirm_until > now,
+                    )
+                )
+            ).scalars()
+            return list(rows), last
+
+    def _adopt(self, row: Response) -> None:
+        """Start (or refresh) scheduling a response read from the store."""
+        rec = self.active.get(row.id)
+        if rec is None:
+            rec = Active.from_row(row)
+            self.active[row.id] = rec
+            if rec.cancel_state == CancelState.PENDING.value:
+                rec.next_cancel_at = self.clock()
+        else:
+            rec.refresh(row)
+            if rec.cancel_state == CancelState.PENDING.value and rec.next_cancel_at is None:
+                rec.next_cancel_at = self.clock()
+        if rec.next_poll_at is None and not rec.finished(self.clock()):
+            rec.next_poll_at = self.clock()
+        self._schedule(rec)
+
+    # ---- scheduling ------------------------------------------------------------
+
+    def _schedule(self, rec: Active) -> None:
+        now = self.clock()
+        if rec.finished(now) and not (rec.polling or rec.enforcing):
+            self.active.pop(rec.id, None)
+            return
+        if rec.next_poll_at is not None and rec.queued_poll != rec.next_poll_at:
+            rec.queued_poll = rec.next_poll_at
+            self._push_poll(rec.next_poll_at, rec.id)
+        if rec.deadline_at is not None and rec.queued_deadline != rec.deadline_at:
+            rec.queued_deadline = rec.deadline_at
+            self._push_timer(rec.deadline_at, rec.id, "deadline")
+        pending = rec.cancel_state == CancelState.PENDING.value
+        if pending and rec.next_cancel_at is not None and rec.queued_cancel != rec.next_cancel_at:
+            rec.queued_cancel = rec.next_cancel_at
+            self._push_timer(rec.next_cancel_at, rec.id, "cancel")
+
+    def _push_poll(self, due: float, rid: str) -> None:
+        if not self._polls or due < self._polls[0][0]:
+            self._poll_wake.set()
+        heapq.heappush(self._polls, (due, next(self._seq), rid))
+
+    def _push_timer(self, due: float, rid: str, kind: str) -> None:
+        if not self._timers or due < self._timers[0][0]:
+            self._timer_wake.set()
+        heapq.heappush(self._timers, (due, next(self._seq), rid, kind))
+
+    async def _poll_loop(self) -> None:
+        while True:
+            self._poll_wake.clear()
+            now = self.clock()
+            while self._polls and self._polls[0][0] <= now:
+                due, _, rid = heapq.heappop(self._polls)
+                rec = self.active.get(rid)
+                if rec is None or rec.queued_poll != due:
+                    continue  # superseded by a later schedule
+                rec.queued_poll = None
+                if rec.polling:
+                    continue
+                await self._poll_slots.acquire()
+                rec.polling = True
+                self._spawn(self._poll(rec), f"poll:{rid}")
+            await self._sleep(self._poll_wake, self._polls[0][0] - self.clock() if self._polls else None)
+
+    async def _timer_loop(self) -> None:
+        while True:
+            self._timer_wake.clear()
+            now = self.clock()
+            while self._timers and self._timers[0][0] <= now:
+                due, _, rid, kind = heapq.heappop(self._timers)
+                rec = self.active.get(rid)
+                if rec is None:
+                    continue
+                if kind == "deadline" and rec.queued_deadline == due:
+                    rec.queued_deadline = None
+                    if not rec.enforcing and rec.deadline_at == due:
+                        rec.enforcing = True
+                        self._spawn(self._enforce(rec), f"deadline:{rid}")
+                elif kind == "cancel" and rec.queued_cancel == due:
+                    rec.queued_cancel = None
+                    if not rec.enforcing and rec.cancel_state == CancelState.PENDING.value:
+                        rec.enforcing = True
+                        self._spawn(self._retry_cancel(rec), f"cancel:{rid}")
+            await self._sleep(self._timer_wake, self._timers[0][0] - self.clock() if self._timers else None)
+
+    @staticmethod
+    async def _sleep(wake: asyncio.Event, delay: float | None) -> None:
+        if delay is not None and delay <= 0:
+            return
+        try:
+            await asyncio.wait_for(wake.wait(), timeout=delay)
+        except TimeoutError:
+            pass
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---- polling ---------------------------------------------------------------
+
+    async def _poll(self, rec: Active) -> None:
+        try:
+            await self._look(rec, "poll", NO_RETRY)
+        except StoreFailure:
+            rec.next_poll_at = None
+        except Exception as exc:  # one bad response must not wedge the loop
+            log.error("daemon.error", response_id=rec.id, op="poll", error=repr(exc))
+            rec.next_poll_at = self.clock() + self.config.polling.max_interval
+        finally:
+            rec.polling = False
+            self._poll_slots.release()
+            self._schedule(rec)
+
+    async def _look(self, rec: Active, reason: str, retry: RetryPolicy) -> dict[str, Any] | None:
+        """GET the response and apply what it says; returns the object, None on error."""
+        client = self.clients[rec.account]
+        now = self.clock()
+        try:
+            observed = await client.get(rec.id, retry=retry)
+        except NotFound as exc:
+            self._api_error(rec, "get", exc)
+            row = await self._store(self._write_not_found, rec.id)
+            self._after_look(rec, row, now)
+            return None
+        except APIError as exc:
+            self._api_error(rec, "get", exc)
+            self._reschedule_after_error(rec, client, now)
+            return None
+        changes = self._changes(rec, observed)
+        if changes:
+            mark = self._next_mark(rec, now)
+            row = await self._store(self._write_observation, rec.id, observed, reason, mark)
+            self._after_look(rec, row, now)
+        else:
+            self._marks[rec.id] = self._next_mark(rec, now)
+            rec.next_poll_at = self._marks[rec.id].next_poll_at
+        return observed
+
+    def _changes(self, rec: Active, observed: dict[str, Any]) -> bool:
+        """Does this observation need a transaction now (not just a batched poll count)?"""
+        status = observed.get("status")
+        return status != rec.status or status in TERMINAL
+
+    def _next_mark(self, rec: Active, now: float) -> PollMark:
+        previous = self._marks.pop(rec.id, None)
+        rec.interval = next_interval(rec.interval, self.config.polling)
+        return PollMark(
+            polls=(previous.polls if previous else 0) + 1,
+            last_polled_at=now,
+            next_poll_at=now + jittered(rec.interval, self.config.polling.jitter, self._rng),
+            interval=rec.interval,
+        )
+
+    def _after_look(self, rec: Active, row: Response | None, now: float) -> None:
+        if row is None:  # removed from the store behind our back
+            rec.status, rec.cancel_state, rec.confirm_until, rec.next_poll_at = "lost", "none", None, None
+            return
+        rec.refresh(row)
+        rec.next_poll_at = row.next_poll_at if not rec.finished(now) else None
+
+    def _reschedule_after_error(self, rec: Active, client: ResponsesClient, now: float) -> None:
+        rec.interval = next_interval(rec.interval, self.config.polling)
+        delay = max(jittered(rec.interval, self.config.polling.jitter, self._rng), client.pause_remaining())
+        rec.next_poll_at = now + delay
+
+    def _api_error(self, rec: Active, op: str, exc: APIError) -> None:
+        if isinstance(exc, AccountPaused):
+            return  # logged once, when the account was paused
+        level = "error" if isinstance(exc, AccountError) else "warning"
+        getattr(log, level)(
+            "api.error",
+            account=rec.account,
+            op=op,
+            response_id=rec.id,
+            http_status=exc.status,
+            code=exc.code,
+            error=exc.message,
+            **({"hint": "check the account's API key, permissions or quota"} if level == "error" else {}),
+        )
+
+    # ---- deadlines and cancels -------------------------------------------------
+
+    async def _enforce(self, rec: Active) -> None:
+        """At a deadline: look once more, then act if the limit is still exceeded."""
+        try:
+            observed = await self._look(rec, "deadline", LOOK_RETRY)
+            if rec.id not in self.active or not is_active(rec.status):
+                return
+            row, cancel = await self._store(self._write_decision, rec.id)
+            if row is not None:
+                rec.refresh(row)
+            if cancel:
+                rec.next_cancel_at = None
+                await self._send_cancel(rec)
+        except StoreFailure:
+            pass
+        except Exception as exc:
+            log.error("daemon.error", response_id=rec.id, op="deadline", error=repr(exc))
+        finally:
+            rec.enforcing = False
+            if rec.deadline_at is not None and rec.deadline_at <= self.clock():
+                # Not acted on (the status is unknown): look again at the next poll.
+                rec.deadline_at = None
+            self._schedule(rec)
+
+    async def _retry_cancel(self, rec: Active) -> None:
+        try:
+            await self._send_cancel(rec)
+        except StoreFailure:
+            pass
+        except Exception as exc:
+            log.error("daemon.error", response_id=rec.id, op="cancel", error=repr(exc))
+            rec.next_cancel_at = self.clock() + self.config.polling.max_interval
+        finally:
+            rec.enforcing = False
+            self._schedule(rec)
+
+    async def _send_cancel(self, rec: Active) -> None:
+        client = self.clients[rec.account]
+        now = self.clock()
+        if rec.status in TERMINAL:  # it ended on its own while the cancel was pending
+            row = await self._store(self._write_cancel_settled, rec.id, None, "cancel")
+            self._after_cancel(rec, row)
+            return
+        try:
+            observed = await client.cancel(rec.id, retry=CANCEL_RETRY)
+        except NotFound as exc:
+            self._api_error(rec, "cancel", exc)
+            row = await self._store(self._write_not_found, rec.id)
+            self._after_look(rec, row, now)
+        except RequestRejected as exc:  # not cancellable now: see what it is instead
+            self._api_error(rec, "cancel", exc)
+            await self._store(self._write_cancel_failed, rec.id, exc, False)
+            observed = await self._fetch_quietly(client, rec.id)
+            row = await self._store(self._write_cancel_settled, rec.id, observed, "poll")
+            self._after_cancel(rec, row)
+        except APIError as exc:
+            self._api_error(rec, "cancel", exc)
+            row = await self._store(self._write_cancel_failed, rec.id, exc, True)
+            if row is not None:
+                rec.refresh(row)
+            rec.next_cancel_at = self.clock() + max(
+                cancel_retry_delay(rec.cancel_attempts, exc.retry_after, self._rng), client.pause_remaining()
+            )
+        else:
+            row = await self._store(self._write_cancel_settled, rec.id, observed, "cancel")
+            self._after_cancel(rec, row)
+
+    async def _fetch_quietly(self, client: ResponsesClient, rid: str) -> dict[str, Any] | None:
+        try:
+            return await client.get(rid, retry=LOOK_RETRY)
+        except APIError:
+            return None  # the confirmation polls will find out
+
+    def _after_cancel(self, rec: Active, row: Response | None) -> None:
+        rec.next_cancel_at = None
+        if row is None:
+            return
+        rec.refresh(row)
+        rec.interval = None  # confirmation polls start again from `first`
+        rec.next_poll_at = self.clock() + self.config.polling.first
+
+    # ---- store writes (run on the store thread) --------------------------------
+
+    def _write_observation(self, rid: str, observed: dict[str, Any], reason: str, mark: PollMark) -> Response | None:
+        with tracker.recording(self.store, "daemon", self.clock()) as rec:
+            row = rec.session.get(Response, rid)
+            if row is None:
+                return None
+            tracker.observe(rec, row, observed, self.config, reason=reason)
+            apply_mark(row, mark)
+            return row
+
+    def _write_not_found(self, rid: str) -> Response | None:
+        with tracker.recording(self.store, "daemon", self.clock()) as rec:
+            row = rec.session.get(Response, rid)
+            if row is None:
+                return None
+            if row.status in TERMINAL:  # the server forgot a finished response: nothing to chase
+                row.confirm_until = None
+                if row.cancel_state == CancelState.PENDING.value:
+                    row.cancel_state = CancelState.SETTLED.value
+            elif tracker.not_found(rec, row, self.config.polling.lost_after):
+                if row.cancel_state == CancelState.PENDING.value:
+                    row.cancel_state = CancelState.SETTLED.value
+            row.next_poll_at = rec.now + self.config.polling.first
+            return row
+
+    def _write_decision(self, rid: str) -> tuple[Response | None, bool]:
+        """Record a limit that is exceeded now; returns (row, whether to send a cancel)."""
+        with tracker.recording(self.store, "daemon", self.clock()) as rec:
+            row = rec.session.get(Response, rid)
+            if row is None:
+                return None, False
+            policy = self.config.policy_named(row.policy) if row.policy else None
+            decision = decide(policy, row.status, row.created_at, rec.now, frozenset(row.limits_hit))
+            if not isinstance(decision, Act):
+                tracker.refresh_policy(row, self.config)
+                return row, False
+            tracker.mark_limit(rec, row, limit=decision.limit, action=decision.action, deadline=decision.deadline)
+            cancel = decision.action == "cancel" and row.cancel_state == CancelState.NONE.value
+            if cancel:
+                tracker.request_cancel(rec, row, decision.limit)
+            elif decision.action == "warn":
+                tracker.warn(rec, row, limit=decision.limit)
+            tracker.refresh_policy(row, self.config)
+            return row, cancel
+
+    def _write_cancel_failed(self, rid: str, exc: APIError, retry: bool) -> Response | None:
+        with tracker.recording(self.store, "daemon", self.clock()) as rec:
+            row = rec.session.get(Response, rid)
+            if row is None:
+                return None
+            tracker.cancel_failed(rec, row, http_status=exc.status, error=exc.message, retry=retry)
+            return row
+
+    def _write_cancel_settled(self, rid: str, observed: dict[str, Any] | None, reason: str) -> Response | None:
+        with tracker.recording(self.store, "daemon", self.clock()) as rec:
+            row = rec.session.get(Response, rid)
+            if row is None:
+                return None
+            if observed is not None:
+                tracker.observe(rec, row, observed, self.config, reason=reason)
+            tracker.cancel_answered(row, self.config.polling.confirm_window, rec.now)
+            row.next_poll_at = rec.now + self.config.polling.first
+            row.poll_interval = None
+            return row
+
+    def _write_marks(self, marks: dict[str, PollMark]) -> None:
+        table = Response.__table__
+        statement = (
+            update(table)
+            .where(table.c.id == bindparam("b_id"))
+            .values(
+                polls=table.c.polls + bindparam("b_polls"),
+                last_polled_at=bindparam("b_last"),
+                next_poll_at=bindparam("b_next"),
+                poll_interval=bindparam("b_interval"),
+                not_found=0,
+            )
+        )
+        params = [
+            {"b_id": rid, "b_polls": m.polls, "b_last": m.last_polled_at, "b_next": m.next_poll_at, "b_interval": m.interval}
+            for rid, m in marks.items()
+        ]
+        with self.store.writing() as session:
+            session.connection().execute(statement, params)
+
+    def _write_heartbeat(self) -> None:
+        with self.store.writing() as session:
+            session.merge(
+                Heartbeat(
+                    name="daemon",
+                    pid=os.getpid(),
+                    host=socket.gethostname(),
+                    started_at=self._started_at,
+                    beat_at=self.clock(),
+                )
+            )
+
+    def _read_changed_by_others(self, after: int) -> tuple[list[Response], int]:
+        with self.store.reading() as session:
+            last = session.execute(select(func.max(Event.id))).scalar() or after
+            ids = session.execute(
+                select(Event.response_id)
+                .where(Event.id > after, Event.id <= last, Event.origin != "daemon")
+                .distinct()
+            ).scalars()
+            ids = list(ids)
+            rows = session.execute(select(Response).where(Response.id.in_(ids))).scalars() if ids else []
+            return list(rows), last
+
+    def _reapply_policies(self, ids: list[str]) -> list[Response]:
+        with tracker.recording(self.store, "daemon", self.clock()) as rec:
+            rows = list(rec.session.execute(select(Response).where(Response.id.in_(ids))).scalars())
+            for row in rows:
+                tracker.refresh_policy(row, self.config)
+            return rows
+
+    # ---- periodic jobs ---------------------------------------------------------
+
+    async def _pickup(self) -> None:
+        """Adopt responses that the CLI tracked or changed (a manual cancel, say)."""
+        rows, last = await self._store(self._read_changed_by_others, self._last_event_id)
+        self._last_event_id = last
+        for row in rows:
+            self._adopt(row)
+
+    async def _flush(self) -> None:
+        if not self._marks:
+            return
+        marks, self._marks = self._marks, {}
+        await self._store(self._write_marks, marks)
+
+    async def _heartbeat(self) -> None:
+        await self._store(self._write_heartbeat)
+
+    # ---- reload ----------------------------------------------------------------
+
+    async def reload(self) -> None:
+        """SIGHUP: re-read the config; an invalid one is logged and the old one stays."""
+        async with self._reloading:
+            try:
+                config = await asyncio.to_thread(load_config, self.config_path)
+                changed = {
+                    name: ResponsesClient(account, account.read_api_key(), transport=self._transport)
+                    for name, account in config.accounts.items()
+                    if self.config.accounts.get(name) != account
+                }
+            except ConfigError as exc:
+                log.error("daemon.reload_failed", error=str(exc), hint="the previous config stays in force")
+                return
+            retired = [c for name, c in self.clients.items() if name in changed or name not in config.accounts]
+            self.clients = {name: changed.get(name) or self.clients[name] for name in config.accounts}
+            self.config = config
+            logs.configure(config.log.format, config.log.level)
+            rows = await self._store(self._reapply_policies, list(self.active))
+            for row in rows:
+                if row.id in self.active:
+                    self.active[row.id].refresh(row)
+                    self._schedule(self.active[row.id])
+            self._spawn(self._close_later(retired), "close-retired-clients")
+            log.info(
+                "daemon.reloaded",
+                config=str(config.path) if config.path else None,
+                accounts=list(config.accounts),
+                policies=[p.name for p in config.policies],
+                active=len(self.active),
+            )
+
+    async def _close_later(self, clients: list[ResponsesClient]) -> None:
+        if not clients:
+            return
+        await asyncio.sleep(max(c.account.request_timeout for c in clients))
+        for client in clients:
+            await client.aclose()
+
+
+def apply_mark(row: Response, mark: PollMark) -> None:
+    row.polls += mark.polls
+    row.last_polled_at = mark.last_polled_at
+    row.next_poll_at = mark.next_poll_at
+    row.poll_interval = mark.interval

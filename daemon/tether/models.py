@@ -1,0 +1,134 @@
+"""The store's tables and the status vocabulary.
+
+Times are stored as unix seconds (float, UTC) and rendered as ISO 8601 at the edges.
+`responses` holds one row per tracked response: what the API last said plus the
+daemon's scheduling state; `events` is append-only, one row per transition.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index
+from sqlmodel import Field, SQLModel
+
+
+class Status(StrEnum):
+    QUEUED = "queued"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    INCOMPLETE = "incomplete"
+    LOST = "lost"  # local: the API answered 404 repeatedly
+
+
+API_STATUSES = frozenset(s.value for s in Status) - {Status.LOST.value}
+ACTIVE = frozenset({Status.QUEUED.value, Status.IN_PROGRESS.value})
+TERMINAL = frozenset(
+    {Status.COMPLETED.value, Status.FAILED.value, Status.CANCELLED.value, Status.INCOMPLETE.value}
+)
+FINAL = TERMINAL | {Status.LOST.value}
+
+# Allowed moves, keyed by the current status (None: tracked without a look yet).
+# A terminal status may still change: a cancel reported `cancelled` has been seen
+# to end `completed`, so terminal -> terminal is allowed (during confirmation).
+# A lost response that reappears is taken back.
+TRANSITIONS: dict[str | None, frozenset[str]] = {
+    None: frozenset(API_STATUSES) | {Status.LOST.value},
+    Status.QUEUED.value: frozenset(API_STATUSES - {Status.QUEUED.value}) | {Status.LOST.value},
+    Status.IN_PROGRESS.value: TERMINAL | {Status.LOST.value},
+    **{t: TERMINAL - {t} for t in TERMINAL},
+    Status.LOST.value: frozenset(API_STATUSES),
+}
+
+
+def is_allowed(current: str | None, new: str) -> bool:
+    return new in TRANSITIONS.get(current, frozenset())
+
+
+def is_active(status: str | None) -> bool:
+    """Not yet terminal: polled and subject to deadlines (None = not looked at yet)."""
+    return status not in FINAL
+
+
+class EventKind(StrEnum):
+    TRACKED = "tracked"
+    STATUS = "status"
+    LIMIT_EXCEEDED = "limit_exceeded"
+    CANCEL_REQUESTED = "cancel_requested"
+    CANCEL_FAILED = "cancel_failed"
+    WARNED = "warned"
+    LOST = "lost"
+
+
+class CancelState(StrEnum):
+    NONE = "none"
+    PENDING = "pending"  # decided and recorded; the API has not acknowledged it yet
+    SETTLED = "settled"  # nothing more to send: the API answered, or the response ended
+
+
+class Response(SQLModel, table=True):
+    __tablename__ = "responses"
+
+    id: str = Field(primary_key=True)
+    account: str
+    status: str | None = Field(default=None, index=True)
+    model: str | None = None
+    background: bool | None = None
+    policy: str | None = None  # the policy that applies now
+    policy_requested: str | None = None  # named at track time (--policy)
+    labels: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # `metadata` is reserved by SQLAlchemy's declarative base.
+    meta: dict[str, str] = Field(
+        default_factory=dict, sa_column=Column("metadata", JSON, nullable=False)
+    )
+    created_at: float | None = None  # server clock
+    tracked_at: float
+    deadline_at: float | None = None
+    deadline_kind: str | None = None  # max_queued | max_runtime
+    limits_hit: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    last_polled_at: float | None = None
+    polls: int = 0
+    not_found: int = 0  # consecutive 404s
+    next_poll_at: float | None = Field(default=None, index=True)
+    poll_interval: float | None = None
+    cancel_state: str = CancelState.NONE.value
+    cancel_requested_at: float | None = None
+    cancel_reason: str | None = None
+    cancel_attempts: int = 0
+    confirm_until: float | None = None
+    finished_at: float | None = None
+    error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    incomplete_reason: str | None = None
+    usage: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    max_output_tokens: int | None = None
+    service_tier: str | None = None
+    cost_usd: float | None = None
+    cost_estimated: bool = False
+
+
+class Event(SQLModel, table=True):
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_response_id_id", "response_id", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    at: float = Field(index=True)
+    response_id: str
+    kind: str
+    from_status: str | None = None
+    to_status: str | None = None
+    reason: str | None = None
+    detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    origin: str = "cli"  # daemon | cli: the daemon picks up what others wrote
+
+
+class Heartbeat(SQLModel, table=True):
+    __tablename__ = "heartbeat"
+
+    name: str = Field(primary_key=True)  # "daemon"
+    pid: int
+    host: str
+    started_at: float
+    beat_at: float

@@ -1,0 +1,145 @@
+"""The JSON shapes of SPEC §4 and their human renderings (rich tables, event lines)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+
+from tether.models import Event, Response
+
+STATUS_STYLES = {
+    "queued": "yellow",
+    "in_progress": "cyan",
+    "completed": "green",
+    "failed": "red",
+    "cancelled": "magenta",
+    "incomplete": "red",
+    "lost": "red",
+}
+
+
+def duration(seconds: float | None) -> str:
+    """Seconds as the config writes them: "45m", "1h30m", "2.5s"."""
+    if seconds is None:
+        return "-"
+    if seconds < 60 or not float(seconds).is_integer():
+        return f"{seconds:g}s"
+    parts, rest = [], int(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if rest >= size:
+            parts.append(f"{rest // size}{unit}")
+            rest %= size
+    return "".join(parts)
+
+
+def iso(at: float | None) -> str | None:
+    """ISO 8601 UTC with a Z: whole seconds when exact, else milliseconds."""
+    if at is None:
+        return None
+    moment = datetime.fromtimestamp(at, UTC)
+    spec = "seconds" if float(at).is_integer() else "milliseconds"
+    return moment.isoformat(timespec=spec).replace("+00:00", "Z")
+
+
+def record(row: Response) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "account": row.account,
+        "status": row.status,
+        "model": row.model,
+        "policy": row.policy,
+        "labels": row.labels,
+        "metadata": row.meta,
+        "created_at": iso(row.created_at),
+        "tracked_at": iso(row.tracked_at),
+        "deadline_at": iso(row.deadline_at),
+        "last_polled_at": iso(row.last_polled_at),
+        "polls": row.polls,
+        "cancel_requested_at": iso(row.cancel_requested_at),
+        "cancel_reason": row.cancel_reason,
+        "finished_at": iso(row.finished_at),
+        "error": row.error,
+        "incomplete_reason": row.incomplete_reason,
+        "usage": row.usage,
+        "cost_usd": row.cost_usd,
+        "cost_estimated": row.cost_estimated,
+    }
+
+
+def event(ev: Event) -> dict[str, Any]:
+    return {
+        "at": iso(ev.at),
+        "response_id": ev.response_id,
+        "kind": ev.kind,
+        "from": ev.from_status,
+        "to": ev.to_status,
+        "reason": ev.reason,
+        "detail": ev.detail,
+    }
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(", ", ": "), ensure_ascii=False)
+
+
+def status_text(status: str | None) -> Text:
+    return Text(status or "unseen", style=STATUS_STYLES.get(status or "", "dim"))
+
+
+def age(at: float | None, now: float) -> str:
+    if at is None:
+        return "-"
+    seconds = max(0, int(now - at))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def until(at: float | None, now: float) -> str:
+    if at is None:
+        return "-"
+    delta = at - now
+    return f"in {age(now - delta, now)}" if delta > 0 else f"{age(at, now)} ago"
+
+
+def responses_table(rows: list[Response], now: float, title: str | None = None) -> Table:
+    table = Table(title=title, header_style="bold", expand=False)
+    for name in ("id", "status", "model", "policy", "age", "deadline", "polls", "cancel"):
+        table.add_column(name, no_wrap=name in ("id", "status"))
+    for row in rows:
+        cancel = row.cancel_reason or ""
+        table.add_row(
+            row.id,
+            status_text(row.status),
+            row.model or "-",
+            row.policy or "-",
+            age(row.created_at or row.tracked_at, now),
+            until(row.deadline_at, now),
+            str(row.polls),
+            cancel,
+        )
+    return table
+
+
+def event_line(ev: Event) -> Text:
+    """One event as a line: time, response, kind, what changed, why."""
+    line = Text()
+    line.append(iso(ev.at) or "", style="dim")
+    line.append(f"  {ev.response_id}  ")
+    line.append(f"{ev.kind:<16}", style="bold")
+    if ev.from_status or ev.to_status:
+        line.append(f" {ev.from_status or '-'} -> ")
+        line.append_text(status_text(ev.to_status))
+    if ev.reason:
+        line.append(f"  ({ev.reason})")
+    if ev.detail:
+        extra = ", ".join(f"{k}={v}" for k, v in ev.detail.items() if v not in (None, {}, []))
+        if extra:
+            line.append(f"  {extra}", style="dim")
+    return line

@@ -1,0 +1,274 @@
+"""Applying what happened to a tracked response: the one place transitions are written.
+
+Every change goes through a `Recorder`, inside one write transaction: the row is
+updated and an event row appended together, and the matching log line is emitted
+only once that transaction has committed. So the store, the event history and the
+log always tell the same story.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from sqlmodel import Session
+
+from tether.config import Config
+from tether.logs import log
+from tether.models import (
+    API_STATUSES,
+    TERMINAL,
+    CancelState,
+    Event,
+    EventKind,
+    Response,
+    Status,
+    is_active,
+    is_allowed,
+)
+from tether.policies import next_deadline
+from tether.store import Store
+
+LEVELS = {
+    EventKind.TRACKED: "info",
+    EventKind.STATUS: "info",
+    EventKind.LIMIT_EXCEEDED: "warning",
+    EventKind.CANCEL_REQUESTED: "warning",
+    EventKind.CANCEL_FAILED: "warning",
+    EventKind.WARNED: "warning",
+    EventKind.LOST: "warning",
+}
+
+
+class Recorder:
+    """Event rows of one transaction, and the log lines to emit after it commits."""
+
+    def __init__(self, session: Session, origin: str, now: float) -> None:
+        self.session = session
+        self.origin = origin
+        self.now = now
+        self._lines: list[tuple[str, str, dict[str, Any]]] = []
+
+    def event(
+        self,
+        row: Response,
+        kind: EventKind,
+        *,
+        from_: str | None = None,
+        to: str | None = None,
+        reason: str | None = None,
+        detail: Mapping[str, Any] | None = None,
+    ) -> None:
+        detail = dict(detail or {})
+        self.session.add(
+            Event(
+                at=self.now,
+                response_id=row.id,
+                kind=kind.value,
+                from_status=from_,
+                to_status=to,
+                reason=reason,
+                detail=detail,
+                origin=self.origin,
+            )
+        )
+        fields: dict[str, Any] = {"response_id": row.id}
+        if kind in (EventKind.STATUS, EventKind.TRACKED, EventKind.LOST):
+            fields["from"] = from_
+            fields["to"] = to
+        if reason is not None:
+            fields["reason"] = reason
+        fields.update(detail)
+        self._lines.append((LEVELS[kind], f"response.{kind.value}", fields))
+
+    def emit(self) -> None:
+        for level, name, fields in self._lines:
+            getattr(log, level)(name, **fields)
+        self._lines.clear()
+
+
+@contextmanager
+def recording(store: Store, origin: str, now: float) -> Iterator[Recorder]:
+    with store.writing() as session:
+        recorder = Recorder(session, origin, now)
+        yield recorder
+    recorder.emit()
+
+
+def track(
+    rec: Recorder,
+    config: Config,
+    *,
+    response_id: str,
+    account: str,
+    observed: Mapping[str, Any] | None,
+    policy_requested: str | None,
+    labels: Mapping[str, str],
+) -> tuple[Response, bool]:
+    """Start tracking; returns (row, created). Tracking an id again changes nothing."""
+    existing = rec.session.get(Response, response_id)
+    if existing is not None:
+        return existing, False
+    row = Response(
+        id=response_id,
+        account=account,
+        tracked_at=rec.now,
+        policy_requested=policy_requested,
+        labels=dict(labels),
+    )
+    status = None
+    if observed is not None:
+        fill_facts(row, observed)
+        status = known_status(observed)
+        row.status = status
+        if status in TERMINAL:
+            record_outcome(row, observed, rec.now)
+    refresh_policy(row, config)
+    if is_active(row.status):
+        row.next_poll_at = rec.now + config.polling.first
+    rec.session.add(row)
+    rec.event(
+        row,
+        EventKind.TRACKED,
+        to=status,
+        detail={"account": account, "policy": row.policy, "model": row.model, "labels": dict(labels)},
+    )
+    return row, True
+
+
+def observe(rec: Recorder, row: Response, observed: Mapping[str, Any], config: Config, *, reason: str) -> bool:
+    """Apply a response object from the API; returns True when the status changed."""
+    fill_facts(row, observed)
+    row.not_found = 0
+    status = known_status(observed)
+    changed = False
+    if status is not None and status != row.status:
+        if is_allowed(row.status, status):
+            rec.event(row, EventKind.STATUS, from_=row.status, to=status, reason=reason)
+            row.status = status
+            changed = True
+        else:
+            log.warning(
+                "api.error",
+                kind="anomaly",
+                response_id=row.id,
+                error=f"ignored move {row.status} -> {status} (stale or out of order)",
+            )
+    if row.status in TERMINAL and (changed or row.finished_at is None):
+        record_outcome(row, observed, rec.now)
+    refresh_policy(row, config)
+    return changed
+
+
+def known_status(observed: Mapping[str, Any]) -> str | None:
+    status = observed.get("status")
+    if status in API_STATUSES:
+        return status
+    log.warning(
+        "api.error", kind="anomaly", response_id=observed.get("id"), error=f"unknown status {status!r}"
+    )
+    return None
+
+
+def fill_facts(row: Response, observed: Mapping[str, Any]) -> None:
+    """Copy what the API says about the response; missing optional fields keep what we had."""
+    model = observed.get("model")
+    if isinstance(model, str):
+        row.model = model
+    created = observed.get("created_at")
+    if isinstance(created, (int, float)) and not isinstance(created, bool):
+        row.created_at = float(created)
+    metadata = observed.get("metadata")
+    if isinstance(metadata, dict):
+        row.meta = {str(k): str(v) for k, v in metadata.items()}
+    background = observed.get("background")
+    if isinstance(background, bool):
+        row.background = background
+    max_out = observed.get("max_output_tokens")
+    if isinstance(max_out, int) and not isinstance(max_out, bool):
+        row.max_output_tokens = max_out
+    tier = observed.get("service_tier")
+    if isinstance(tier, str):
+        row.service_tier = tier
+
+
+def record_outcome(row: Response, observed: Mapping[str, Any], now: float) -> None:
+    """A terminal response's final object: kept at once (the server may drop it soon)."""
+    row.finished_at = now
+    usage = observed.get("usage")
+    row.usage = usage if isinstance(usage, dict) else None
+    error = observed.get("error")
+    row.error = (
+        {"code": error.get("code"), "message": error.get("message")} if isinstance(error, dict) else None
+    )
+    details = observed.get("incomplete_details")
+    row.incomplete_reason = details.get("reason") if isinstance(details, dict) else None
+
+
+def refresh_policy(row: Response, config: Config) -> None:
+    """Resolve the policy that applies now and the next deadline it sets."""
+    policy = config.select_policy(
+        named=row.policy_requested,
+        model=row.model,
+        metadata=row.meta,
+        account=row.account,
+        labels=row.labels,
+    )
+    row.policy = policy.name if policy else None
+    deadline = next_deadline(policy, row.status, row.created_at, frozenset(row.limits_hit))
+    row.deadline_at = deadline.at if deadline else None
+    row.deadline_kind = deadline.limit if deadline else None
+
+
+def mark_limit(rec: Recorder, row: Response, *, limit: str, action: str, deadline: float) -> None:
+    rec.event(
+        row,
+        EventKind.LIMIT_EXCEEDED,
+        reason=limit,
+        detail={"limit": limit, "policy": row.policy, "action": action, "deadline_at": deadline},
+    )
+    row.limits_hit = [*row.limits_hit, limit]
+
+
+def request_cancel(rec: Recorder, row: Response, reason: str, note: str | None = None) -> None:
+    """Record the decision to cancel: durable before any API call is made."""
+    detail = {"policy": row.policy, **({"note": note} if note else {})}
+    rec.event(row, EventKind.CANCEL_REQUESTED, reason=reason, detail=detail)
+    row.cancel_state = CancelState.PENDING.value
+    row.cancel_requested_at = rec.now
+    row.cancel_reason = reason
+    row.cancel_attempts = 0
+
+
+def warn(rec: Recorder, row: Response, *, limit: str) -> None:
+    rec.event(row, EventKind.WARNED, reason=limit, detail={"policy": row.policy})
+
+
+def cancel_failed(rec: Recorder, row: Response, *, http_status: int | None, error: str, retry: bool) -> None:
+    row.cancel_attempts += 1
+    rec.event(
+        row,
+        EventKind.CANCEL_FAILED,
+        reason=row.cancel_reason,
+        detail={"http_status": http_status, "error": error, "attempt": row.cancel_attempts, "will_retry": retry},
+    )
+
+
+def cancel_answered(row: Response, confirm_window: float, now: float) -> None:
+    """The API answered the cancel: keep polling a while to confirm the final status."""
+    row.cancel_state = CancelState.SETTLED.value
+    row.confirm_until = now + confirm_window
+
+
+def not_found(rec: Recorder, row: Response, lost_after: int) -> bool:
+    """Count a 404; returns True when the response has just been declared lost."""
+    row.not_found += 1
+    if row.not_found < lost_after or row.status in TERMINAL:
+        return False
+    rec.event(row, EventKind.LOST, from_=row.status, to=Status.LOST.value, detail={"not_found": row.not_found})
+    row.status = Status.LOST.value
+    row.finished_at = rec.now
+    row.deadline_at = None
+    row.deadline_kind = None
+    return True

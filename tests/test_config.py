@@ -1,0 +1,770 @@
+import dataclasses
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from tether import config
+from tether.config import ConfigError, Match, load_config, parse_config, parse_duration
+
+EXAMPLE = Path(__file__).parent.parent / "config" / "tether.toml"
+SECRET = "sk-test-0123456789abcdef"
+
+
+def parse(text: str, environ: dict[str, str] | None = None) -> config.Config:
+    return parse_config(tomllib.loads(text), environ=environ or {})
+
+
+def error_of(text: str, environ: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as caught:
+        parse(text, environ)
+    return str(caught.value)
+
+
+# --- durations -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("0.5s", 0.5),
+        ("90s", 90.0),
+        ("5m", 300.0),
+        ("1h30m", 5400.0),
+        ("2d", 172800.0),
+        ("250ms", 0.25),
+        ("1d2h3m4s5ms", 93784.005),
+        ("0s", 0.0),
+        (90, 90.0),
+        (0.5, 0.5),
+        (0, 0.0),
+    ],
+)
+def test_a_duration_is_read_as_seconds(value, seconds):
+    assert parse_duration(value, "x") == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("5 minutes", 'invalid duration "5 minutes"'),
+        ("", 'invalid duration ""'),
+        ("-5s", 'invalid duration "-5s"'),
+        ("90", 'invalid duration "90"'),
+        ("1m1h", 'invalid duration "1m1h"'),
+        ("5x", 'invalid duration "5x"'),
+        ("s", 'invalid duration "s"'),
+        (True, "expected a duration, got true"),
+        ([5], "expected a duration, got an array"),
+        (-1, "expected a duration >= 0, got -1"),
+        (float("inf"), "expected a duration >= 0, got Infinity"),
+        (float("nan"), "expected a duration >= 0, got NaN"),
+    ],
+)
+def test_an_invalid_duration_is_rejected_naming_its_key(value, message):
+    with pytest.raises(ConfigError) as caught:
+        parse_duration(value, "policy[1].max_runtime")
+    assert str(caught.value).startswith(f"policy[1].max_runtime: {message}")
+
+
+# --- matching ------------------------------------------------------------------------------------
+
+RESPONSE = {
+    "model": "o3-deep-research-2025-06-26",
+    "metadata": {"team": "search"},
+    "account": "default",
+    "labels": {"job": "42"},
+}
+
+
+@pytest.mark.parametrize(
+    ("match", "changes", "fits"),
+    [
+        pytest.param(Match(), {}, True, id="an empty match fits anything"),
+        pytest.param(
+            Match(), {"model": None, "metadata": None, "labels": None}, True, id="an empty match fits a bare response"
+        ),
+        pytest.param(Match(model=("o3-deep-research*",)), {}, True, id="a model glob fits"),
+        pytest.param(Match(model=("gpt-5*", "o3-*")), {}, True, id="any glob of a list fits"),
+        pytest.param(Match(model=("o3-pro*",)), {}, False, id="a different model does not fit"),
+        pytest.param(Match(model=("O3-*",)), {}, False, id="globs are case sensitive"),
+        pytest.param(Match(model=("*",)), {"model": None}, False, id="an unknown model never fits a model selector"),
+        pytest.param(Match(metadata={"team": "search"}), {}, True, id="equal metadata fits"),
+        pytest.param(Match(metadata={"team": "ads"}), {}, False, id="different metadata does not fit"),
+        pytest.param(
+            Match(metadata={"team": "search", "tier": "1"}), {}, False, id="every metadata key must be present"
+        ),
+        pytest.param(Match(metadata={"team": "search"}), {"metadata": None}, False, id="missing metadata does not fit"),
+        pytest.param(Match(account=("default", "batch")), {}, True, id="a listed account fits"),
+        pytest.param(Match(account=("batch",)), {}, False, id="another account does not fit"),
+        pytest.param(Match(labels={"job": "42"}), {}, True, id="equal labels fit"),
+        pytest.param(Match(labels={"job": "43"}), {}, False, id="different labels do not fit"),
+        pytest.param(Match(labels={"job": "42"}), {"labels": None}, False, id="missing labels do not fit"),
+        pytest.param(
+            Match(model=("o3-*",), metadata={"team": "search"}, account=("default",), labels={"job": "42"}),
+            {},
+            True,
+            id="all selectors fitting fits",
+        ),
+        pytest.param(
+            Match(model=("o3-*",), metadata={"team": "search"}, account=("batch",)),
+            {},
+            False,
+            id="one selector failing fails the match",
+        ),
+    ],
+)
+def test_a_match_fits_when_every_given_selector_fits(match, changes, fits):
+    assert match.fits(**{**RESPONSE, **changes}) is fits
+
+
+# --- parsing valid files --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("environ", "base_url"),
+    [
+        ({}, "https://api.openai.com/v1"),
+        ({"OPENAI_BASE_URL": "http://localhost:8000/v1/"}, "http://localhost:8000/v1"),
+        ({"OPENAI_BASE_URL": ""}, "https://api.openai.com/v1"),
+    ],
+)
+def test_without_accounts_there_is_one_default_account_from_the_environment(environ, base_url):
+    cfg = parse("", environ)
+    assert list(cfg.accounts) == ["default"]
+    assert cfg.accounts["default"].base_url == base_url
+    assert cfg.accounts["default"].api_key_env == "OPENAI_API_KEY"
+    assert cfg.policies == ()
+
+
+def test_without_settings_every_default_applies():
+    cfg = parse("", {"STATE_DIRECTORY": "/var/lib/tether"})
+    assert cfg.store.url == "sqlite:////var/lib/tether/tether.db"
+    assert cfg.log == config.LogConfig(format="auto", level="info")
+    assert cfg.polling == config.PollingConfig(
+        first=1.0, max_interval=60.0, backoff=1.5, jitter=0.1, confirm_window=60.0, lost_after=3
+    )
+    account = cfg.accounts["default"]
+    assert (account.max_concurrency, account.request_timeout) == (16, 30.0)
+
+
+def test_every_setting_of_a_full_file_is_read():
+    cfg = parse(
+        """
+        [store]
+        url = "postgresql+psycopg://tether@db/tether"
+        [log]
+        format = "json"
+        level = "debug"
+        [accounts.main]
+        base_url = "https://example.test/openai/v1/"
+        api_key_file = "/etc/tether/openai.key"
+        organization = "org_1"
+        project = "proj_1"
+        max_concurrency = 4
+        request_timeout = "1m"
+        [polling]
+        first = "2s"
+        max_interval = "5m"
+        backoff = 2
+        jitter = 0
+        confirm_window = "90s"
+        lost_after = 5
+        [[policy]]
+        name = "p"
+        match = { model = "gpt-5*", metadata = { team = "a" }, account = "main", labels = { job = "1" } }
+        max_queued = 600
+        max_runtime = "1h"
+        action = "warn"
+        reserve_usd = 1
+        """
+    )
+    assert cfg.store.url == "postgresql+psycopg://tether@db/tether"
+    assert cfg.log == config.LogConfig(format="json", level="debug")
+    assert cfg.accounts["main"] == config.AccountConfig(
+        name="main",
+        base_url="https://example.test/openai/v1",
+        api_key_file="/etc/tether/openai.key",
+        organization="org_1",
+        project="proj_1",
+        max_concurrency=4,
+        request_timeout=60.0,
+    )
+    assert cfg.polling == config.PollingConfig(
+        first=2.0, max_interval=300.0, backoff=2.0, jitter=0.0, confirm_window=90.0, lost_after=5
+    )
+    assert cfg.policies == (
+        config.PolicyConfig(
+            name="p",
+            match=Match(model=("gpt-5*",), metadata={"team": "a"}, account=("main",), labels={"job": "1"}),
+            max_queued=600.0,
+            max_runtime=3600.0,
+            action="warn",
+            reserve_usd=1.0,
+        ),
+    )
+
+
+def test_a_policy_without_limits_is_accepted():
+    policy = parse('[[policy]]\nname = "track-only"').policies[0]
+    assert (policy.max_queued, policy.max_runtime, policy.action, policy.match) == (None, None, "cancel", Match())
+
+
+@pytest.mark.parametrize(
+    ("accounts", "default"),
+    [
+        (["batch", "default"], "default"),
+        (["batch", "interactive"], "batch"),
+        (["interactive", "batch"], "interactive"),
+    ],
+)
+def test_the_default_account_is_the_one_called_default_else_the_first(accounts, default):
+    cfg = parse("".join(f"[accounts.{name}]\n" for name in accounts))
+    assert list(cfg.accounts) == accounts
+    assert cfg.default_account == default
+
+
+def test_a_loaded_config_cannot_be_changed():
+    cfg = parse('[[policy]]\nname = "p"\nmatch = { metadata = { team = "a" } }')
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.policies[0].max_runtime = 1.0  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        cfg.accounts["other"] = cfg.accounts["default"]  # type: ignore[index]
+    with pytest.raises(TypeError):
+        cfg.policies[0].match.metadata["team"] = "b"  # type: ignore[index]
+
+
+def test_the_example_config_is_accepted():
+    cfg = load_config(str(EXAMPLE), environ={})
+    assert cfg.path == EXAMPLE
+    assert [policy.name for policy in cfg.policies] == ["deep-research", "warn-only", "everything-else"]
+    deep, warn, rest = cfg.policies
+    assert deep.match == Match(model=("o3-deep-research*", "o4-mini-deep-research*"), metadata={"team": "search"})
+    assert (deep.max_queued, deep.max_runtime, deep.action, deep.reserve_usd) == (600.0, 2700.0, "cancel", 2.0)
+    assert warn.action == "warn"
+    assert (rest.match, rest.max_runtime, rest.action) == (Match(), 7200.0, "cancel")
+    assert cfg.accounts["default"].key_source() == "env OPENAI_API_KEY"
+
+
+# --- rejecting invalid files ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param(
+            '[accounts.default]\napi_key = "sk-abc"',
+            "accounts.default.api_key: API keys never go in the config file; "
+            "use api_key_env, api_key_file or api_key_credential",
+            id="an inline api key",
+        ),
+        pytest.param(
+            f'[accounts.default]\napi_key_env = "{SECRET}"',
+            "accounts.default.api_key_env: this looks like an API key; API keys never go in the config file; "
+            "use api_key_env, api_key_file or api_key_credential",
+            id="a key pasted as a key source",
+        ),
+        pytest.param(
+            '[[policy]]\nname = "p"\nmax_runtme = "5m"',
+            "policy[1].max_runtme: unknown key (known: name, match, max_queued, max_runtime, action, reserve_usd)",
+            id="an unknown policy key",
+        ),
+        pytest.param(
+            '[[budget]]\nname = "b"',
+            "budget: unknown key (known: store, log, accounts, polling, policy)",
+            id="a budget table, not supported yet",
+        ),
+        pytest.param(
+            '[prices."o3-pro"]\ninput = 20.0',
+            "prices: unknown key (known: store, log, accounts, polling, policy)",
+            id="a prices table, not supported yet",
+        ),
+        pytest.param(
+            '[[policy]]\nname = "p"\nmatch = { models = "o3*" }',
+            "policy[1].match.models: unknown key (known: model, metadata, account, labels)",
+            id="an unknown match key",
+        ),
+        pytest.param(
+            "[polling]\nintervl = 5",
+            "polling.intervl: unknown key (known: first, max_interval, backoff, jitter, confirm_window, lost_after)",
+            id="an unknown polling key",
+        ),
+        pytest.param(
+            '[store]\npath = "/tmp/x.db"', "store.path: unknown key (known: url)", id="an unknown store key"
+        ),
+        pytest.param(
+            '[accounts.default]\nkey_env = "X"',
+            "accounts.default.key_env: unknown key (known: base_url, api_key_env, api_key_file, api_key_credential, "
+            "organization, project, max_concurrency, request_timeout)",
+            id="an unknown account key",
+        ),
+        pytest.param(
+            '[accounts.default]\napi_key_env = "A"\napi_key_file = "/k"',
+            "accounts.default: give only one of api_key_env, api_key_file, api_key_credential "
+            "(found api_key_env, api_key_file)",
+            id="two key sources",
+        ),
+        pytest.param(
+            '[accounts.default]\napi_key_env = "OPENAI API KEY"',
+            "accounts.default.api_key_env: expected the name of an environment variable, such as OPENAI_API_KEY",
+            id="a key variable that is not a variable name",
+        ),
+        pytest.param(
+            '[accounts.default]\napi_key_file = "openai.key"',
+            "accounts.default.api_key_file: expected an absolute path, such as /etc/tether/openai.key",
+            id="a relative key file",
+        ),
+        pytest.param(
+            '[accounts.default]\napi_key_credential = "a/b"',
+            "accounts.default.api_key_credential: expected a credential name as given to LoadCredential=, "
+            "such as openai-api-key",
+            id="a credential name with a slash",
+        ),
+        pytest.param(
+            '[accounts."my account"]',
+            'accounts.my account: invalid name "my account" (use letters, digits, _, - and .)',
+            id="an account name with a space",
+        ),
+        pytest.param(
+            "[accounts]",
+            "accounts: no account defined; add [accounts.NAME] or remove the empty table",
+            id="an empty accounts table",
+        ),
+        pytest.param(
+            'accounts = "default"', 'accounts: expected a table, got "default"', id="accounts that are not a table"
+        ),
+        pytest.param(
+            '[accounts.default]\nbase_url = "api.openai.com"',
+            'accounts.default.base_url: expected an http:// or https:// URL, got "api.openai.com"',
+            id="a base url without a scheme",
+        ),
+        pytest.param(
+            '[accounts.default]\nmax_concurrency = "16"',
+            'accounts.default.max_concurrency: expected an integer >= 1, got "16"',
+            id="a concurrency given as a string",
+        ),
+        pytest.param(
+            "[accounts.default]\nmax_concurrency = 0",
+            "accounts.default.max_concurrency: expected an integer >= 1, got 0",
+            id="a concurrency of zero",
+        ),
+        pytest.param(
+            "[accounts.default]\nmax_concurrency = true",
+            "accounts.default.max_concurrency: expected an integer >= 1, got true",
+            id="a concurrency given as a boolean",
+        ),
+        pytest.param(
+            '[accounts.default]\nrequest_timeout = "0s"',
+            'accounts.default.request_timeout: expected a duration > 0, got "0s"',
+            id="a request timeout of zero",
+        ),
+        pytest.param(
+            '[accounts.default]\norganization = ""',
+            'accounts.default.organization: expected a non-empty string, got ""',
+            id="an empty organization",
+        ),
+        pytest.param(
+            "[polling]\nfirst = true", "polling.first: expected a duration, got true", id="a boolean duration"
+        ),
+        pytest.param(
+            "[polling]\nbackoff = 0.5", "polling.backoff: expected a number >= 1, got 0.5", id="a shrinking backoff"
+        ),
+        pytest.param(
+            '[polling]\nbackoff = "1.5"',
+            'polling.backoff: expected a number >= 1, got "1.5"',
+            id="a backoff given as a string",
+        ),
+        pytest.param(
+            "[polling]\njitter = 1.0", "polling.jitter: expected a number >= 0 and < 1, got 1.0", id="a jitter of one"
+        ),
+        pytest.param(
+            "[polling]\njitter = -0.1",
+            "polling.jitter: expected a number >= 0 and < 1, got -0.1",
+            id="a negative jitter",
+        ),
+        pytest.param(
+            "[polling]\nlost_after = 0",
+            "polling.lost_after: expected an integer >= 1, got 0",
+            id="lost after zero 404s",
+        ),
+        pytest.param(
+            "[polling]\nmax_interval = 0", "polling.max_interval: expected a duration > 0, got 0", id="no max interval"
+        ),
+        pytest.param(
+            '[polling]\nfirst = "2m"',
+            "polling.first: must not exceed polling.max_interval (120s > 60s)",
+            id="a first poll later than the max interval",
+        ),
+        pytest.param(
+            '[log]\nlevel = "verbose"',
+            'log.level: expected one of debug, info, warning, error, got "verbose"',
+            id="an unknown log level",
+        ),
+        pytest.param(
+            '[log]\nformat = "text"',
+            'log.format: expected one of auto, json, console, got "text"',
+            id="an unknown log format",
+        ),
+        pytest.param(
+            '[store]\nurl = ""',
+            "store.url: expected a URL starting with sqlite:/// or postgresql",
+            id="an empty store url",
+        ),
+        pytest.param(
+            '[store]\nurl = "mysql://u:pw@h/db"',
+            "store.url: expected a URL starting with sqlite:/// or postgresql",
+            id="an unsupported store url, not echoed",
+        ),
+        pytest.param(
+            '[store]\nurl = "sqlite://tether.db"',
+            "store.url: expected a URL starting with sqlite:/// or postgresql",
+            id="a sqlite url with two slashes",
+        ),
+        pytest.param(
+            '[policy]\nname = "p"',
+            "policy: expected an array of tables ([[policy]]), got a table",
+            id="a single policy table",
+        ),
+        pytest.param("policy = [1]", "policy[1]: expected a table, got 1", id="a policy that is not a table"),
+        pytest.param(
+            '[[policy]]\nmax_runtime = "1h"',
+            "policy[1].name: missing; every [[policy]] needs a name",
+            id="a policy without a name",
+        ),
+        pytest.param(
+            '[[policy]]\nname = "a"\n[[policy]]\nname = "deep research"',
+            'policy[2].name: invalid name "deep research" (use letters, digits, _, - and .)',
+            id="a policy name with a space",
+        ),
+        pytest.param(
+            '[[policy]]\nname = "a"\n[[policy]]\nname = "a"',
+            'policy[2].name: duplicate policy name "a"',
+            id="a duplicate policy name",
+        ),
+        pytest.param(
+            '[[policy]]\nname = "p"\nmax_runtime = "5 minutes"',
+            'policy[1].max_runtime: invalid duration "5 minutes" '
+            '(write e.g. "90s", "5m", "1h30m", "2d", or a number of seconds)',
+            id="a duration in words",
+        ),
+        pytest.param(
+            '[[policy]]\nname = "p"\nmax_queued = -1',
+            "policy[1].max_queued: expected a duration >= 0, got -1",
+            id="a negative limit",
+        ),
+        pytest.param(
+            '[[policy]]\nname = "p"\naction = "kill"',
+            'policy[1].action: expected one of cancel, warn, got "kill"',
+            id="an unknown action",
+        ),
+        pytest.param(
+            '[[policy]]\nname = "p"\nreserve_usd = -1',
+            "policy[1].reserve_usd: expected a number >= 0, got -1",
+            id="a negative reservation",
+        ),
+        pytest.param(
+            '[[policy]]\nname = "a"\n[[policy]]\nname = "p"\nmatch = { model = [] }',
+            "policy[2].match.model: expected a string or a non-empty array of strings, got an array",
+            id="an empty model list",
+        ),
+        pytest.param(
+            '[[policy]]\nname = "p"\nmatch = { model = 5 }',
+            "policy[1].match.model: expected a string or a non-empty array of strings, got 5",
+            id="a model that is a number",
+        ),
+        pytest.param(
+            '[[policy]]\nname = "p"\nmatch = { metadata = { tier = 1 } }',
+            "policy[1].match.metadata.tier: expected a string, got 1",
+            id="a metadata value that is a number",
+        ),
+        pytest.param(
+            '[[policy]]\nname = "p"\nmatch = { labels = { urgent = true } }',
+            "policy[1].match.labels.urgent: expected a string, got true",
+            id="a label value that is a boolean",
+        ),
+        pytest.param(
+            '[[policy]]\nname = "p"\nmatch = { account = ["default", "batch"] }',
+            'policy[1].match.account: unknown account "batch" (accounts: default)',
+            id="a match on an unknown account",
+        ),
+    ],
+)
+def test_an_invalid_file_is_rejected_with_its_key_path(text, message):
+    assert error_of(text) == message
+
+
+def test_an_invalid_base_url_from_the_environment_is_rejected():
+    assert error_of("", {"OPENAI_BASE_URL": "localhost:8000"}) == (
+        '$OPENAI_BASE_URL: expected an http:// or https:// URL, got "localhost:8000"'
+    )
+
+
+# --- api keys ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("account", "source"),
+    [
+        ("", "env OPENAI_API_KEY"),
+        ('api_key_env = "AZURE_OPENAI_KEY"', "env AZURE_OPENAI_KEY"),
+        ('api_key_file = "/etc/tether/openai.key"', "file /etc/tether/openai.key"),
+        ('api_key_credential = "openai-api-key"', "credential openai-api-key"),
+    ],
+)
+def test_an_account_names_its_key_source(account, source):
+    assert parse(f"[accounts.default]\n{account}").accounts["default"].key_source() == source
+
+
+@pytest.mark.parametrize("source", ["env", "file", "credential"])
+def test_an_api_key_is_read_from_its_source_without_surrounding_whitespace(tmp_path, source):
+    (tmp_path / "openai.key").write_text(f"  {SECRET}\n")
+    (tmp_path / "openai-api-key").write_text(f"{SECRET}\n")
+    setting = {
+        "env": 'api_key_env = "MY_KEY"',
+        "file": f'api_key_file = "{tmp_path / "openai.key"}"',
+        "credential": 'api_key_credential = "openai-api-key"',
+    }[source]
+    environ = {"MY_KEY": f"{SECRET}\n", "CREDENTIALS_DIRECTORY": str(tmp_path)}
+    account = parse(f"[accounts.default]\n{setting}").accounts["default"]
+    assert account.read_api_key(environ) == SECRET
+    assert SECRET not in repr(account)
+
+
+@pytest.mark.parametrize(
+    ("setting", "environ", "files", "message"),
+    [
+        pytest.param(
+            "",
+            {},
+            {},
+            "accounts.default.api_key_env: environment variable OPENAI_API_KEY is not set",
+            id="an unset variable",
+        ),
+        pytest.param(
+            "",
+            {"OPENAI_API_KEY": "  \n"},
+            {},
+            "accounts.default.api_key_env: the API key from env OPENAI_API_KEY is empty",
+            id="a blank variable",
+        ),
+        pytest.param(
+            'api_key_file = "{dir}/missing.key"',
+            {},
+            {},
+            "accounts.default.api_key_file: cannot read {dir}/missing.key: No such file or directory",
+            id="a missing key file",
+        ),
+        pytest.param(
+            'api_key_file = "{dir}"',
+            {},
+            {},
+            "accounts.default.api_key_file: cannot read {dir}: Is a directory",
+            id="a key file that is a directory",
+        ),
+        pytest.param(
+            'api_key_file = "{dir}/openai.key"',
+            {},
+            {"openai.key": ""},
+            "accounts.default.api_key_file: the API key from file {dir}/openai.key is empty",
+            id="an empty key file",
+        ),
+        pytest.param(
+            'api_key_file = "{dir}/openai.key"',
+            {},
+            {"openai.key": f"{SECRET}\nsecond line"},
+            "accounts.default.api_key_file: the API key from file {dir}/openai.key "
+            "contains whitespace or control characters",
+            id="a key file of two lines",
+        ),
+        pytest.param(
+            'api_key_credential = "openai-api-key"',
+            {},
+            {},
+            "accounts.default.api_key_credential: $CREDENTIALS_DIRECTORY is not set "
+            "(start the service with LoadCredential=openai-api-key:PATH)",
+            id="a credential outside systemd",
+        ),
+        pytest.param(
+            'api_key_credential = "openai-api-key"',
+            {"CREDENTIALS_DIRECTORY": "{dir}"},
+            {},
+            "accounts.default.api_key_credential: cannot read {dir}/openai-api-key: No such file or directory",
+            id="a credential that was not loaded",
+        ),
+    ],
+)
+def test_an_unreadable_api_key_is_a_config_error_that_never_shows_the_key(tmp_path, setting, environ, files, message):
+    for name, content in files.items():
+        (tmp_path / name).write_text(content)
+    environ = {name: value.format(dir=tmp_path) for name, value in environ.items()}
+    account = parse(f"[accounts.default]\n{setting.format(dir=tmp_path)}").accounts["default"]
+    with pytest.raises(ConfigError) as caught:
+        account.read_api_key(environ)
+    assert str(caught.value) == message.format(dir=tmp_path)
+    assert SECRET not in str(caught.value)
+
+
+def test_a_key_file_that_is_not_text_is_a_config_error(tmp_path):
+    (tmp_path / "openai.key").write_bytes(b"\xff\xfe" + SECRET.encode())
+    account = parse(f'[accounts.default]\napi_key_file = "{tmp_path}/openai.key"').accounts["default"]
+    with pytest.raises(ConfigError, match=r"^accounts\.default\.api_key_file: .*openai\.key is not UTF-8 text$"):
+        account.read_api_key({})
+
+
+# --- policy selection ----------------------------------------------------------------------------
+
+POLICIES = """
+[accounts.default]
+[accounts.batch]
+[[policy]]
+name = "deep-research"
+match = { model = "o3-deep-research*" }
+[[policy]]
+name = "batch"
+match = { account = "batch" }
+[[policy]]
+name = "nightly"
+match = { labels = { pipeline = "nightly" } }
+[[policy]]
+name = "everything-else"
+match = { metadata = { team = "search" } }
+"""
+
+
+@pytest.mark.parametrize(
+    ("request_", "policy"),
+    [
+        pytest.param({"named": "batch"}, "batch", id="the policy named at track time wins"),
+        pytest.param(
+            {"named": "batch", "metadata": {"tether_policy": "nightly", "team": "search"}},
+            "batch",
+            id="track time beats metadata",
+        ),
+        pytest.param({"metadata": {"tether_policy": "nightly"}}, "nightly", id="metadata tether_policy beats matching"),
+        pytest.param({"named": "gone"}, "deep-research", id="an unknown name falls back to matching"),
+        pytest.param(
+            {"metadata": {"tether_policy": "gone", "team": "search"}},
+            "deep-research",
+            id="an unknown metadata name falls back to matching",
+        ),
+        pytest.param({"account": "batch"}, "deep-research", id="the first matching policy wins"),
+        pytest.param({"model": "o3-pro", "account": "batch"}, "batch", id="a later policy matches when earlier do not"),
+        pytest.param({"model": "o3-pro", "labels": {"pipeline": "nightly"}}, "nightly", id="labels select a policy"),
+        pytest.param(
+            {"model": None, "metadata": {"team": "search"}}, "everything-else", id="metadata selects a policy"
+        ),
+        pytest.param({"model": "o3-pro"}, None, id="no policy fits"),
+    ],
+)
+def test_a_response_gets_its_policy_in_spec_order(request_, policy):
+    cfg = parse(POLICIES)
+    response = {"named": None, "model": "o3-deep-research", "metadata": None, "account": "default", "labels": None}
+    selected = cfg.select_policy(**{**response, **request_})
+    assert (selected.name if selected else None) == policy
+
+
+@pytest.mark.parametrize(("name", "found"), [("batch", "batch"), ("nightly", "nightly"), ("gone", None)])
+def test_a_policy_is_found_by_name(name, found):
+    policy = parse(POLICIES).policy_named(name)
+    assert (policy.name if policy else None) == found
+
+
+# --- locations -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("environ", "url"),
+    [
+        ({"STATE_DIRECTORY": "/var/lib/tether"}, "sqlite:////var/lib/tether/tether.db"),
+        ({"STATE_DIRECTORY": "/var/lib/tether:/var/lib/other"}, "sqlite:////var/lib/tether/tether.db"),
+        ({"XDG_STATE_HOME": "/srv/state", "HOME": "/home/op"}, "sqlite:////srv/state/tether/tether.db"),
+        ({"HOME": "/home/op"}, "sqlite:////home/op/.local/state/tether/tether.db"),
+        ({"XDG_STATE_HOME": "relative", "HOME": "/home/op"}, "sqlite:////home/op/.local/state/tether/tether.db"),
+    ],
+)
+def test_the_default_store_is_in_the_state_directory(environ, url):
+    assert config.default_store_url(environ) == url
+
+
+@pytest.mark.parametrize(
+    ("existing", "cli", "env", "found"),
+    [
+        pytest.param(["a.toml", "cwd/tether.toml"], "a.toml", None, "a.toml", id="--config first"),
+        pytest.param(["b.toml", "cwd/tether.toml"], None, "b.toml", "b.toml", id="then TETHER_CONFIG"),
+        pytest.param(["cwd/tether.toml", "xdg/tether/tether.toml"], None, None, "cwd/tether.toml", id="then ./"),
+        pytest.param(["xdg/tether/tether.toml", "etc/tether.toml"], None, None, "xdg/tether/tether.toml", id="then XDG"),
+        pytest.param(
+            ["home/.config/tether/tether.toml"],
+            None,
+            None,
+            "home/.config/tether/tether.toml",
+            id="XDG defaults to ~/.config",
+        ),
+        pytest.param(["etc/tether.toml"], None, None, "etc/tether.toml", id="then /etc"),
+        pytest.param([], None, None, None, id="else none"),
+    ],
+)
+def test_the_config_file_is_found_in_spec_order(tmp_path, monkeypatch, existing, cli, env, found):
+    monkeypatch.setattr(config, "SYSTEM_CONFIG", tmp_path / "etc/tether.toml")
+    for name in existing:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("")
+    environ = {"HOME": str(tmp_path / "home")}
+    if env:
+        environ["TETHER_CONFIG"] = str(tmp_path / env)
+    if "xdg/tether/tether.toml" in existing:
+        environ["XDG_CONFIG_HOME"] = str(tmp_path / "xdg")
+    (tmp_path / "cwd").mkdir(exist_ok=True)
+    path = config.find_config_path(cli and str(tmp_path / cli), environ, tmp_path / "cwd")
+    assert path == (tmp_path / found if found else None)
+
+
+@pytest.mark.parametrize(("cli", "env"), [("a.toml", None), (None, "a.toml")])
+def test_a_relative_config_path_is_taken_from_the_working_directory(tmp_path, cli, env):
+    (tmp_path / "a.toml").write_text("")
+    environ = {"TETHER_CONFIG": env} if env else {}
+    assert config.find_config_path(cli, environ, tmp_path) == tmp_path / "a.toml"
+
+
+@pytest.mark.parametrize(
+    ("cli", "environ", "message"),
+    [
+        ("missing.toml", {}, "config file missing.toml does not exist"),
+        (None, {"TETHER_CONFIG": "missing.toml"}, "config file missing.toml does not exist (named by $TETHER_CONFIG)"),
+    ],
+)
+def test_a_named_config_file_must_exist(tmp_path, cli, environ, message):
+    with pytest.raises(ConfigError) as caught:
+        config.find_config_path(cli, environ, tmp_path)
+    assert str(caught.value) == message
+
+
+def test_without_a_file_the_defaults_are_loaded(tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "SYSTEM_CONFIG", tmp_path / "absent.toml")
+    cfg = load_config(None, {"HOME": str(tmp_path), "STATE_DIRECTORY": "/var/lib/tether"}, tmp_path)
+    assert cfg.path is None
+    assert list(cfg.accounts) == ["default"]
+    assert cfg.store.url == "sqlite:////var/lib/tether/tether.db"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        pytest.param(
+            b"[log]\nlevel info\n",
+            "{path}: Expected '=' after a key in a key/value pair (at line 2, column 7)",
+            id="a syntax error",
+        ),
+        pytest.param(b'[log]\nlevel = "\xff"\n', "{path}: not UTF-8 text", id="bytes that are not UTF-8"),
+        pytest.param(None, "{path}: cannot read: Is a directory", id="a directory"),
+    ],
+)
+def test_an_unreadable_file_is_a_config_error_naming_the_file(tmp_path, content, message):
+    path = tmp_path / "tether.toml"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path), {})
+    assert str(caught.value) == message.format(path=path)
