@@ -653,17 +653,13 @@ class Daemon:
                 )
             )
 
-    def _read_changed_by_others(self, after: int) -> tuple[list[Response], int]:
+    def _read_events_by_others(self, after: int) -> tuple[list[Event], int]:
         with self.store.reading() as session:
             last = session.execute(select(func.max(Event.id))).scalar() or after
-            ids = session.execute(
-                select(Event.response_id)
-                .where(Event.id > after, Event.id <= last, Event.origin != "daemon")
-                .distinct()
+            events = session.execute(
+                select(Event).where(Event.id > after, Event.id <= last, Event.origin != "daemon").order_by(Event.id)
             ).scalars()
-            ids = list(ids)
-            rows = session.execute(select(Response).where(Response.id.in_(ids))).scalars() if ids else []
-            return list(rows), last
+            return list(events), last
 
     def _reapply_policies(self, ids: list[str]) -> list[Response]:
         with tracker.recording(self.store, "daemon", self.clock()) as rec:
@@ -675,9 +671,19 @@ class Daemon:
     # ---- periodic jobs ---------------------------------------------------------
 
     async def _pickup(self) -> None:
-        """Adopt responses that the CLI tracked or changed (a manual cancel, say)."""
-        rows, last = await self._store(self._read_changed_by_others, self._last_event_id)
+        """Adopt responses that the CLI tracked or changed (a manual cancel, say).
+
+        Their events are logged here too, so the daemon's log (the journal) holds
+        every event of the store, whoever wrote it.
+        """
+        events, last = await self._store(self._read_events_by_others, self._last_event_id)
         self._last_event_id = last
+        if not events:
+            return
+        for ev in events:
+            tracker.log_event(ev.kind, ev.response_id, ev.from_status, ev.to_status, ev.reason, ev.detail, origin=ev.origin)
+        # The daemon's config decides the policy, whatever config the CLI ran with.
+        rows = await self._store(self._reapply_policies, list({ev.response_id for ev in events}))
         for row in rows:
             self._adopt(row)
 

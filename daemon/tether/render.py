@@ -27,7 +27,7 @@ def duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     if seconds < 60 or not float(seconds).is_integer():
-        return f"{seconds:g}s"
+        return f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
     parts, rest = [], int(seconds)
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         if rest >= size:

@@ -23,7 +23,8 @@ def jittered(interval: float, jitter: float, rng: random.Random) -> float:
 
 def cancel_retry_delay(attempts: int, retry_after: float | None, rng: random.Random) -> float:
     """Exponential from 1 s to 60 s with jitter; the server's Retry-After is a floor."""
-    delay = min(CANCEL_RETRY_CAP, CANCEL_RETRY_BASE * 2 ** max(0, attempts - 1)) * rng.uniform(0.5, 1.0)
+    doublings = min(max(0, attempts - 1), 16)  # past the cap anyway; keeps 2**n finite
+    delay = min(CANCEL_RETRY_CAP, CANCEL_RETRY_BASE * 2**doublings) * rng.uniform(0.5, 1.0)
     if retry_after is not None:
         delay = max(delay, min(retry_after, 300.0))
     return delay

@@ -28,6 +28,7 @@ from tether.models import (
     is_allowed,
 )
 from tether.policies import next_deadline
+from tether.render import iso
 from tether.store import Store
 
 LEVELS = {
@@ -48,7 +49,7 @@ class Recorder:
         self.session = session
         self.origin = origin
         self.now = now
-        self._lines: list[tuple[str, str, dict[str, Any]]] = []
+        self._lines: list[tuple[str, str, str | None, str | None, str | None, dict[str, Any]]] = []
 
     def event(
         self,
@@ -73,19 +74,33 @@ class Recorder:
                 origin=self.origin,
             )
         )
-        fields: dict[str, Any] = {"response_id": row.id}
-        if kind in (EventKind.STATUS, EventKind.TRACKED, EventKind.LOST):
-            fields["from"] = from_
-            fields["to"] = to
-        if reason is not None:
-            fields["reason"] = reason
-        fields.update(detail)
-        self._lines.append((LEVELS[kind], f"response.{kind.value}", fields))
+        self._lines.append((kind.value, row.id, from_, to, reason, detail))
 
     def emit(self) -> None:
-        for level, name, fields in self._lines:
-            getattr(log, level)(name, **fields)
+        for line in self._lines:
+            log_event(*line)
         self._lines.clear()
+
+
+def log_event(
+    kind: str,
+    response_id: str,
+    from_: str | None,
+    to: str | None,
+    reason: str | None,
+    detail: Mapping[str, Any],
+    **extra: Any,
+) -> None:
+    """The log line of an event: `response.<kind>` with the event's fields."""
+    fields: dict[str, Any] = {"response_id": response_id}
+    if kind in (EventKind.STATUS, EventKind.TRACKED, EventKind.LOST):
+        fields["from"] = from_
+        fields["to"] = to
+    if reason is not None:
+        fields["reason"] = reason
+    fields.update(detail)
+    fields.update(extra)
+    getattr(log, LEVELS[EventKind(kind)])(f"response.{kind}", **fields)
 
 
 @contextmanager
@@ -226,7 +241,7 @@ def mark_limit(rec: Recorder, row: Response, *, limit: str, action: str, deadlin
         row,
         EventKind.LIMIT_EXCEEDED,
         reason=limit,
-        detail={"limit": limit, "policy": row.policy, "action": action, "deadline_at": deadline},
+        detail={"limit": limit, "policy": row.policy, "action": action, "deadline_at": iso(deadline)},
     )
     row.limits_hit = [*row.limits_hit, limit]
 

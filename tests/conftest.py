@@ -1,0 +1,155 @@
+"""Shared fixtures: the stand-in API, a tether config on a temporary store, and real
+`tether` subprocesses (CLI commands and the daemon)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tether.fakeapi import FakeServer
+
+API_KEY = "sk-test-0123456789abcdef-SECRET"
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> Any:
+    """Wait until predicate() is truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeServer]:
+    with FakeServer(api_key=API_KEY) as server:
+        yield server
+
+
+FAST_POLLING = """first = "0.2s"
+max_interval = "1s"
+backoff = 1.5
+jitter = 0.1
+confirm_window = "1s"
+"""
+
+
+def config_text(store: Path, base_url: str, policies: str = "", polling: str = FAST_POLLING) -> str:
+    return f"""
+[store]
+url = "sqlite:///{store}"
+
+[log]
+format = "json"
+level = "debug"
+
+[accounts.default]
+base_url = "{base_url}"
+api_key_env = "TETHER_TEST_KEY"
+
+[polling]
+{polling}
+
+{policies}
+"""
+
+
+@dataclass
+class Tether:
+    """A tether installation in a temporary folder, driven through real subprocesses."""
+
+    root: Path
+    base_url: str
+    daemons: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "tether.toml"
+
+    @property
+    def store_path(self) -> Path:
+        return self.root / "tether.db"
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("TETHER_", "OPENAI_", "JOURNAL_", "NOTIFY_"))}
+        env.update(
+            TETHER_TEST_KEY=API_KEY,
+            XDG_STATE_HOME=str(self.root / "state"),
+            XDG_CONFIG_HOME=str(self.root / "xdg-config"),
+            PYTHONUNBUFFERED="1",
+        )
+        return env
+
+    def write_config(self, policies: str = "", polling: str = FAST_POLLING) -> None:
+        self.config_path.write_text(config_text(self.store_path, self.base_url, policies, polling))
+
+    def cli(self, *args: str, input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "tether", "--config", str(self.config_path), *args],
+            env=self.env,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def json(self, *args: str) -> Any:
+        result = self.cli(*args, "--json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    def start_daemon(self, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+        log = (self.root / f"daemon-{len(self.daemons)}.log").open("w")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tether", "--config", str(self.config_path), "run"],
+            env={**self.env, **(extra_env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        proc.log_path = Path(log.name)  # type: ignore[attr-defined]
+        self.daemons.append(proc)
+        wait_for(lambda: "daemon.started" in proc.log_path.read_text() or proc.poll() is not None,
+                 timeout=20, what="daemon.started")
+        assert proc.poll() is None, proc.log_path.read_text()
+        return proc
+
+    def stop_daemon(self, proc: subprocess.Popen, sig: int = signal.SIGTERM) -> int:
+        if proc.poll() is None:
+            proc.send_signal(sig)
+        return proc.wait(timeout=30)
+
+    def log_lines(self, proc: subprocess.Popen) -> list[dict[str, Any]]:
+        lines = []
+        for line in proc.log_path.read_text().splitlines():  # type: ignore[attr-defined]
+            line = line.strip()
+            if line.startswith("{"):
+                lines.append(json.loads(line))
+        return lines
+
+    def records(self) -> dict[str, dict[str, Any]]:
+        return {r["id"]: r for r in self.json("ls", "--limit", "100000")}
+
+
+@pytest.fixture
+def tether(tmp_path: Path, fake: FakeServer) -> Iterator[Tether]:
+    t = Tether(root=tmp_path, base_url=fake.base_url)
+    t.write_config()
+    yield t
+    for proc in t.daemons:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)

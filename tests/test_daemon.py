@@ -1,0 +1,270 @@
+"""The daemon end to end: a real `tether run` subprocess, a real SQLite store, the stand-in API.
+
+Oracles are the stand-in's own record (when each cancel arrived, final statuses) and
+tether's store and log, read through the CLI's --json output.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from datetime import datetime
+
+import httpx
+import pytest
+
+from conftest import API_KEY, Tether, wait_for
+
+POLICIES = """
+[[policy]]
+name = "stuck"
+match = { metadata = { case = "stuck" } }
+max_queued = "2s"
+
+[[policy]]
+name = "runaway"
+match = { metadata = { case = "runaway" } }
+max_runtime = "3s"
+
+[[policy]]
+name = "watch"
+match = { metadata = { case = "watch" } }
+max_runtime = "1s"
+action = "warn"
+
+[[policy]]
+name = "roomy"
+max_runtime = "60s"
+"""
+
+
+def create(fake, **metadata: str) -> str:
+    reply = httpx.post(
+        f"{fake.base_url}/responses",
+        json={"model": "o3-pro", "input": "x", "background": True, "metadata": metadata},
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    )
+    reply.raise_for_status()
+    return reply.json()["id"]
+
+
+def server_record(fake, rid: str) -> dict:
+    return fake.state.snapshot()["responses"][rid]
+
+
+def settled(tether: Tether, ids: list[str]) -> bool:
+    records = tether.records()
+    return all(records[i]["status"] not in ("queued", "in_progress", None) for i in ids)
+
+
+def test_over_limit_responses_are_cancelled_within_a_second_of_their_deadline_and_no_others(tether, fake):
+    tether.write_config(POLICIES)
+    daemon = tether.start_daemon()
+    cases = {
+        create(fake, case="stuck", fake_queue="30"): ("stuck", 2.0),
+        create(fake, case="runaway", fake_run="30"): ("runaway", 3.0),
+        create(fake, fake_run="1"): None,
+        create(fake, fake_queue="0.5", fake_run="1.5", fake_outcome="failed"): None,
+        create(fake, fake_run="2", fake_outcome="incomplete"): None,
+        create(fake, case="watch", fake_run="2.5"): None,
+    }
+    ids = list(cases)
+    assert tether.cli("track", *ids).returncode == 0
+    wait_for(lambda: settled(tether, ids), timeout=30, what="every response to finish")
+
+    records = tether.records()
+    for rid, expected in cases.items():
+        server = server_record(fake, rid)
+        assert records[rid]["status"] == server["status"], rid
+        if expected is None:
+            assert server["cancels"] == [], f"{rid} was cancelled without being over a limit"
+            assert records[rid]["cancel_reason"] is None
+            continue
+        policy, limit = expected
+        deadline = int(server["created_at"]) + limit
+        [call] = server["cancels"]
+        assert 0 <= call["at"] - deadline <= 1.0, f"cancel {call['at'] - deadline:+.3f}s from the deadline"
+        assert records[rid]["status"] == "cancelled"
+        assert records[rid]["cancel_reason"] == ("max_queued" if policy == "stuck" else "max_runtime")
+        assert records[rid]["policy"] == policy
+    assert tether.stop_daemon(daemon) == 0
+
+
+def test_every_status_change_is_one_event_and_one_log_line(tether, fake):
+    tether.write_config(POLICIES)
+    daemon = tether.start_daemon()
+    ids = [create(fake, fake_queue="2.5", fake_run="1"), create(fake, case="runaway", fake_run="20")]
+    assert tether.cli("track", *ids).returncode == 0
+    wait_for(lambda: settled(tether, ids), timeout=20, what="both responses to finish")
+    assert tether.stop_daemon(daemon) == 0
+
+    events = [e for e in map(_json_line, tether.cli("log", "--json").stdout.splitlines())]
+    changes = [(e["response_id"], e["from"], e["to"]) for e in events if e["kind"] == "status"]
+    logged = [
+        (line["response_id"], line["from"], line["to"])
+        for line in tether.log_lines(daemon)
+        if line["event"] == "response.status"
+    ]
+    assert sorted(changes) == sorted(logged)
+    assert len(changes) == len(set(changes)), "a status change was recorded twice"
+    first, runaway = ids
+    assert [(f, t) for r, f, t in changes if r == first] == [("queued", "in_progress"), ("in_progress", "completed")]
+    assert ("in_progress", "cancelled") in [(f, t) for r, f, t in changes if r == runaway]
+    kinds = [e["kind"] for e in events if e["response_id"] == runaway]
+    assert kinds.index("cancel_requested") < kinds.index("status", kinds.index("limit_exceeded"))
+    tracked_lines = [line for line in tether.log_lines(daemon) if line["event"] == "response.tracked"]
+    assert {line["response_id"] for line in tracked_lines} == set(ids)
+
+
+def _json_line(text: str) -> dict:
+    import json
+
+    return json.loads(text)
+
+
+def test_a_response_tracked_after_its_deadline_is_cancelled_at_once(tether, fake):
+    tether.write_config(POLICIES)
+    daemon = tether.start_daemon()
+    reply = httpx.post(
+        f"{fake.url}/_fake/responses",
+        json={"model": "o3-pro", "created_at": time.time() - 600, "metadata": {"fake_run": "3600"}, "background": True},
+    )
+    rid = reply.json()["id"]
+    assert tether.cli("track", rid).returncode == 0
+    wait_for(lambda: server_record(fake, rid)["cancels"], timeout=10, what="the cancel call")
+    [call] = server_record(fake, rid)["cancels"]
+    tracked_at = datetime.fromisoformat(tether.records()[rid]["tracked_at"]).timestamp()
+    assert call["at"] - tracked_at < 1.0  # picked up within a second, then acted on at once
+    wait_for(lambda: tether.records()[rid]["status"] == "cancelled", timeout=10, what="status cancelled")
+    assert tether.records()[rid]["cancel_reason"] == "max_runtime"
+    assert tether.stop_daemon(daemon) == 0
+
+
+def test_a_warn_policy_records_the_limit_but_never_cancels(tether, fake):
+    tether.write_config(POLICIES)
+    daemon = tether.start_daemon()
+    rid = create(fake, case="watch", fake_run="2.5")
+    assert tether.cli("track", rid).returncode == 0
+    wait_for(lambda: settled(tether, [rid]), timeout=15, what="completion")
+    shown = tether.json("show", rid)
+    assert shown["status"] == "completed"
+    assert [e["kind"] for e in shown["events"]].count("warned") == 1
+    assert server_record(fake, rid)["cancels"] == []
+    assert any(line["event"] == "response.warned" for line in tether.log_lines(daemon))
+    tether.stop_daemon(daemon)
+
+
+def test_repeated_404s_end_a_response_as_lost(tether, fake):
+    daemon = tether.start_daemon()
+    assert tether.cli("track", "--no-verify", "resp_never_existed").returncode == 0
+    wait_for(lambda: tether.records()["resp_never_existed"]["status"] == "lost", timeout=15, what="lost")
+    shown = tether.json("show", "resp_never_existed")
+    assert [e["kind"] for e in shown["events"]] == ["tracked", "lost"]
+    assert tether.stop_daemon(daemon) == 0
+
+
+def test_a_transiently_failing_cancel_is_retried_until_the_response_is_cancelled(tether, fake):
+    tether.write_config(POLICIES)
+    fake.state.faults.cancel.server_error = 1.0
+    daemon = tether.start_daemon()
+    rid = create(fake, case="runaway", fake_run="60")
+    assert tether.cli("track", rid).returncode == 0
+    failures = lambda: [e for e in tether.json("show", rid)["events"] if e["kind"] == "cancel_failed"]  # noqa: E731
+    wait_for(lambda: len(failures()) >= 2, timeout=20, what="two failed cancel calls")
+    assert server_record(fake, rid)["status"] == "in_progress"
+    fake.state.faults.cancel.server_error = 0.0
+    wait_for(lambda: tether.records()[rid]["status"] == "cancelled", timeout=20, what="cancelled")
+    kinds = [e["kind"] for e in tether.json("show", rid)["events"]]
+    assert kinds.count("cancel_requested") == 1
+    assert failures()[0]["detail"]["http_status"] in (500, 502, 503)
+    assert any(line["event"] == "api.error" and line.get("op") == "cancel" for line in tether.log_lines(daemon))
+    assert tether.stop_daemon(daemon) == 0
+
+
+def test_a_cancel_reported_cancelled_that_later_completes_is_confirmed_as_completed(tether, fake):
+    tether.write_config(POLICIES)
+    fake.state.faults.cancel_then_complete = 1.0
+    fake.state.faults.cancel_then_complete_after = 0.3
+    daemon = tether.start_daemon()
+    rid = create(fake, case="runaway", fake_run="60")
+    assert tether.cli("track", rid).returncode == 0
+    wait_for(lambda: tether.records()[rid]["status"] == "completed", timeout=20, what="completed after the cancel")
+    changes = [(e["from"], e["to"]) for e in tether.json("show", rid)["events"] if e["kind"] == "status"]
+    assert changes == [("in_progress", "cancelled"), ("cancelled", "completed")]
+    assert tether.stop_daemon(daemon) == 0
+
+
+def test_a_manual_cancel_from_the_cli_is_recorded_with_reason_manual(tether, fake):
+    daemon = tether.start_daemon()
+    rid = create(fake, fake_run="60")
+    assert tether.cli("track", rid).returncode == 0
+    result = tether.cli("cancel", rid, "--reason", "not needed any more")
+    assert result.returncode == 0, result.stderr
+    record = tether.records()[rid]
+    assert (record["status"], record["cancel_reason"]) == ("cancelled", "manual")
+    wait_for(
+        lambda: any(line["event"] == "response.cancel_requested" for line in tether.log_lines(daemon)),
+        timeout=5,
+        what="the daemon to log the CLI's cancel",
+    )
+    assert tether.stop_daemon(daemon) == 0
+
+
+def test_sighup_with_a_broken_config_keeps_the_old_one_and_a_good_one_applies_at_once(tether, fake):
+    tether.write_config()  # no policies
+    daemon = tether.start_daemon()
+    rid = create(fake, fake_run="60")
+    assert tether.cli("track", rid).returncode == 0
+
+    tether.config_path.write_text("[[policy]]\nname = 'x'\nmax_runtime = '5 minutes'\n")
+    daemon.send_signal(signal.SIGHUP)
+    failed = wait_for(
+        lambda: [line for line in tether.log_lines(daemon) if line["event"] == "daemon.reload_failed"],
+        timeout=10,
+        what="daemon.reload_failed",
+    )
+    assert "policy[1].max_runtime" in failed[0]["error"]
+    assert daemon.poll() is None
+
+    tether.write_config('[[policy]]\nname = "short"\nmax_runtime = "1s"\n')
+    daemon.send_signal(signal.SIGHUP)
+    wait_for(lambda: server_record(fake, rid)["cancels"], timeout=10, what="the new policy's cancel")
+    assert any(line["event"] == "daemon.reloaded" for line in tether.log_lines(daemon))
+    wait_for(lambda: tether.records()[rid]["cancel_reason"] == "max_runtime", timeout=10, what="cancel recorded")
+    assert tether.stop_daemon(daemon) == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_the_daemon_stops_cleanly_with_exit_0(tether, fake, sig):
+    daemon = tether.start_daemon()
+    rid = create(fake, fake_run="60")
+    assert tether.cli("track", rid).returncode == 0
+    wait_for(lambda: tether.records()[rid]["polls"] >= 1, timeout=10, what="a poll")
+    assert tether.stop_daemon(daemon, sig) == 0
+    assert tether.log_lines(daemon)[-1]["event"] == "daemon.stopping"
+
+
+def test_a_second_daemon_on_the_same_store_refuses_to_start(tether):
+    first = tether.start_daemon()
+    second = tether.cli("run", timeout=30)
+    assert second.returncode == 1
+    assert "already running" in second.stderr and str(first.pid) in second.stderr
+    assert first.poll() is None
+    assert tether.stop_daemon(first) == 0
+
+
+def test_a_restarted_daemon_takes_up_where_the_killed_one_left(tether, fake):
+    tether.write_config(POLICIES)
+    daemon = tether.start_daemon()
+    ids = [create(fake, case="runaway", fake_run="60"), create(fake, fake_run="4")]
+    assert tether.cli("track", *ids).returncode == 0
+    wait_for(lambda: tether.records()[ids[1]]["polls"] >= 1, timeout=10, what="a poll")
+    daemon.kill()
+    daemon.wait()
+    restarted = tether.start_daemon()
+    wait_for(lambda: settled(tether, ids), timeout=30, what="both to finish after the restart")
+    records = tether.records()
+    assert records[ids[0]]["status"] == "cancelled" == server_record(fake, ids[0])["status"]
+    assert records[ids[1]]["status"] == "completed" == server_record(fake, ids[1])["status"]
+    assert len(server_record(fake, ids[0])["cancels"]) == 1
+    assert tether.stop_daemon(restarted) == 0

@@ -1,0 +1,298 @@
+"""The JSON shapes of SPEC §4 and the helpers behind them in `tether.render`."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from tether.config import parse_duration
+from tether.models import Event, Response
+from tether.render import dumps, duration, event, iso, record
+
+T0 = 1_795_636_800.0  # 2026-11-25T20:00:00Z
+
+RECORD_KEYS = [
+    "id", "account", "status", "model", "policy", "labels", "metadata", "created_at", "tracked_at",
+    "deadline_at", "last_polled_at", "polls", "cancel_requested_at", "cancel_reason", "finished_at",
+    "error", "incomplete_reason", "usage", "cost_usd", "cost_estimated",
+]  # fmt: skip
+EVENT_KEYS = ["at", "response_id", "kind", "from", "to", "reason", "detail"]
+
+
+# --- iso ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("at", "expected"),
+    [
+        pytest.param(T0, "2026-11-25T20:00:00Z", id="a whole second has no fraction"),
+        pytest.param(int(T0), "2026-11-25T20:00:00Z", id="an int is a whole second"),
+        pytest.param(T0 + 1.204, "2026-11-25T20:00:01.204Z", id="a fraction is given in milliseconds"),
+        pytest.param(T0 + 0.5, "2026-11-25T20:00:00.500Z", id="a half second keeps three digits"),
+        pytest.param(0, "1970-01-01T00:00:00Z", id="the epoch"),
+        pytest.param(0.25, "1970-01-01T00:00:00.250Z", id="a fraction after the epoch"),
+        pytest.param(None, None, id="no time is null"),
+    ],
+)
+def test_iso_renders_utc_with_a_z_in_whole_seconds_or_milliseconds(at, expected):
+    assert iso(at) == expected
+
+
+@pytest.mark.parametrize("at", [T0, T0 + 0.001, T0 + 59.999, T0 + 86399.5, 1.0e9 + 0.123])
+def test_iso_reads_back_as_the_same_utc_instant_to_the_millisecond(at):
+    text = iso(at)
+    assert text.endswith("Z") and "+" not in text
+    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    assert parsed.tzinfo is not None and parsed.utcoffset().total_seconds() == 0
+    assert parsed.timestamp() == pytest.approx(at, abs=0.001)
+
+
+# --- duration ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("seconds", "expected"),
+    [
+        pytest.param(2700, "45m", id="45 minutes"),
+        pytest.param(5400, "1h30m", id="an hour and a half"),
+        pytest.param(0.5, "0.5s", id="half a second"),
+        pytest.param(None, "-", id="no duration is a dash"),
+        pytest.param(0, "0s", id="zero"),
+        pytest.param(59, "59s", id="under a minute in seconds"),
+        pytest.param(60, "1m", id="one minute"),
+        pytest.param(90, "1m30s", id="a minute and a half"),
+        pytest.param(3600, "1h", id="one hour"),
+        pytest.param(3601, "1h1s", id="an hour and a second skips the zero minutes"),
+        pytest.param(86400, "1d", id="one day"),
+        pytest.param(2 * 86400 + 3 * 3600 + 4 * 60 + 5, "2d3h4m5s", id="every unit"),
+        pytest.param(7200.0, "2h", id="a float that is whole"),
+        pytest.param(90.5, "90.5s", id="a fractional duration above a minute stays in seconds"),
+    ],
+)
+def test_duration_writes_seconds_as_the_config_does(seconds, expected):
+    assert duration(seconds) == expected
+
+
+@pytest.mark.parametrize(
+    "seconds",
+    [
+        pytest.param(0.25, id="250ms"),
+        pytest.param(2700.0, id="45m"),
+        pytest.param(5400.0, id="1h30m"),
+        pytest.param(93784.0, id="1d2h3m4s"),
+        pytest.param(3600.5, id="3600.5s"),
+        pytest.param(1234567.5, id="a large fractional duration"),
+        pytest.param(100000.5, id="a fractional duration with six integer digits"),
+    ],
+)
+def test_a_rendered_duration_reads_back_as_the_same_number_of_seconds(seconds):
+    assert parse_duration(duration(seconds), "rendered") == pytest.approx(seconds)
+
+
+# --- record ------------------------------------------------------------------------------------
+
+
+def full_response() -> Response:
+    return Response(
+        id="resp_abc123",
+        account="default",
+        status="in_progress",
+        model="o3-pro",
+        background=True,
+        policy="deep-research",
+        policy_requested="deep-research",
+        labels={"job": "42"},
+        meta={"team": "search"},
+        created_at=T0,
+        tracked_at=T0 + 1.204,
+        deadline_at=T0 + 2700,
+        deadline_kind="max_runtime",
+        limits_hit=["max_queued"],
+        last_polled_at=T0 + 30.5,
+        polls=7,
+        not_found=1,
+        next_poll_at=T0 + 60,
+        poll_interval=30.0,
+        cancel_requested_at=None,
+        cancel_reason=None,
+        finished_at=None,
+        error=None,
+        incomplete_reason=None,
+        usage=None,
+        max_output_tokens=1000,
+        service_tier="default",
+        cost_usd=None,
+        cost_estimated=False,
+    )
+
+
+def test_a_record_has_exactly_the_keys_of_spec_section_4_in_order():
+    assert list(record(full_response())) == RECORD_KEYS
+
+
+def test_a_minimal_record_still_has_every_key_in_order():
+    assert list(record(Response(id="resp_x", account="default", tracked_at=T0))) == RECORD_KEYS
+
+
+def test_a_record_matches_the_spec_example():
+    assert record(full_response()) == {
+        "id": "resp_abc123",
+        "account": "default",
+        "status": "in_progress",
+        "model": "o3-pro",
+        "policy": "deep-research",
+        "labels": {"job": "42"},
+        "metadata": {"team": "search"},
+        "created_at": "2026-11-25T20:00:00Z",
+        "tracked_at": "2026-11-25T20:00:01.204Z",
+        "deadline_at": "2026-11-25T20:45:00Z",
+        "last_polled_at": "2026-11-25T20:00:30.500Z",
+        "polls": 7,
+        "cancel_requested_at": None,
+        "cancel_reason": None,
+        "finished_at": None,
+        "error": None,
+        "incomplete_reason": None,
+        "usage": None,
+        "cost_usd": None,
+        "cost_estimated": False,
+    }
+
+
+def test_a_record_of_a_response_never_looked_at_is_mostly_null():
+    assert record(Response(id="resp_new", account="work", tracked_at=T0)) == {
+        "id": "resp_new",
+        "account": "work",
+        "status": None,
+        "model": None,
+        "policy": None,
+        "labels": {},
+        "metadata": {},
+        "created_at": None,
+        "tracked_at": "2026-11-25T20:00:00Z",
+        "deadline_at": None,
+        "last_polled_at": None,
+        "polls": 0,
+        "cancel_requested_at": None,
+        "cancel_reason": None,
+        "finished_at": None,
+        "error": None,
+        "incomplete_reason": None,
+        "usage": None,
+        "cost_usd": None,
+        "cost_estimated": False,
+    }
+
+
+USAGE = {
+    "input_tokens": 100,
+    "input_tokens_details": {"cached_tokens": 20},
+    "output_tokens": 500,
+    "output_tokens_details": {"reasoning_tokens": 400},
+    "total_tokens": 600,
+}
+
+
+@pytest.mark.parametrize(
+    ("fields", "key", "expected"),
+    [
+        pytest.param({"meta": {"team": "search"}}, "metadata", {"team": "search"}, id="metadata comes from meta"),
+        pytest.param({"labels": {"job": "42"}}, "labels", {"job": "42"}, id="labels are a mapping"),
+        pytest.param({"status": "lost"}, "status", "lost", id="the local lost status is shown"),
+        pytest.param(
+            {"cancel_requested_at": T0 + 600.25}, "cancel_requested_at", "2026-11-25T20:10:00.250Z",
+            id="the cancel request time is iso",
+        ),
+        pytest.param({"cancel_reason": "budget:search-daily"}, "cancel_reason", "budget:search-daily",
+                     id="a budget cancel reason"),
+        pytest.param({"finished_at": T0 + 3600}, "finished_at", "2026-11-25T21:00:00Z", id="the finish time is iso"),
+        pytest.param(
+            {"error": {"code": "server_error", "message": "boom"}}, "error",
+            {"code": "server_error", "message": "boom"}, id="a failed response's error is code and message",
+        ),
+        pytest.param({"incomplete_reason": "max_output_tokens"}, "incomplete_reason", "max_output_tokens",
+                     id="the incomplete reason"),
+        pytest.param({"usage": USAGE}, "usage", USAGE, id="usage is passed through"),
+        pytest.param({"cost_usd": 0.042}, "cost_usd", 0.042, id="the cost in dollars"),
+        pytest.param({"cost_estimated": True}, "cost_estimated", True, id="an estimated cost is flagged"),
+        pytest.param({"polls": 12}, "polls", 12, id="the poll count"),
+    ],
+)
+def test_a_record_carries_each_field_of_the_response(fields, key, expected):
+    row = Response(id="resp_x", account="default", tracked_at=T0, **fields)
+    assert record(row)[key] == expected
+
+
+@pytest.mark.parametrize(
+    "hidden",
+    ["meta", "background", "policy_requested", "deadline_kind", "limits_hit", "not_found", "next_poll_at",
+     "poll_interval", "cancel_state", "cancel_attempts", "confirm_until", "max_output_tokens", "service_tier"],
+)  # fmt: skip
+def test_a_record_does_not_expose_the_daemons_internal_columns(hidden):
+    assert hidden not in record(full_response())
+
+
+def test_a_record_is_json_serialisable_with_times_as_strings():
+    row = full_response()
+    row.usage = USAGE
+    text = dumps(record(row))
+    decoded = json.loads(text)
+    assert decoded["created_at"] == "2026-11-25T20:00:00Z"
+    assert list(decoded) == RECORD_KEYS
+
+
+# --- event -------------------------------------------------------------------------------------
+
+
+EVENT_CASES = [
+    pytest.param(
+        Event(at=T0 + 31.5, response_id="resp_abc", kind="status", from_status="queued", to_status="in_progress",
+              reason="poll", detail={}),
+        {"at": "2026-11-25T20:00:31.500Z", "response_id": "resp_abc", "kind": "status", "from": "queued",
+         "to": "in_progress", "reason": "poll", "detail": {}},
+        id="a status change has from and to",
+    ),
+    pytest.param(
+        Event(at=T0 + 600, response_id="resp_abc", kind="cancel_requested", reason="max_queued",
+              detail={"policy": "deep-research"}),
+        {"at": "2026-11-25T20:10:00Z", "response_id": "resp_abc", "kind": "cancel_requested", "from": None,
+         "to": None, "reason": "max_queued", "detail": {"policy": "deep-research"}},
+        id="a cancel request has its reason and no statuses",
+    ),
+    pytest.param(
+        Event(at=T0, response_id="resp_abc", kind="tracked"),
+        {"at": "2026-11-25T20:00:00Z", "response_id": "resp_abc", "kind": "tracked", "from": None, "to": None,
+         "reason": None, "detail": {}},
+        id="a bare event has null fields and an empty detail",
+    ),
+    pytest.param(
+        Event(at=T0 + 1, response_id="resp_abc", kind="cancel_failed", reason="max_runtime",
+              detail={"http_status": 503, "error": "unavailable", "attempt": 2, "will_retry": True}),
+        {"at": "2026-11-25T20:00:01Z", "response_id": "resp_abc", "kind": "cancel_failed", "from": None,
+         "to": None, "reason": "max_runtime",
+         "detail": {"http_status": 503, "error": "unavailable", "attempt": 2, "will_retry": True}},
+        id="a failed cancel carries its detail",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("ev", "expected"), EVENT_CASES)
+def test_an_event_renders_as_the_spec_event_object(ev, expected):
+    rendered = event(ev)
+    assert list(rendered) == EVENT_KEYS
+    assert rendered == expected
+
+
+def test_an_event_does_not_expose_its_row_id_or_origin():
+    rendered = event(Event(id=5, at=T0, response_id="resp_abc", kind="tracked", origin="daemon"))
+    assert "id" not in rendered and "origin" not in rendered
+
+
+def test_an_event_is_one_json_line():
+    ev = Event(at=T0, response_id="resp_abc", kind="status", from_status="queued", to_status="in_progress",
+               reason="poll", detail={"note": "a\nb"})  # fmt: skip
+    text = dumps(event(ev))
+    assert "\n" not in text
+    assert json.loads(text)["detail"] == {"note": "a\nb"}
