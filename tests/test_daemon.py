@@ -19,17 +19,17 @@ POLICIES = """
 [[policy]]
 name = "stuck"
 match = { metadata = { case = "stuck" } }
-max_queued = "2s"
+max_queued = "4s"
 
 [[policy]]
 name = "runaway"
 match = { metadata = { case = "runaway" } }
-max_runtime = "3s"
+max_runtime = "5s"
 
 [[policy]]
 name = "watch"
 match = { metadata = { case = "watch" } }
-max_runtime = "1s"
+max_runtime = "3s"
 action = "warn"
 
 [[policy]]
@@ -61,12 +61,12 @@ def test_over_limit_responses_are_cancelled_within_a_second_of_their_deadline_an
     tether.write_config(POLICIES)
     daemon = tether.start_daemon()
     cases = {
-        create(fake, case="stuck", fake_queue="30"): ("stuck", 2.0),
-        create(fake, case="runaway", fake_run="30"): ("runaway", 3.0),
+        create(fake, case="stuck", fake_queue="30"): ("stuck", 4.0),
+        create(fake, case="runaway", fake_run="30"): ("runaway", 5.0),
         create(fake, fake_run="1"): None,
         create(fake, fake_queue="0.5", fake_run="1.5", fake_outcome="failed"): None,
         create(fake, fake_run="2", fake_outcome="incomplete"): None,
-        create(fake, case="watch", fake_run="2.5"): None,
+        create(fake, case="watch", fake_run="5"): None,
     }
     ids = list(cases)
     assert tether.cli("track", *ids).returncode == 0
@@ -143,7 +143,7 @@ def test_a_response_tracked_after_its_deadline_is_cancelled_at_once(tether, fake
 def test_a_warn_policy_records_the_limit_but_never_cancels(tether, fake):
     tether.write_config(POLICIES)
     daemon = tether.start_daemon()
-    rid = create(fake, case="watch", fake_run="2.5")
+    rid = create(fake, case="watch", fake_run="5")
     assert tether.cli("track", rid).returncode == 0
     wait_for(lambda: settled(tether, [rid]), timeout=15, what="completion")
     shown = tether.json("show", rid)

@@ -27,7 +27,7 @@ import httpx
 
 from tether.config import AccountConfig
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,256}$")
+ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,256}")
 QUOTA_CODES = frozenset(
     {"insufficient_quota", "billing_hard_limit_reached", "spend_limit_reached", "usage_limit_reached"}
 )
@@ -58,7 +58,12 @@ class APIError(Exception):
 
 
 class TransientError(APIError):
-    pass
+    """Worth retrying. `delivered` is False when the request provably never reached the
+    server (connection refused, no pooled connection) or was refused unprocessed (429)."""
+
+    def __init__(self, message: str, *, delivered: bool = True, **fields: Any) -> None:
+        super().__init__(message, **fields)
+        self.delivered = delivered
 
 
 class AccountError(APIError):
@@ -95,7 +100,7 @@ NO_RETRY = RetryPolicy(attempts=1)
 
 
 def valid_id(response_id: str) -> bool:
-    return bool(ID_PATTERN.match(response_id))
+    return ID_PATTERN.fullmatch(response_id) is not None
 
 
 class ResponsesClient:
@@ -118,6 +123,7 @@ class ResponsesClient:
         self._semaphore = asyncio.Semaphore(account.max_concurrency)
         self.paused_until = 0.0
         self._pause = ACCOUNT_PAUSE_FIRST
+        self._key = api_key
         headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
         if account.organization:
             headers["OpenAI-Organization"] = account.organization
@@ -141,7 +147,9 @@ class ResponsesClient:
         return await self._call("POST", f"responses/{response_id}/cancel", None, retry)
 
     async def create(self, body: dict[str, Any], *, retry: RetryPolicy | None = None) -> dict[str, Any]:
-        return await self._call("POST", "responses", body, retry)
+        """Not idempotent: retried only when the request never reached the server or
+        was refused unprocessed (429), so a retry cannot start a second response."""
+        return await self._call("POST", "responses", body, retry, idempotent=False)
 
     def pause_remaining(self) -> float:
         return max(0.0, self.paused_until - self._clock())
@@ -150,7 +158,13 @@ class ResponsesClient:
         await self._http.aclose()
 
     async def _call(
-        self, method: str, path: str, body: dict[str, Any] | None, retry: RetryPolicy | None
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        retry: RetryPolicy | None,
+        *,
+        idempotent: bool = True,
     ) -> dict[str, Any]:
         policy = retry or self.retry
         attempt = 0
@@ -159,20 +173,25 @@ class ResponsesClient:
                 return await self._once(method, path, body)
             except TransientError as exc:
                 attempt += 1
-                if attempt >= policy.attempts:
+                if attempt >= policy.attempts or (exc.delivered and not idempotent):
                     raise
                 await asyncio.sleep(policy.delay(attempt - 1, exc.retry_after, self._rng))
 
     async def _once(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
-        remaining = self.pause_remaining()
-        if remaining > 0:
-            raise AccountPaused(
-                f"account {self.account.name!r} is paused for {remaining:.0f}s after an auth or quota error",
-                retry_after=remaining,
-            )
         async with self._semaphore:
+            # Checked once a slot is free: calls queued behind a 401 must not follow it.
+            remaining = self.pause_remaining()
+            if remaining > 0:
+                raise AccountPaused(
+                    f"account {self.account.name!r} is paused for {remaining:.0f}s after an auth or quota error",
+                    retry_after=remaining,
+                )
             try:
                 reply = await self._http.request(method, path, json=body)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                raise TransientError(
+                    f"could not connect for {method} /{path}: {type(exc).__name__}", delivered=False
+                ) from None
             except httpx.TimeoutException as exc:
                 raise TransientError(f"timeout on {method} /{path}: {type(exc).__name__}") from None
             except httpx.TransportError as exc:
@@ -198,13 +217,19 @@ class ResponsesClient:
         status = reply.status_code
         err = error_body(reply)
         code = err.get("code") if isinstance(err.get("code"), str) else None
-        message = str(err.get("message") or reply.reason_phrase or "error")[:500]
+        # A server or proxy may echo the key back: it never enters our messages.
+        message = str(err.get("message") or reply.reason_phrase or "error")
+        if self._key:
+            message = message.replace(self._key, "[redacted]")
+        message = message[:500]
         text = f"HTTP {status} on {method} /{path}: {message}"
         fields = dict(status=status, code=code, type_=err.get("type"), retry_after=retry_after(reply))
         if status in (401, 403) or (status == 429 and is_quota(code, err.get("type"))):
             self._pause_account()
             return AccountError(text, **fields)
-        if status == 429 or status >= 500:
+        if status == 429:
+            return TransientError(text, delivered=False, **fields)
+        if status >= 500:
             return TransientError(text, **fields)
         if status == 404:
             return NotFound(text, **fields)

@@ -47,6 +47,7 @@ from tether.api import (
 from tether.config import Config, ConfigError, load_config
 from tether.logs import log
 from tether.models import ACTIVE, TERMINAL, CancelState, Event, Heartbeat, Response, is_active
+from tether.notify import Notifier
 from tether.policies import Act, decide
 from tether.schedule import cancel_retry_delay, jittered, next_interval
 from tether.store import Store
@@ -136,8 +137,11 @@ class Daemon:
         config_path: str | None = None,
         clock: Callable[[], float] = time.time,
         transport: httpx.AsyncBaseTransport | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.config = config
+        self.notify = notifier or Notifier()
+        self._reload_note = "config loaded at start"
         self.store = store
         self.config_path = config_path
         self.clock = clock
@@ -180,6 +184,7 @@ class Daemon:
             accounts=list(self.config.accounts),
             policies=[p.name for p in self.config.policies],
         )
+        self.notify.ready(self._status())
         loops = [
             asyncio.create_task(self._poll_loop(), name="poll-loop"),
             asyncio.create_task(self._timer_loop(), name="timer-loop"),
@@ -187,6 +192,7 @@ class Daemon:
         stopped = asyncio.create_task(self._stop.wait(), name="stop")
         done, _ = await asyncio.wait([stopped, *loops], return_when=asyncio.FIRST_COMPLETED)
         log.info("daemon.stopping", active=len(self.active), in_flight=len(self._tasks))
+        self.notify.stopping()
         scheduler.shutdown(wait=False)
         for task in [stopped, *loops]:
             task.cancel()
@@ -203,7 +209,11 @@ class Daemon:
     def _scheduler(self) -> AsyncIOScheduler:
         logging.getLogger("apscheduler").setLevel(logging.ERROR)
         scheduler = AsyncIOScheduler(timezone="UTC")
-        jobs = ((self._pickup, PICKUP_EVERY), (self._flush, FLUSH_EVERY), (self._heartbeat, HEARTBEAT_EVERY))
+        jobs = [(self._pickup, PICKUP_EVERY), (self._flush, FLUSH_EVERY), (self._heartbeat, HEARTBEAT_EVERY)]
+        if self.notify.watchdog_interval:
+            # Pinged from the event loop itself: a blocked loop stops the pings and
+            # systemd's watchdog restarts the service.
+            jobs.append((self._watchdog, self.notify.watchdog_interval))
         for job, every in jobs:
             scheduler.add_job(
                 self._guarded(job),
@@ -246,6 +256,7 @@ class Daemon:
         for client in self.clients.values():
             await client.aclose()
         self._db.shutdown(wait=True)
+        self.notify.close()
 
     def stop(self) -> None:
         self._stop.set()
@@ -414,7 +425,7 @@ class Daemon:
             observed = await client.get(rec.id, retry=retry)
         except NotFound as exc:
             self._api_error(rec, "get", exc)
-            row = await self._store(self._write_not_found, rec.id)
+            row = await self._store(self._write_not_found, rec.id, self._next_mark(rec, now))
             self._after_look(rec, row, now)
             return None
         except APIError as exc:
@@ -521,7 +532,7 @@ class Daemon:
             observed = await client.cancel(rec.id, retry=CANCEL_RETRY)
         except NotFound as exc:
             self._api_error(rec, "cancel", exc)
-            row = await self._store(self._write_not_found, rec.id)
+            row = await self._store(self._write_not_found, rec.id, self._next_mark(rec, now))
             self._after_look(rec, row, now)
         except RequestRejected as exc:  # not cancellable now: see what it is instead
             self._api_error(rec, "cancel", exc)
@@ -566,11 +577,12 @@ class Daemon:
             apply_mark(row, mark)
             return row
 
-    def _write_not_found(self, rid: str) -> Response | None:
+    def _write_not_found(self, rid: str, mark: PollMark) -> Response | None:
         with tracker.recording(self.store, "daemon", self.clock()) as rec:
             row = rec.session.get(Response, rid)
             if row is None:
                 return None
+            apply_mark(row, mark)
             if row.status in TERMINAL:  # the server forgot a finished response: nothing to chase
                 row.confirm_until = None
                 if row.cancel_state == CancelState.PENDING.value:
@@ -578,7 +590,6 @@ class Daemon:
             elif tracker.not_found(rec, row, self.config.polling.lost_after):
                 if row.cancel_state == CancelState.PENDING.value:
                     row.cancel_state = CancelState.SETTLED.value
-            row.next_poll_at = rec.now + self.config.polling.first
             return row
 
     def _write_decision(self, rid: str) -> tuple[Response | None, bool]:
@@ -695,12 +706,20 @@ class Daemon:
 
     async def _heartbeat(self) -> None:
         await self._store(self._write_heartbeat)
+        self.notify.status(self._status())
+
+    async def _watchdog(self) -> None:
+        self.notify.watchdog()
+
+    def _status(self) -> str:
+        return f"tracking {len(self.active)} active responses; {self._reload_note}"
 
     # ---- reload ----------------------------------------------------------------
 
     async def reload(self) -> None:
         """SIGHUP: re-read the config; an invalid one is logged and the old one stays."""
         async with self._reloading:
+            self.notify.reloading()
             try:
                 config = await asyncio.to_thread(load_config, self.config_path)
                 changed = {
@@ -710,6 +729,8 @@ class Daemon:
                 }
             except ConfigError as exc:
                 log.error("daemon.reload_failed", error=str(exc), hint="the previous config stays in force")
+                self._reload_note = f"reload FAILED at {time.strftime('%H:%M:%S')}: {exc}; previous config in force"
+                self.notify.ready(self._status())
                 return
             retired = [c for name, c in self.clients.items() if name in changed or name not in config.accounts]
             self.clients = {name: changed.get(name) or self.clients[name] for name in config.accounts}
@@ -728,6 +749,8 @@ class Daemon:
                 policies=[p.name for p in config.policies],
                 active=len(self.active),
             )
+            self._reload_note = f"config reloaded at {time.strftime('%H:%M:%S')}"
+            self.notify.ready(self._status())
 
     async def _close_later(self, clients: list[ResponsesClient]) -> None:
         if not clients:

@@ -1,0 +1,16 @@
+"""A faithful local stand-in of the OpenAI Responses API (background responses).
+
+Serves `POST /v1/responses`, `GET /v1/responses/{id}` and `POST /v1/responses/{id}/cancel`.
+Each response plays out from the clock: `queue` seconds `queued`, `run` seconds `in_progress`,
+then its outcome; request metadata keys `fake_queue`, `fake_run`, `fake_outcome`,
+`fake_input_tokens`, `fake_output_tokens`, `fake_reasoning_tokens` and `fake_cached_tokens`
+override the server's defaults. The server keeps its own record of every call for test oracles
+(`FakeState`, `GET /_fake/state`), injects faults on demand (`FakeState.faults`,
+`POST /_fake/faults`) and can backdate responses (`POST /_fake/responses` with `created_at`).
+"""
+
+from .app import FakeAPI
+from .server import FakeServer
+from .state import ApiError, CancelCall, Faults, FakeState, Record, RouteFaults, Simulation
+
+__all__ = ["ApiError", "CancelCall", "FakeAPI", "FakeServer", "FakeState", "Faults", "Record", "RouteFaults", "Simulation"]

@@ -1,0 +1,314 @@
+"""The fake Responses API: routes, auth, validation, response objects and fault injection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+import time
+from typing import Any
+
+from .http_server import DROP, Reply, Request
+from .state import ApiError, Faults, FakeState, Record
+
+# Request fields a response object repeats, with the value it shows when the request lacks them.
+ECHOED_DEFAULTS: dict[str, Any] = {
+    "instructions": None,
+    "max_output_tokens": None,
+    "max_tool_calls": None,
+    "parallel_tool_calls": True,
+    "previous_response_id": None,
+    "prompt_cache_key": None,
+    "reasoning": {"effort": None, "summary": None},
+    "safety_identifier": None,
+    "service_tier": "default",
+    "store": True,
+    "temperature": 1.0,
+    "text": {"format": {"type": "text"}, "verbosity": "medium"},
+    "tool_choice": "auto",
+    "tools": [],
+    "top_logprobs": 0,
+    "top_p": 1.0,
+    "truncation": "disabled",
+    "user": None,
+}
+# Fields the SDK's `Response` model requires, plus status: all a "missing fields" reply keeps.
+REQUIRED_FIELDS = ("id", "object", "created_at", "model", "output", "parallel_tool_calls", "tool_choice", "tools", "status")
+MAX_METADATA_KEYS = 16
+PROXY_PAGE = (
+    b"<html><head><title>{status}</title></head><body><center><h1>{status}</h1></center>"
+    b"<hr><center>nginx</center></body></html>"
+)
+
+
+def json_reply(status: int, payload: Any, headers: dict[str, str] | None = None) -> Reply:
+    return Reply(status, json.dumps(payload).encode(), headers=headers or {})
+
+
+def html_reply(status: int, title: str) -> Reply:
+    return Reply(status, PROXY_PAGE.replace(b"{status}", title.encode()), "text/html; charset=utf-8")
+
+
+def response_object(record: Record, now: float) -> dict[str, Any]:
+    """The record as the API's response object at instant `now`."""
+    status = record.status(now)
+    sim = record.simulation
+    finished_at = record.finished_at(now)
+    output = []
+    if status in ("completed", "incomplete"):
+        text = {"type": "output_text", "text": f"Simulated answer from {record.model}.", "annotations": [], "logprobs": []}
+        output.append(
+            {"type": "message", "id": record.message_id, "status": status, "role": "assistant", "content": [text]}
+        )
+    usage = None
+    if finished_at is not None and status != "cancelled":
+        usage = {
+            "input_tokens": sim.input_tokens,
+            "input_tokens_details": {"cached_tokens": sim.cached_tokens, "cache_write_tokens": 0},
+            "output_tokens": sim.output_tokens,
+            "output_tokens_details": {"reasoning_tokens": sim.reasoning_tokens},
+            "total_tokens": sim.input_tokens + sim.output_tokens,
+        }
+    return {
+        "id": record.id,
+        "object": "response",
+        "created_at": int(record.created_at),
+        "status": status,
+        "background": record.background,
+        "completed_at": int(finished_at) if status == "completed" else None,  # type: ignore[arg-type]
+        "error": (
+            {"code": "server_error", "message": "The model failed to generate a response."} if status == "failed" else None
+        ),
+        "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
+        "model": record.model,
+        "output": output,
+        **ECHOED_DEFAULTS,
+        **record.echoed,
+        "usage": usage,
+        "metadata": record.metadata,
+    }
+
+
+class FakeAPI:
+    """The request handler: `/v1/responses` routes, with faults, and the `/_fake/*` admin routes."""
+
+    def __init__(self, state: FakeState) -> None:
+        self.state = state
+
+    async def __call__(self, request: Request) -> Reply:
+        try:
+            reply = await self._handle(request)
+        except ApiError as e:
+            reply = json_reply(e.status, e.body, e.headers)
+        if reply is not DROP:
+            reply.headers["x-request-id"] = f"req_{secrets.token_hex(16)}"
+        return reply
+
+    async def _handle(self, request: Request) -> Reply:
+        if request.path.startswith("/_fake/"):
+            return await self._admin(request)
+        route, response_id = _route(request.method, request.path)
+        headers = request.headers
+        self.state.count_request(route, headers.get("openai-organization"), headers.get("openai-project"))
+        fault = await self._injected_fault(route, request)
+        if fault is not None:
+            return fault
+        self._authorize(headers)
+        if route == "create":
+            record = await self._create(_json_object(request.body), request)
+        elif route == "get":
+            record = self.state.get(response_id)
+        else:
+            record = self.state.cancel(response_id)
+        return self._garbled(route, response_object(record, time.time()))
+
+    async def _admin(self, request: Request) -> Reply:
+        method, path, body = request.method, request.path, request.body
+        if (method, path) == ("GET", "/_fake/state"):
+            return json_reply(200, self.state.snapshot())
+        if (method, path) == ("POST", "/_fake/faults"):
+            try:
+                self.state.faults = Faults.from_json(_json_object(body))
+            except (TypeError, ValueError) as e:
+                raise ApiError(400, f"Invalid faults: {e}") from None
+            return json_reply(200, self.state.faults.as_json())
+        if (method, path) == ("POST", "/_fake/responses"):
+            fields = _json_object(body)
+            created_at = fields.get("created_at")
+            if not isinstance(created_at, (int, float)) or isinstance(created_at, bool):
+                raise ApiError(400, "Missing or invalid 'created_at' (unix seconds).", param="created_at")
+            record = await self._create(fields, request, created_at=float(created_at))
+            return json_reply(200, response_object(record, time.time()))
+        raise ApiError(404, f"Invalid URL ({method} {path})")
+
+    async def _injected_fault(self, route: str, request: Request) -> Reply | None:
+        faults, count = self.state.faults, self.state.count_fault
+        if faults.in_outage():
+            count("outage")
+            return json_reply(503, _error("The server is overloaded or not ready yet.", "server_error"))
+        odds = getattr(faults, route)
+        if faults.strikes(odds.slow):
+            count("slow")
+            await asyncio.sleep(faults.slow_seconds)
+        if faults.strikes(odds.hang):
+            count("hang")
+            await _hold(faults.hang_seconds, request)
+            return DROP
+        if faults.strikes(odds.drop):
+            count("drop")
+            return DROP
+        if faults.strikes(odds.server_error):
+            count("server_error")
+            return faults.rng.choice(
+                [
+                    json_reply(500, _error("The server had an error while processing your request. Sorry about that!", "server_error")),
+                    html_reply(502, "502 Bad Gateway"),
+                    json_reply(503, _error("The engine is currently overloaded, please try again later.", "server_error")),
+                ]
+            )
+        if faults.strikes(odds.rate_limit):
+            count("rate_limit")
+            wait = f"{faults.retry_after:g}"
+            return json_reply(
+                429,
+                _error(f"Rate limit reached for requests. Please try again in {wait}s.", "requests", "rate_limit_exceeded"),
+                {
+                    "retry-after": wait,
+                    "x-ratelimit-limit-requests": "500",
+                    "x-ratelimit-remaining-requests": "0",
+                    "x-ratelimit-reset-requests": f"{wait}s",
+                    "x-ratelimit-limit-tokens": "30000",
+                    "x-ratelimit-remaining-tokens": "30000",
+                    "x-ratelimit-reset-tokens": "0s",
+                },
+            )
+        if faults.strikes(odds.quota):
+            count("quota")
+            return json_reply(
+                429,
+                _error(
+                    "You exceeded your current quota, please check your plan and billing details.",
+                    "insufficient_quota",
+                    "insufficient_quota",
+                ),
+            )
+        return None
+
+    def _garbled(self, route: str, obj: dict[str, Any]) -> Reply:
+        """The 200 reply carrying `obj`, garbled by whichever body faults strike."""
+        faults, count = self.state.faults, self.state.count_fault
+        odds = getattr(faults, route)
+        if faults.strikes(odds.unknown_status):
+            count("unknown_status")
+            obj["status"] = faults.unknown_status_value
+        if faults.strikes(odds.extra_fields):
+            count("extra_fields")
+            obj["vendor_extension"] = {"queue_position": 3, "region": "fake-1"}
+            obj["x_trace_id"] = secrets.token_hex(8)
+        if faults.strikes(odds.missing_fields):
+            count("missing_fields")
+            obj = {k: obj[k] for k in REQUIRED_FIELDS}
+        body = json.dumps(obj).encode()
+        if faults.strikes(odds.malformed_json):
+            count("malformed_json")
+            return Reply(200, body[: len(body) // 2])
+        if faults.strikes(odds.wrong_content_type):
+            count("wrong_content_type")
+            return html_reply(200, "Service status")
+        return Reply(200, body)
+
+    def _authorize(self, headers: dict[str, str]) -> None:
+        key = self.state.api_key
+        if key is not None and headers.get("authorization") != f"Bearer {key}":
+            raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+
+    async def _create(self, fields: dict[str, Any], request: Request, created_at: float | None = None) -> Record:
+        model = fields.get("model")
+        if model is None:
+            raise ApiError(400, "Missing required parameter: 'model'.", param="model", code="missing_required_parameter")
+        if not isinstance(model, str):
+            raise _invalid_type("model", "a string")
+        background = fields.get("background") or False
+        if not isinstance(background, bool):
+            raise _invalid_type("background", "a boolean")
+        record = self.state.create(
+            model,
+            background=background,
+            metadata=_metadata(fields.get("metadata")),
+            created_at=created_at,
+            echoed={k: fields[k] for k in ECHOED_DEFAULTS if fields.get(k) is not None}
+            | _service_tier(fields.get("service_tier")),
+        )
+        if not background and created_at is None:
+            await _hold(record.finishes_at - time.time(), request)
+        return record
+
+
+async def _hold(seconds: float, request: Request) -> None:
+    """Wait `seconds`, or less if the client goes away."""
+    if seconds > 0:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(request.client_gone(), seconds)
+
+
+def _route(method: str, path: str) -> tuple[str, str]:
+    """(route, response id) of an API request; raises the API's 404 for anything else."""
+    parts = path.rstrip("/").split("/")
+    if parts[:3] == ["", "v1", "responses"]:
+        if len(parts) == 3 and method == "POST":
+            return "create", ""
+        if len(parts) == 4 and method == "GET":
+            return "get", parts[3]
+        if len(parts) == 5 and parts[4] == "cancel" and method == "POST":
+            return "cancel", parts[3]
+    raise ApiError(404, f"Invalid URL ({method} {path})")
+
+
+def _error(message: str, type: str, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type, "param": None, "code": code}}
+
+
+def _invalid_type(param: str, expected: str) -> ApiError:
+    return ApiError(400, f"Invalid type for '{param}': expected {expected}.", param=param, code="invalid_type")
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        request = json.loads(body)
+    except ValueError:
+        request = None
+    if not isinstance(request, dict):
+        raise ApiError(
+            400,
+            "We could not parse the JSON body of your request. The OpenAI API expects a JSON payload.",
+        )
+    return request
+
+
+def _metadata(metadata: Any) -> dict[str, str]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise _invalid_type("metadata", "an object")
+    if len(metadata) > MAX_METADATA_KEYS:
+        raise ApiError(
+            400,
+            f"Invalid 'metadata': too many properties. Expected at most {MAX_METADATA_KEYS}.",
+            param="metadata",
+            code="object_above_max_properties",
+        )
+    for key, value in metadata.items():
+        if not isinstance(value, str):
+            raise _invalid_type(f"metadata.{key}", "a string")
+    return metadata
+
+
+def _service_tier(requested: Any) -> dict[str, Any]:
+    """The tier the response reports: the API answers a request for "auto" with "default"."""
+    if requested is None or requested == "auto":
+        return {"service_tier": "default"}
+    if requested not in ("default", "flex", "scale", "priority", "fast", "ultrafast"):
+        raise ApiError(400, f"Invalid value for 'service_tier': {requested!r}.", param="service_tier")
+    return {"service_tier": requested}
+

@@ -1,0 +1,90 @@
+"""Serving the fake API: from a background thread (tests, demo) or the foreground (CLI)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from typing import Any
+
+from . import http_server
+from .app import FakeAPI
+from .state import FakeState
+
+START_TIMEOUT = 10.0
+STOP_TIMEOUT = 5.0
+
+
+class FakeServer:
+    """The fake Responses API on a local port.
+
+    `with FakeServer(run=0.2) as srv:` serves from a background thread and gives
+    `srv.base_url` ("http://127.0.0.1:PORT/v1") and `srv.state`. Keywords beyond the named ones
+    go to `FakeState` (simulation defaults, `id_prefix`, `cancel_finished_status`).
+    """
+
+    def __init__(self, api_key: str | None = "sk-fake", host: str = "127.0.0.1", port: int = 0, **settings: Any) -> None:
+        self.state = FakeState(api_key=api_key, **settings)
+        self.host = host
+        self.port = port
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    def bind(self) -> socket.socket:
+        """A listening socket on host:port (port 0 picks one): clients can connect from now on."""
+        # An explicit IPPROTO_TCP (socket.create_server leaves proto 0) is what makes asyncio set
+        # TCP_NODELAY on accepted connections; without it, replies wait ~40 ms on delayed ACKs.
+        family, kind, proto, _, address = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+        self.port = sock.getsockname()[1]
+        return sock
+
+    async def serve(self, sock: socket.socket, until: asyncio.Event) -> None:
+        """Serve on the listening `sock` until `until` is set."""
+        await http_server.serve(sock, FakeAPI(self.state), until)
+
+    def start(self) -> FakeServer:
+        """Serve from a background thread; returns once the server accepts connections."""
+        sock = self.bind()
+        ready = threading.Event()
+
+        async def run() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stopping = asyncio.Event()
+            ready.set()
+            await self.serve(sock, self._stopping)
+
+        self._thread = threading.Thread(target=asyncio.run, args=(run(),), name=f"fakeapi:{self.port}")
+        self._thread.start()
+        if not ready.wait(START_TIMEOUT):
+            raise RuntimeError("the fake API server did not start")
+        return self
+
+    def stop(self) -> None:
+        """Stop serving: close every connection (held requests too) and join the thread."""
+        if self._thread is None:
+            return
+        assert self._loop is not None and self._stopping is not None
+        self._loop.call_soon_threadsafe(self._stopping.set)
+        self._thread.join(STOP_TIMEOUT)
+        if self._thread.is_alive():
+            raise RuntimeError("the fake API server did not stop")
+        self._thread = None
+
+    def __enter__(self) -> FakeServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
