@@ -187,6 +187,15 @@ def test_tracking_a_malformed_id_exits_2_without_asking_the_api(tether, fake):
     assert not tether.store_path.exists(), "nothing should be stored"
 
 
+def test_tracking_while_the_api_is_down_exits_1_and_stores_nothing(tether, fake):
+    rid = create(fake, fake_run="60")
+    fake.state.faults.outage_for(120)
+    result = tether.cli("track", rid)
+    assert result.returncode == 1, result.stderr
+    assert rid in result.stderr and "503" in result.stderr and no_traceback(result)
+    assert not tether.store_path.exists(), "nothing should be stored"
+
+
 def test_tracking_with_an_unknown_policy_exits_2_naming_the_known_policies(tether, fake):
     tether.write_config(POLICIES)
     result = tether.cli("track", "resp_abc", "--no-verify", "--policy", "nope")
@@ -333,6 +342,14 @@ def test_show_of_an_unknown_id_exits_3_and_of_a_malformed_one_2(tether, fake, ri
     result = tether.cli("show", rid, "--json")
     assert result.returncode == code, result.stderr
     assert rid in result.stderr and result.stdout == ""
+
+
+def test_show_prints_labels_literally_even_when_they_look_like_markup(tether, fake):
+    assert tether.cli("track", "resp_markup", "--no-verify", "--label", "a=[/]", "--label", "b=[red]x").returncode == 0
+    result = tether.cli("show", "resp_markup")
+    assert result.returncode == 0, result.stderr[-500:]
+    assert no_traceback(result)
+    assert "[/]" in result.stdout and "[red]x" in result.stdout
 
 
 # ---- log ---------------------------------------------------------------------------------
@@ -525,6 +542,16 @@ def test_every_command_exits_78_on_a_bad_config_without_a_traceback(tether):
     assert not tether.store_path.exists()
 
 
+def test_check_config_prints_match_values_literally_even_when_they_look_like_markup(tether):
+    tether.config_path.write_text(
+        '[[policy]]\nname = "p"\nmatch = { metadata = { note = "[/]", tag = "[red]x" } }\nmax_runtime = "1h"\n'
+    )
+    result = tether.cli("check-config")
+    assert result.returncode == 0, result.stderr[-500:]
+    assert no_traceback(result)
+    assert "[/]" in result.stdout and "[red]x" in result.stdout
+
+
 # ---- db, check ---------------------------------------------------------------------------
 
 
@@ -578,7 +605,6 @@ def test_a_rejected_api_key_exits_1_with_a_message_that_never_contains_the_key(t
 # ---- budget ------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: SPEC §4/§7 `tether budget` is not implemented (no such command)")
 def test_budget_json_lists_each_budget_window(tether, fake):
     tether.write_config('[[budget]]\nname = "daily"\nlimit_usd = 50.0\nperiod = "day"\n')
     result = tether.cli("budget", "--json")

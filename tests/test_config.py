@@ -244,6 +244,315 @@ def test_the_example_config_is_accepted():
     assert warn.action == "warn"
     assert (rest.match, rest.max_runtime, rest.action) == (Match(), 7200.0, "cancel")
     assert cfg.accounts["default"].key_source() == "env OPENAI_API_KEY"
+    assert [budget.name for budget in cfg.budgets] == ["search-daily", "all-rolling-24h"]
+    daily, rolling = cfg.budgets
+    assert daily == config.BudgetConfig(
+        name="search-daily",
+        match=Match(metadata={"team": "search"}),
+        limit_usd=50.0,
+        period="day",
+        timezone="Europe/Berlin",
+        warn_at=(0.5, 0.8),
+        on_exceed="cancel",
+    )
+    assert (rolling.match, rolling.period, rolling.window, rolling.on_exceed) == (Match(), None, 86400.0, "warn")
+    assert cfg.prices == {"o3-pro": config.Price(20.0, 20.0, 80.0), "my-finetune": config.Price(3.0, 1.5, 12.0)}
+    assert cfg.service_tiers == {"priority": 1.8}
+    assert cfg.output_tokens_per_second == 50.0
+
+
+# --- prices, tiers, estimates and budgets ----------------------------------------------------------
+
+
+def test_without_prices_or_budgets_the_defaults_apply():
+    cfg = parse("")
+    assert (cfg.prices, cfg.service_tiers, cfg.output_tokens_per_second, cfg.budgets) == ({}, {}, 50.0, ())
+
+
+def test_prices_tiers_and_the_estimate_speed_are_read():
+    cfg = parse(
+        """
+        [prices."o3-pro"]
+        input = 20
+        cached_input = 10.5
+        output = 80
+        [prices."gpt-5.2"]
+        input = 1.75
+        output = 14
+        [prices."meta-llama/Llama-3.1-8B"]
+        input = 0
+        output = 0
+        [service_tiers]
+        flex = 0.4
+        turbo = 3
+        [estimate]
+        output_tokens_per_second = 120
+        """
+    )
+    assert cfg.prices == {
+        "o3-pro": config.Price(input=20.0, cached_input=10.5, output=80.0),
+        "gpt-5.2": config.Price(input=1.75, cached_input=1.75, output=14.0),
+        "meta-llama/Llama-3.1-8B": config.Price(input=0.0, cached_input=0.0, output=0.0),
+    }
+    assert cfg.service_tiers == {"flex": 0.4, "turbo": 3.0}
+    assert cfg.output_tokens_per_second == 120.0
+
+
+def test_every_setting_of_a_budget_is_read():
+    cfg = parse(
+        """
+        [accounts.batch]
+        [[budget]]
+        name = "search-daily"
+        match = { model = "o3*", metadata = { team = "search" }, account = "batch", labels = { job = "1" } }
+        limit_usd = 50
+        period = "day"
+        timezone = "America/New_York"
+        warn_at = [0.8, 0.5, 1, 0.8]
+        on_exceed = "warn"
+        """
+    )
+    assert cfg.budgets == (
+        config.BudgetConfig(
+            name="search-daily",
+            match=Match(model=("o3*",), metadata={"team": "search"}, account=("batch",), labels={"job": "1"}),
+            limit_usd=50.0,
+            period="day",
+            window=None,
+            timezone="America/New_York",
+            warn_at=(0.5, 0.8, 1.0),
+            on_exceed="warn",
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        pytest.param(
+            'period = "month"',
+            {
+                "match": Match(),
+                "period": "month",
+                "window": None,
+                "timezone": "UTC",
+                "warn_at": (),
+                "on_exceed": "cancel",
+            },
+            id="a minimal calendar budget matches everything in UTC and cancels",
+        ),
+        pytest.param('window = "24h"', {"period": None, "window": 86400.0}, id="a rolling window in a duration"),
+        pytest.param("window = 90", {"period": None, "window": 90.0}, id="a rolling window in seconds"),
+        pytest.param('period = "hour"\nwarn_at = []', {"warn_at": ()}, id="no thresholds"),
+        pytest.param('period = "week"\ntimezone = "Asia/Kolkata"', {"timezone": "Asia/Kolkata"}, id="a time zone"),
+    ],
+)
+def test_a_budget_takes_defaults_for_what_it_omits(settings, expected):
+    budget = parse(f'[[budget]]\nname = "b"\nlimit_usd = 1\n{settings}').budgets[0]
+    assert {key: getattr(budget, key) for key in expected} == expected
+
+
+@pytest.mark.parametrize(("name", "found"), [("daily", "daily"), ("weekly", "weekly"), ("gone", None)])
+def test_a_budget_is_found_by_name(name, found):
+    cfg = parse(
+        '[[budget]]\nname = "daily"\nlimit_usd = 1\nperiod = "day"\n'
+        '[[budget]]\nname = "weekly"\nlimit_usd = 5\nperiod = "week"'
+    )
+    budget = cfg.budget_named(name)
+    assert (budget.name if budget else None) == found
+
+
+BUDGET = '[[budget]]\nname = "a"\nlimit_usd = 1\nperiod = "day"\n'
+
+
+def test_budgets_and_prices_cannot_be_changed():
+    cfg = parse('[prices.m]\ninput = 1\noutput = 2\n[service_tiers]\nflex = 0.5\n' + BUDGET)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.budgets[0].limit_usd = 2.0  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        cfg.prices["other"] = cfg.prices["m"]  # type: ignore[index]
+    with pytest.raises(TypeError):
+        cfg.service_tiers["flex"] = 1.0  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        # prices
+        pytest.param(
+            '[prices."o3-pro"]\ninput = 20\noutput = -1',
+            "prices.o3-pro.output: expected a number >= 0, got -1",
+            id="a negative price",
+        ),
+        pytest.param(
+            '[prices."gpt-5.2"]\ninput = "1.75"\noutput = 14',
+            'prices."gpt-5.2".input: expected a number >= 0, got "1.75"',
+            id="a price given as a string, under a quoted model key",
+        ),
+        pytest.param(
+            '[prices."o3-pro"]\ninput = 20\ncached_input = nan\noutput = 80',
+            "prices.o3-pro.cached_input: expected a number >= 0, got NaN",
+            id="a price that is not a number",
+        ),
+        pytest.param(
+            '[prices."o3-pro"]\noutput = 80',
+            "prices.o3-pro.input: missing; every price needs input and output (cached_input is optional)",
+            id="a price without input",
+        ),
+        pytest.param(
+            '[prices."o3-pro"]\ninput = 20',
+            "prices.o3-pro.output: missing; every price needs input and output (cached_input is optional)",
+            id="a price without output",
+        ),
+        pytest.param(
+            '[prices."o3-pro"]\ninput = 20\noutput = 80\ncached = 5',
+            "prices.o3-pro.cached: unknown key (known: input, cached_input, output)",
+            id="an unknown price key",
+        ),
+        pytest.param('prices = { o3 = 5 }', "prices.o3: expected a table, got 5", id="a price that is not a table"),
+        pytest.param('prices = "cheap"', 'prices: expected a table, got "cheap"', id="prices that are not a table"),
+        # service tiers and estimates
+        pytest.param(
+            "[service_tiers]\nflex = -0.5", "service_tiers.flex: expected a number >= 0, got -0.5", id="a negative tier"
+        ),
+        pytest.param(
+            '[service_tiers]\nflex = "half"',
+            'service_tiers.flex: expected a number >= 0, got "half"',
+            id="a tier given as a word",
+        ),
+        pytest.param(
+            "[estimate]\noutput_tokens_per_second = 0",
+            "estimate.output_tokens_per_second: expected a number > 0, got 0",
+            id="an estimate speed of zero",
+        ),
+        pytest.param(
+            "[estimate]\ntokens_per_second = 10",
+            "estimate.tokens_per_second: unknown key (known: output_tokens_per_second)",
+            id="an unknown estimate key",
+        ),
+        # budgets
+        pytest.param(
+            '[budget]\nname = "b"',
+            "budget: expected an array of tables ([[budget]]), got a table",
+            id="a single budget table",
+        ),
+        pytest.param(
+            '[[budget]]\nlimit_usd = 1\nperiod = "day"',
+            "budget[1].name: missing; every [[budget]] needs a name and a limit_usd",
+            id="a budget without a name",
+        ),
+        pytest.param(
+            '[[budget]]\nname = "b"\nperiod = "day"',
+            "budget[1].limit_usd: missing; every [[budget]] needs a name and a limit_usd",
+            id="a budget without a limit",
+        ),
+        pytest.param(
+            '[[budget]]\nname = "b"\nlimit_usd = 0\nperiod = "day"',
+            "budget[1].limit_usd: expected a number > 0, got 0",
+            id="a limit of zero",
+        ),
+        pytest.param(
+            '[[budget]]\nname = "b"\nlimit_usd = "50"\nperiod = "day"',
+            'budget[1].limit_usd: expected a number > 0, got "50"',
+            id="a limit given as a string",
+        ),
+        pytest.param(
+            BUDGET + '[[budget]]\nname = "a"\nlimit_usd = 1\nperiod = "day"',
+            'budget[2].name: duplicate budget name "a"',
+            id="a duplicate budget name",
+        ),
+        pytest.param(
+            '[[budget]]\nname = "search daily"\nlimit_usd = 1\nperiod = "day"',
+            'budget[1].name: invalid name "search daily" (use letters, digits, _, - and .)',
+            id="a budget name with a space",
+        ),
+        pytest.param(
+            '[[budget]]\nname = "b"\nlimit_usd = 1\nperiod = "day"\nwindow = "24h"',
+            "budget[1]: give either period or window, not both",
+            id="both a period and a window",
+        ),
+        pytest.param(
+            '[[budget]]\nname = "b"\nlimit_usd = 1',
+            'budget[1]: needs a period (hour, day, week, month) or a rolling window (such as "24h")',
+            id="neither a period nor a window",
+        ),
+        pytest.param(
+            '[[budget]]\nname = "b"\nlimit_usd = 1\nperiod = "daily"',
+            'budget[1].period: expected one of hour, day, week, month, got "daily"',
+            id="an unknown period",
+        ),
+        pytest.param(
+            '[[budget]]\nname = "b"\nlimit_usd = 1\nwindow = "0s"',
+            'budget[1].window: expected a duration > 0, got "0s"',
+            id="an empty rolling window",
+        ),
+        pytest.param(
+            '[[budget]]\nname = "b"\nlimit_usd = 1\nwindow = "1 day"',
+            'budget[1].window: invalid duration "1 day" '
+            '(write e.g. "90s", "5m", "1h30m", "2d", or a number of seconds)',
+            id="a rolling window in words",
+        ),
+        pytest.param(
+            BUDGET + '[[budget]]\nname = "b"\nlimit_usd = 1\nperiod = "day"\ntimezone = "Mars/Olympus"',
+            'budget[2].timezone: unknown timezone "Mars/Olympus" (expected an IANA name such as UTC or Europe/Berlin)',
+            id="an unknown time zone",
+        ),
+        pytest.param(
+            '[[budget]]\nname = "b"\nlimit_usd = 1\nperiod = "day"\ntimezone = "../../etc/passwd"',
+            'budget[1].timezone: unknown timezone "../../etc/passwd" '
+            "(expected an IANA name such as UTC or Europe/Berlin)",
+            id="a time zone that is a path",
+        ),
+        pytest.param(
+            '[[budget]]\nname = "b"\nlimit_usd = 1\nperiod = "day"\ntimezone = "+02:00"',
+            'budget[1].timezone: unknown timezone "+02:00" (expected an IANA name such as UTC or Europe/Berlin)',
+            id="a time zone that is an offset",
+        ),
+        pytest.param(
+            '[[budget]]\nname = "b"\nlimit_usd = 1\nperiod = "day"\ntimezone = ""',
+            'budget[1].timezone: expected a non-empty string, got ""',
+            id="an empty time zone",
+        ),
+        pytest.param(
+            '[[budget]]\nname = "b"\nlimit_usd = 1\nperiod = "day"\nwarn_at = [0.5, 80]',
+            "budget[1].warn_at[2]: expected a fraction of the limit in (0, 1], got 80",
+            id="a threshold given as a percentage",
+        ),
+        pytest.param(
+            '[[budget]]\nname = "b"\nlimit_usd = 1\nperiod = "day"\nwarn_at = [0]',
+            "budget[1].warn_at[1]: expected a fraction of the limit in (0, 1], got 0",
+            id="a threshold of zero",
+        ),
+        pytest.param(
+            '[[budget]]\nname = "b"\nlimit_usd = 1\nperiod = "day"\nwarn_at = 0.5',
+            "budget[1].warn_at: expected an array of fractions of the limit in (0, 1], got 0.5",
+            id="a threshold that is not an array",
+        ),
+        pytest.param(
+            '[[budget]]\nname = "b"\nlimit_usd = 1\nperiod = "day"\non_exceed = "kill"',
+            'budget[1].on_exceed: expected one of cancel, warn, got "kill"',
+            id="an unknown action on exceeding",
+        ),
+        pytest.param(
+            '[[budget]]\nname = "b"\nlimit_usd = 1\nperiod = "day"\nmatch = { account = "batch" }',
+            'budget[1].match.account: unknown account "batch" (accounts: default)',
+            id="a budget matching an unknown account",
+        ),
+        pytest.param(
+            '[[budget]]\nname = "b"\nlimit_usd = 1\nperiod = "day"\nmatch = { team = "search" }',
+            "budget[1].match.team: unknown key (known: model, metadata, account, labels)",
+            id="an unknown budget match key",
+        ),
+        pytest.param(
+            '[[budget]]\nname = "b"\nlimit_usd = 1\nperiod = "day"\naction = "cancel"',
+            "budget[1].action: unknown key (known: name, match, limit_usd, period, window, timezone, warn_at, "
+            "on_exceed)",
+            id="an unknown budget key",
+        ),
+    ],
+)
+def test_an_invalid_budget_or_price_is_rejected_with_its_key_path(text, message):
+    assert error_of(text) == message
 
 
 # --- rejecting invalid files ---------------------------------------------------------------------
@@ -270,14 +579,10 @@ def test_the_example_config_is_accepted():
             id="an unknown policy key",
         ),
         pytest.param(
-            '[[budget]]\nname = "b"',
-            "budget: unknown key (known: store, log, accounts, polling, policy)",
-            id="a budget table, not supported yet",
-        ),
-        pytest.param(
-            '[prices."o3-pro"]\ninput = 20.0',
-            "prices: unknown key (known: store, log, accounts, polling, policy)",
-            id="a prices table, not supported yet",
+            '[budgets]\nname = "b"',
+            "budgets: unknown key (known: store, log, accounts, polling, policy, prices, service_tiers, estimate, "
+            "budget)",
+            id="an unknown top-level table",
         ),
         pytest.param(
             '[[policy]]\nname = "p"\nmatch = { models = "o3*" }',

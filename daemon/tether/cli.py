@@ -20,12 +20,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
-from tether import logs, render, tracker
+from tether import accounting, logs, render, tracker
 from tether.api import APIError, NotFound, RequestRejected, ResponsesClient, valid_id
 from tether.config import Config, ConfigError, load_config, parse_duration
 from tether.models import TERMINAL, Event, Heartbeat, Response, is_active
-from tether.store import Store, StoreError
+from tether.pricing import Pricing
+from tether.store import Store, StoreError, sqlite_path
 
 EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFIG = 1, 2, 3, 78
 HEARTBEAT_STALE = 30.0  # seconds without a heartbeat before `tether check` fails
@@ -41,8 +43,9 @@ app = typer.Typer(
 db_app = typer.Typer(help="Store maintenance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# markup=False: response metadata, labels and config values are data, never rich markup.
+out = Console(soft_wrap=True, markup=False)
+err = Console(stderr=True, soft_wrap=True, markup=False)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
@@ -67,7 +70,7 @@ class Context:
 
 
 def fail(code: int, message: str) -> typer.Exit:
-    err.print(f"tether: {message}", highlight=False, markup=False)
+    err.print(f"tether: {message}")
     raise typer.Exit(code)
 
 
@@ -113,9 +116,15 @@ def run(ctx: typer.Context) -> None:
 
 
 @app.command("check-config")
-def check_config(ctx: typer.Context, as_json: JsonFlag = False) -> None:
-    """Validate the config and print its accounts and policies; exit 0 or 78."""
+def check_config(
+    ctx: typer.Context,
+    as_json: JsonFlag = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only validate the file: print nothing unless it is invalid.")] = False,
+) -> None:
+    """Validate the config; print its accounts, policies and budgets; exit 0 or 78."""
     config: Config = ctx.obj.config()
+    if quiet:  # systemd's ExecReload: the daemon re-reads keys itself
+        return
     accounts, warnings = [], []
     for account in config.accounts.values():
         try:
@@ -128,43 +137,81 @@ def check_config(ctx: typer.Context, as_json: JsonFlag = False) -> None:
             {"name": account.name, "base_url": account.base_url, "key_source": account.key_source(), "key": key}
         )
     policies = [
-        {
-            "name": p.name,
-            "match": {k: v for k, v in (("model", list(p.match.model)), ("metadata", dict(p.match.metadata)),
-                                         ("account", list(p.match.account)), ("labels", dict(p.match.labels))) if v},
-            "max_queued": p.max_queued,
-            "max_runtime": p.max_runtime,
-            "action": p.action,
-        }
+        {"name": p.name, "match": match_shape(p.match), "max_queued": p.max_queued,
+         "max_runtime": p.max_runtime, "action": p.action, "reserve_usd": p.reserve_usd}
         for p in config.policies
     ]
+    budgets = [
+        {"name": b.name, "match": match_shape(b.match), "limit_usd": b.limit_usd, "period": b.period,
+         "window": b.window, "timezone": b.timezone, "warn_at": list(b.warn_at), "on_exceed": b.on_exceed}
+        for b in config.budgets
+    ]
+    warnings += after_the_fact_warnings(config)
     source = str(config.path) if config.path else None
     if as_json:
-        print(render.dumps({"config": source, "store": config.store.url, "accounts": accounts, "policies": policies}))
+        shape = {"config": source, "store": config.store.url, "accounts": accounts, "policies": policies,
+                 "budgets": budgets, "warnings": warnings}
+        print(render.dumps(shape))
         return
-    out.print(f"config: {source or '(none found: defaults)'}", highlight=False)
-    out.print(f"store:  {config.store.url}", highlight=False)
-    table = Table(title="accounts", header_style="bold")
-    for name in ("name", "base_url", "key source", "key"):
-        table.add_column(name)
-    for a in accounts:
-        table.add_row(a["name"], a["base_url"], a["key_source"], a["key"])
-    out.print(table)
-    table = Table(title="policies (first match applies)", header_style="bold")
-    for name in ("name", "match", "max_queued", "max_runtime", "action"):
-        table.add_column(name)
-    for p in policies:
-        table.add_row(
-            p["name"],
-            json.dumps(p["match"]) if p["match"] else "(anything)",
-            render.duration(p["max_queued"]),
-            render.duration(p["max_runtime"]),
-            p["action"],
-        )
-    out.print(table)
+    out.print(f"config: {source or '(none found: defaults)'}")
+    out.print(f"store:  {config.store.url}")
+    out.print(render.table("accounts", ["name", "base_url", "key source", "key"],
+                           [[a["name"], a["base_url"], a["key_source"], a["key"]] for a in accounts]))
+    out.print(render.table(
+        "policies (first match applies)", ["name", "match", "max_queued", "max_runtime", "action", "reserve"],
+        [[p["name"], match_text(p["match"]), render.duration(p["max_queued"]), render.duration(p["max_runtime"]),
+          p["action"], render.usd(p["reserve_usd"])] for p in policies],
+    ))
+    if budgets:
+        out.print(render.table(
+            "budgets (every match counts)", ["name", "match", "limit", "window", "warn at", "on exceed"],
+            [[b["name"], match_text(b["match"]), render.usd(b["limit_usd"]),
+              b["period"] and f"{b['period']} ({b['timezone']})" or f"rolling {render.duration(b['window'])}",
+              ", ".join(f"{f:.0%}" for f in b["warn_at"]) or "-", b["on_exceed"]] for b in budgets],
+        ))
     for warning in warnings:
-        err.print(warning, style="yellow", highlight=False, markup=False)
+        err.print(warning, style="yellow")
     out.print("configuration OK", style="green")
+
+
+def match_shape(match) -> dict[str, Any]:
+    parts = (("model", list(match.model)), ("metadata", dict(match.metadata)),
+             ("account", list(match.account)), ("labels", dict(match.labels)))
+    return {k: v for k, v in parts if v}
+
+
+def match_text(shape: dict[str, Any]) -> str:
+    return json.dumps(shape) if shape else "(anything)"
+
+
+def after_the_fact_warnings(config: Config) -> list[str]:
+    """Budgets that some responses in scope reserve nothing for: they can act only once
+    those responses have finished (SPEC §7: a reservation needs max_output_tokens or reserve_usd)."""
+    warnings = []
+    for budget in config.budgets:
+        blind = [p.name for p in config.policies if p.reserve_usd is None and may_overlap(budget.match, p.match)]
+        if not any(not match_shape(p.match) for p in config.policies):
+            blind.append("(responses with no policy)")
+        if blind:
+            warnings.append(
+                f"warning: budget {budget.name!r} can act only after the fact for responses under "
+                f"{', '.join(blind)}: they reserve nothing unless they state max_output_tokens "
+                "(give those policies a reserve_usd)"
+            )
+    return warnings
+
+
+def may_overlap(a, b) -> bool:
+    """False only when two selectors provably exclude each other."""
+    if a.account and b.account and not set(a.account) & set(b.account):
+        return False
+    for key in set(a.metadata) & set(b.metadata):
+        if a.metadata[key] != b.metadata[key]:
+            return False
+    for key in set(a.labels) & set(b.labels):
+        if a.labels[key] != b.labels[key]:
+            return False
+    return True
 
 
 # ---- tracking ----------------------------------------------------------------------
@@ -217,6 +264,7 @@ def store_tracked(
             tracker.track(
                 rec,
                 config,
+                Pricing.from_config(config),
                 response_id=rid,
                 account=account,
                 observed=observed,
@@ -264,7 +312,7 @@ def track(
             print(render.dumps(render.record(row)))
         else:
             note = "tracked" if created else "already tracked"
-            out.print(f"{note} {row.id}  status={row.status or 'unseen'}  policy={row.policy or '-'}", highlight=False)
+            out.print(f"{note} {row.id}  status={row.status or 'unseen'}  policy={row.policy or '-'}")
 
 
 @app.command()
@@ -456,7 +504,7 @@ def cancel(
     store = context.store(config)
     row, _ = load_response(store, response_id)
     if row.status in TERMINAL or row.status == "lost":
-        out.print(f"{row.id} is already {row.status}; nothing to cancel", highlight=False)
+        out.print(f"{row.id} is already {row.status}; nothing to cancel")
         return
     now = time.time()
     with tracker.recording(store, "cli", now) as rec:
@@ -485,13 +533,13 @@ def cancel(
     with tracker.recording(store, "cli", time.time()) as rec:
         row = rec.session.get(Response, response_id)
         if observed is not None:
-            tracker.observe(rec, row, observed, config, reason="cancel")
+            tracker.observe(rec, row, observed, config, Pricing.from_config(config), reason="cancel")
         tracker.cancel_answered(row, config.polling.confirm_window, rec.now)
         row.next_poll_at = rec.now + config.polling.first
     if as_json:
         print(render.dumps(render.record(row)))
     else:
-        out.print(f"cancel sent: {row.id} is {row.status}", highlight=False)
+        out.print(f"cancel sent: {row.id} is {row.status}")
 
 
 def look_quietly(config: Config, account: str, rid: str) -> dict[str, Any] | None:
@@ -508,6 +556,23 @@ def look_quietly(config: Config, account: str, rid: str) -> dict[str, Any] | Non
     return asyncio.run(get())
 
 
+@app.command()
+def budget(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """Budget windows: limit, spent, committed, remaining, state."""
+    context: Context = ctx.obj
+    config = context.config()
+    store = context.store(config)
+    with store.reading() as session:
+        measured = accounting.measure(session, config, Pricing.from_config(config), time.time())
+    shapes = [render.budget(m.state) for m in measured]
+    if as_json:
+        print(render.dumps(shapes))
+    elif shapes:
+        out.print(render.budgets_table(shapes))
+    else:
+        err.print("no budgets configured (add [[budget]] tables to the config)", style="dim")
+
+
 # ---- operations --------------------------------------------------------------------
 
 
@@ -516,18 +581,23 @@ def check(ctx: typer.Context) -> None:
     """Health probe: exit 0 when the store is readable and the daemon's heartbeat is fresh."""
     context: Context = ctx.obj
     config = context.config()
+    path = sqlite_path(config.store.url)
+    if path is not None and not path.exists():
+        fail(EXIT_FAILURE, f"unhealthy: the store {path} does not exist: no daemon has run with this config")
     try:
         store = Store(config.store.url)
         with store.reading() as session:
             beat = session.get(Heartbeat, "daemon")
-    except Exception as exc:  # any failure to read is the answer to this probe
-        fail(EXIT_FAILURE, f"unhealthy: store {config.store.url} is not readable: {exc}")
+    except OperationalError as exc:
+        fail(EXIT_FAILURE, f"unhealthy: store {config.store.url} is not readable: {exc.orig}")
+    except StoreError as exc:
+        fail(EXIT_FAILURE, f"unhealthy: {exc}")
     if beat is None:
         fail(EXIT_FAILURE, "unhealthy: no daemon has ever run on this store")
     age = time.time() - beat.beat_at
     if age > HEARTBEAT_STALE:
         fail(EXIT_FAILURE, f"unhealthy: the daemon's last heartbeat was {age:.0f}s ago (pid {beat.pid} on {beat.host})")
-    out.print(f"healthy: daemon pid {beat.pid} on {beat.host}, heartbeat {age:.1f}s ago", highlight=False)
+    out.print(f"healthy: daemon pid {beat.pid} on {beat.host}, heartbeat {age:.1f}s ago")
 
 
 @db_app.command("upgrade")
@@ -538,7 +608,7 @@ def db_upgrade(ctx: typer.Context) -> None:
         applied = Store(config.store.url).migrate()
     except StoreError as exc:
         fail(EXIT_FAILURE, str(exc))
-    out.print(f"applied {', '.join(applied)}" if applied else "schema is up to date", highlight=False)
+    out.print(f"applied {', '.join(applied)}" if applied else "schema is up to date")
 
 
 @app.command()

@@ -15,10 +15,13 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import timezone as _timezone
+from datetime import tzinfo
 from fnmatch import fnmatchcase
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
@@ -30,6 +33,8 @@ _UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 # Each unit at most once, largest first: "1h30m", "2d", "250ms"; "1m1h" and "5" are invalid.
 _DURATION = re.compile("".join(rf"(?:(?P<{unit}>\d+(?:\.\d+)?){unit})?" for unit in _UNITS))
 _KEY_SOURCES = ("api_key_env", "api_key_file", "api_key_credential")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+DEFAULT_OUTPUT_TOKENS_PER_SECOND = 50.0
 
 
 class ConfigError(Exception):
@@ -161,6 +166,31 @@ class PolicyConfig:
 
 
 @dataclass(frozen=True)
+class Price:
+    """USD per 1M tokens. `input` applies to uncached input tokens, `cached_input` to cached ones."""
+
+    input: float
+    cached_input: float
+    output: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class BudgetConfig:
+    """A spending limit over a calendar `period` in `timezone`, or over a rolling `window`
+    (seconds); exactly one of the two is set. `warn_at` is sorted and unique. Unlike a
+    policy, a response counts toward every budget whose match fits."""
+
+    name: str
+    match: Match = field(default_factory=Match)
+    limit_usd: float
+    period: Literal["hour", "day", "week", "month"] | None = None
+    window: float | None = None
+    timezone: str = "UTC"
+    warn_at: tuple[float, ...] = ()
+    on_exceed: Literal["cancel", "warn"] = "cancel"
+
+
+@dataclass(frozen=True)
 class StoreConfig:
     url: str
 
@@ -179,6 +209,11 @@ class Config:
     accounts: Mapping[str, AccountConfig]
     polling: PollingConfig
     policies: tuple[PolicyConfig, ...]
+    # Only what the file says; tether.pricing merges these over the built-in tables.
+    prices: Mapping[str, Price] = field(default_factory=lambda: MappingProxyType({}))
+    service_tiers: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    output_tokens_per_second: float = DEFAULT_OUTPUT_TOKENS_PER_SECOND
+    budgets: tuple[BudgetConfig, ...] = ()
 
     @property
     def default_account(self) -> str:
@@ -186,6 +221,9 @@ class Config:
 
     def policy_named(self, name: str) -> PolicyConfig | None:
         return next((policy for policy in self.policies if policy.name == name), None)
+
+    def budget_named(self, name: str) -> BudgetConfig | None:
+        return next((budget for budget in self.budgets if budget.name == name), None)
 
     def select_policy(
         self,
@@ -279,8 +317,11 @@ def parse_config(
     data: Mapping[str, Any], *, path: Path | None = None, environ: Mapping[str, str] | None = None
 ) -> Config:
     environ = os.environ if environ is None else environ
-    _check_known(data, "", ("store", "log", "accounts", "polling", "policy"))
+    _check_known(
+        data, "", ("store", "log", "accounts", "polling", "policy", "prices", "service_tiers", "estimate", "budget")
+    )
     accounts = _parse_accounts(data.get("accounts"), environ)
+    estimate = _fields(data.get("estimate", {}), "estimate", _ESTIMATE_FIELDS)
     return Config(
         path=path,
         store=_parse_store(data.get("store", {}), environ),
@@ -288,6 +329,10 @@ def parse_config(
         accounts=accounts,
         polling=_parse_polling(data.get("polling", {})),
         policies=_parse_policies(data.get("policy", []), accounts),
+        prices=parse_prices(data.get("prices", {}), "prices"),
+        service_tiers=parse_service_tiers(data.get("service_tiers", {}), "service_tiers"),
+        output_tokens_per_second=estimate.get("output_tokens_per_second", DEFAULT_OUTPUT_TOKENS_PER_SECOND),
+        budgets=_parse_budgets(data.get("budget", []), accounts),
     )
 
 
@@ -368,13 +413,80 @@ def _parse_policies(value: Any, accounts: Mapping[str, AccountConfig]) -> tuple[
         if any(policy.name == fields["name"] for policy in policies):
             raise ConfigError(f"{path}.name: duplicate policy name {_show(fields['name'])}")
         policy = PolicyConfig(**fields)
-        for account in policy.match.account:
-            if account not in accounts:
-                raise ConfigError(
-                    f"{path}.match.account: unknown account {_show(account)} (accounts: {', '.join(accounts)})"
-                )
+        _check_accounts(policy.match, path, accounts)
         policies.append(policy)
     return tuple(policies)
+
+
+def _check_accounts(match: Match, path: str, accounts: Mapping[str, AccountConfig]) -> None:
+    for account in match.account:
+        if account not in accounts:
+            raise ConfigError(
+                f"{path}.match.account: unknown account {_show(account)} (accounts: {', '.join(accounts)})"
+            )
+
+
+def _parse_budgets(value: Any, accounts: Mapping[str, AccountConfig]) -> tuple[BudgetConfig, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f"budget: expected an array of tables ([[budget]]), got {_show(value)}")
+    budgets: list[BudgetConfig] = []
+    for number, item in enumerate(value, start=1):
+        path = f"budget[{number}]"
+        fields = _fields(item, path, _BUDGET_FIELDS)
+        for key in ("name", "limit_usd"):
+            if key not in fields:
+                raise ConfigError(f"{path}.{key}: missing; every [[budget]] needs a name and a limit_usd")
+        if any(budget.name == fields["name"] for budget in budgets):
+            raise ConfigError(f"{path}.name: duplicate budget name {_show(fields['name'])}")
+        if "period" in fields and "window" in fields:
+            raise ConfigError(f"{path}: give either period or window, not both")
+        if "period" not in fields and "window" not in fields:
+            raise ConfigError(
+                f'{path}: needs a period (hour, day, week, month) or a rolling window (such as "24h")'
+            )
+        budget = BudgetConfig(**fields)
+        _check_accounts(budget.match, path, accounts)
+        budgets.append(budget)
+    return tuple(budgets)
+
+
+def parse_prices(value: Any, path: str) -> Mapping[str, Price]:
+    """A table of `[MODEL]` tables of USD per 1M tokens (also reads the built-in prices.toml)."""
+    prices = {}
+    for model, item in _table(value, path).items():
+        key = f"{path}.{toml_key(model)}"
+        fields = _fields(item, key, _PRICE_FIELDS)
+        for name in ("input", "output"):
+            if name not in fields:
+                raise ConfigError(
+                    f"{key}.{name}: missing; every price needs input and output (cached_input is optional)"
+                )
+        fields.setdefault("cached_input", fields["input"])
+        prices[model] = Price(**fields)
+    return MappingProxyType(prices)
+
+
+def parse_service_tiers(value: Any, path: str) -> Mapping[str, float]:
+    """A table of service tier name -> price multiplier (>= 0)."""
+    convert = _number("a number >= 0", lambda x: x >= 0)
+    return MappingProxyType(
+        {tier: convert(item, f"{path}.{toml_key(tier)}") for tier, item in _table(value, path).items()}
+    )
+
+
+def toml_key(name: str) -> str:
+    """A table key as TOML would write it: bare when it can be (o3-pro), quoted otherwise ("gpt-5.2")."""
+    return name if _BARE_KEY.fullmatch(name) else json.dumps(name, ensure_ascii=False)
+
+
+def timezone_named(name: str) -> tzinfo:
+    """The IANA time zone `name`. "UTC" works even on a system without a time zone database."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        if name == "UTC":
+            return _timezone.utc
+        raise
 
 
 def _parse_match(value: Any, key: str) -> Match:
@@ -457,6 +569,25 @@ def _number(description: str, accept: Callable[[float], bool]) -> Converter:
         return float(value)
 
     return convert
+
+
+def _timezone_name(value: Any, key: str) -> str:
+    name = _string(value, key)
+    try:
+        timezone_named(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ConfigError(
+            f"{key}: unknown timezone {_show(name)} (expected an IANA name such as UTC or Europe/Berlin)"
+        ) from None
+    return name
+
+
+def _fractions(value: Any, key: str) -> tuple[float, ...]:
+    """An array of fractions in (0, 1], returned sorted without duplicates."""
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: expected an array of fractions of the limit in (0, 1], got {_show(value)}")
+    convert = _number("a fraction of the limit in (0, 1]", lambda x: 0 < x <= 1)
+    return tuple(sorted({convert(item, f"{key}[{number}]") for number, item in enumerate(value, start=1)}))
 
 
 def _positive_duration(value: Any, key: str) -> float:
@@ -544,4 +675,20 @@ _POLICY_FIELDS = {
     "max_runtime": parse_duration,
     "action": _choice("cancel", "warn"),
     "reserve_usd": _number("a number >= 0", lambda x: x >= 0),
+}
+_PRICE_FIELDS = {
+    "input": _number("a number >= 0", lambda x: x >= 0),
+    "cached_input": _number("a number >= 0", lambda x: x >= 0),
+    "output": _number("a number >= 0", lambda x: x >= 0),
+}
+_ESTIMATE_FIELDS = {"output_tokens_per_second": _number("a number > 0", lambda x: x > 0)}
+_BUDGET_FIELDS = {
+    "name": _check_name,
+    "match": _parse_match,
+    "limit_usd": _number("a number > 0", lambda x: x > 0),
+    "period": _choice("hour", "day", "week", "month"),
+    "window": _positive_duration,
+    "timezone": _timezone_name,
+    "warn_at": _fractions,
+    "on_exceed": _choice("cancel", "warn"),
 }

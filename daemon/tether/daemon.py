@@ -33,7 +33,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import bindparam, func, or_, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from tether import logs, tracker
+from tether import accounting, logs, tracker
 from tether.api import (
     NO_RETRY,
     AccountError,
@@ -46,13 +46,17 @@ from tether.api import (
 )
 from tether.config import Config, ConfigError, load_config
 from tether.logs import log
-from tether.models import ACTIVE, TERMINAL, CancelState, Event, Heartbeat, Response, is_active
+from tether.models import ACTIVE, TERMINAL, CancelState, Event, EventKind, Heartbeat, Response, is_active
 from tether.notify import Notifier
+from tether.render import iso
+from tether.budgets import cancel_plan, thresholds_crossed, window_at
 from tether.policies import Act, decide
+from tether.pricing import Pricing
 from tether.schedule import cancel_retry_delay, jittered, next_interval
 from tether.store import Store
 
 PICKUP_EVERY = 0.5  # newly tracked responses are noticed within a second
+BUDGET_SETTLE = 0.05  # coalesce a burst of spend changes into one budget evaluation
 FLUSH_EVERY = 1.0  # poll bookkeeping reaches the store at most this late
 HEARTBEAT_EVERY = 5.0
 SHUTDOWN_GRACE = 10.0  # in-flight requests may finish this long after SIGTERM
@@ -140,6 +144,7 @@ class Daemon:
         notifier: Notifier | None = None,
     ) -> None:
         self.config = config
+        self.pricing = Pricing.from_config(config)
         self.notify = notifier or Notifier()
         self._reload_note = "config loaded at start"
         self.store = store
@@ -154,6 +159,7 @@ class Daemon:
         self._seq = itertools.count()
         self._poll_wake = asyncio.Event()
         self._timer_wake = asyncio.Event()
+        self._budget_wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._poll_slots = asyncio.Semaphore(POLL_SLOTS)
         self._db = ThreadPoolExecutor(1, thread_name_prefix="tether-store")
@@ -188,6 +194,7 @@ class Daemon:
         loops = [
             asyncio.create_task(self._poll_loop(), name="poll-loop"),
             asyncio.create_task(self._timer_loop(), name="timer-loop"),
+            asyncio.create_task(self._budget_loop(), name="budget-loop"),
         ]
         stopped = asyncio.create_task(self._stop.wait(), name="stop")
         done, _ = await asyncio.wait([stopped, *loops], return_when=asyncio.FIRST_COMPLETED)
@@ -461,6 +468,7 @@ class Daemon:
         if row is None:  # removed from the store behind our back
             rec.status, rec.cancel_state, rec.confirm_until, rec.next_poll_at = "lost", "none", None, None
             return
+        self._note_spend_change(rec, row)
         rec.refresh(row)
         rec.next_poll_at = row.next_poll_at if not rec.finished(now) else None
 
@@ -562,6 +570,7 @@ class Daemon:
         rec.next_cancel_at = None
         if row is None:
             return
+        self._note_spend_change(rec, row)
         rec.refresh(row)
         rec.interval = None  # confirmation polls start again from `first`
         rec.next_poll_at = self.clock() + self.config.polling.first
@@ -573,7 +582,7 @@ class Daemon:
             row = rec.session.get(Response, rid)
             if row is None:
                 return None
-            tracker.observe(rec, row, observed, self.config, reason=reason)
+            tracker.observe(rec, row, observed, self.config, self.pricing, reason=reason)
             apply_mark(row, mark)
             return row
 
@@ -626,7 +635,7 @@ class Daemon:
             if row is None:
                 return None
             if observed is not None:
-                tracker.observe(rec, row, observed, self.config, reason=reason)
+                tracker.observe(rec, row, observed, self.config, self.pricing, reason=reason)
             tracker.cancel_answered(row, self.config.polling.confirm_window, rec.now)
             row.next_poll_at = rec.now + self.config.polling.first
             row.poll_interval = None
@@ -679,6 +688,75 @@ class Daemon:
                 tracker.refresh_policy(row, self.config)
             return rows
 
+    # ---- budgets ---------------------------------------------------------------
+
+    def _note_spend_change(self, rec: Active, row: Response) -> None:
+        """A response that ends (or changes its final status) moves spend: re-check budgets."""
+        if row.status != rec.status and not is_active(row.status):
+            self._budget_wake.set()
+
+    async def _budget_loop(self) -> None:
+        """Evaluate budgets whenever spend or commitments change, and at window rollovers."""
+        self._budget_wake.set()
+        while True:
+            rollover = self._next_rollover()
+            await self._sleep(self._budget_wake, None if rollover is None else rollover - self.clock())
+            if not self.config.budgets:
+                self._budget_wake.clear()
+                continue
+            await asyncio.sleep(BUDGET_SETTLE)
+            self._budget_wake.clear()
+            try:
+                rows = await self._store(self._write_budgets)
+            except StoreFailure:
+                return
+            for row in rows:  # newly cancelled by a budget: send at once
+                self._adopt(row)
+
+    def _next_rollover(self) -> float | None:
+        now = self.clock()
+        ends = [window_at(b, now).end for b in self.config.budgets if b.period is not None]
+        return min(ends) if ends else None
+
+    def _write_budgets(self) -> list[Response]:
+        """Record thresholds crossed and cancel what a budget with on_exceed=cancel cannot fit."""
+        cancelled: list[Response] = []
+        with tracker.recording(self.store, "daemon", self.clock()) as rec:
+            for measured in accounting.measure(rec.session, self.config, self.pricing, rec.now):
+                cancelled += self._enforce_budget(rec, measured)
+        return cancelled
+
+    def _enforce_budget(self, rec: tracker.Recorder, measured: accounting.Measured) -> list[Response]:
+        budget, state = measured.budget, measured.state
+        # Marks are kept per window; a rolling window is bucketed by its own length.
+        mark_start = state.window.start if budget.period else rec.now - rec.now % (budget.window or 1)
+        figures = {
+            "limit_usd": budget.limit_usd,
+            "spent_usd": round(state.spent_usd, 6),
+            "committed_usd": round(state.committed_usd, 6),
+            "window_start": iso(state.window.start),
+        }
+        for fraction in thresholds_crossed(budget, state.spent_usd, state.committed_usd):
+            if tracker.first_mark(rec, budget.name, mark_start, f"warn:{fraction:g}"):
+                rec.event(None, EventKind.BUDGET_WARN, reason=f"{fraction:g}", budget=budget.name, detail=figures)
+        if state.state != "exceeded":
+            return []
+        if budget.on_exceed == "warn":
+            if tracker.first_mark(rec, budget.name, mark_start, "exceeded"):
+                rec.event(None, EventKind.BUDGET_EXCEEDED, reason="warn", budget=budget.name, detail=figures)
+            return []
+        candidates = accounting.cancellable(rec.session, measured.commitments)
+        pending = state.committed_usd - sum(c.amount for c in candidates)  # already being cancelled
+        plan = cancel_plan(budget.limit_usd, state.spent_usd + pending, candidates)
+        if not plan:
+            return []
+        detail = {**figures, "cancelling": plan}
+        rec.event(None, EventKind.BUDGET_EXCEEDED, reason="cancel", budget=budget.name, detail=detail)
+        rows = [rec.session.get(Response, rid) for rid in plan]
+        for row in rows:
+            tracker.request_cancel(rec, row, f"budget:{budget.name}")
+        return rows
+
     # ---- periodic jobs ---------------------------------------------------------
 
     async def _pickup(self) -> None:
@@ -694,7 +772,8 @@ class Daemon:
         for ev in events:
             tracker.log_event(ev.kind, ev.response_id, ev.from_status, ev.to_status, ev.reason, ev.detail, origin=ev.origin)
         # The daemon's config decides the policy, whatever config the CLI ran with.
-        rows = await self._store(self._reapply_policies, list({ev.response_id for ev in events}))
+        rows = await self._store(self._reapply_policies, list({ev.response_id for ev in events if ev.response_id}))
+        self._budget_wake.set()
         for row in rows:
             self._adopt(row)
 
@@ -735,6 +814,7 @@ class Daemon:
             retired = [c for name, c in self.clients.items() if name in changed or name not in config.accounts]
             self.clients = {name: changed.get(name) or self.clients[name] for name in config.accounts}
             self.config = config
+            self.pricing = Pricing.from_config(config)
             logs.configure(config.log.format, config.log.level)
             rows = await self._store(self._reapply_policies, list(self.active))
             for row in rows:
@@ -749,6 +829,7 @@ class Daemon:
                 policies=[p.name for p in config.policies],
                 active=len(self.active),
             )
+            self._budget_wake.set()
             self._reload_note = f"config reloaded at {time.strftime('%H:%M:%S')}"
             self.notify.ready(self._status())
 

@@ -27,6 +27,7 @@ from tether import render, tracker
 from tether.config import load_config
 from tether.fakeapi import FakeServer
 from tether.models import Event, Response, is_active
+from tether.pricing import Pricing
 from tether.store import Store
 
 DEMO_KEY_ENV = "TETHER_DEMO_API_KEY"
@@ -151,10 +152,11 @@ def _submit_all(config, store: Store) -> dict[str, str]:
             await client.aclose()
 
     created = asyncio.run(create_all())
+    pricing = Pricing.from_config(config)
     with tracker.recording(store, "cli", time.time()) as rec:
         for obj in created:
             tracker.track(
-                rec, config, response_id=obj["id"], account=account.name, observed=obj,
+                rec, config, pricing, response_id=obj["id"], account=account.name, observed=obj,
                 policy_requested=None, labels={"demo": "yes"},
             )
     return {obj["id"]: what for obj, (what, _) in zip(created, REQUESTS)}

@@ -61,6 +61,9 @@ class EventKind(StrEnum):
     CANCEL_FAILED = "cancel_failed"
     WARNED = "warned"
     LOST = "lost"
+    PRICE_UNKNOWN = "price_unknown"  # finished, but its model has no price: cost unknown
+    BUDGET_WARN = "budget_warn"  # a budget crossed a warn_at threshold (no response_id)
+    BUDGET_EXCEEDED = "budget_exceeded"  # spent + committed passed a budget's limit
 
 
 class CancelState(StrEnum):
@@ -86,6 +89,7 @@ class Response(SQLModel, table=True):
     )
     created_at: float | None = None  # server clock
     tracked_at: float
+    started_at: float | None = None  # when tether first saw it in_progress (for cost estimates)
     deadline_at: float | None = None
     deadline_kind: str | None = None  # max_queued | max_runtime
     limits_hit: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
@@ -99,7 +103,7 @@ class Response(SQLModel, table=True):
     cancel_reason: str | None = None
     cancel_attempts: int = 0
     confirm_until: float | None = None
-    finished_at: float | None = None
+    finished_at: float | None = Field(default=None, index=True)
     error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
     incomplete_reason: str | None = None
     usage: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
@@ -115,13 +119,25 @@ class Event(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     at: float = Field(index=True)
-    response_id: str
+    response_id: str | None = None  # None for budget events
+    budget: str | None = None
     kind: str
     from_status: str | None = None
     to_status: str | None = None
     reason: str | None = None
     detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     origin: str = "cli"  # daemon | cli: the daemon picks up what others wrote
+
+
+class BudgetMark(SQLModel, table=True):
+    """A threshold already reported in one budget window: each is logged once per window."""
+
+    __tablename__ = "budget_marks"
+
+    budget: str = Field(primary_key=True)
+    window_start: float = Field(primary_key=True)
+    mark: str = Field(primary_key=True)  # "warn:0.8" | "exceeded"
+    at: float
 
 
 class Heartbeat(SQLModel, table=True):

@@ -9,6 +9,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
+from tether.budgets import BudgetState
 from tether.models import Event, Response
 
 STATUS_STYLES = {
@@ -110,7 +111,7 @@ def until(at: float | None, now: float) -> str:
 
 def responses_table(rows: list[Response], now: float, title: str | None = None) -> Table:
     table = Table(title=title, header_style="bold", expand=False)
-    for name in ("id", "status", "model", "policy", "age", "deadline", "polls", "cancel"):
+    for name in ("id", "status", "model", "policy", "age", "deadline", "polls", "cost", "cancel"):
         table.add_column(name, no_wrap=name in ("id", "status"))
     for row in rows:
         cancel = row.cancel_reason or ""
@@ -122,6 +123,7 @@ def responses_table(rows: list[Response], now: float, title: str | None = None) 
             age(row.created_at or row.tracked_at, now),
             until(row.deadline_at, now),
             str(row.polls),
+            usd(row.cost_usd, row.cost_estimated),
             cancel,
         )
     return table
@@ -143,3 +145,53 @@ def event_line(ev: Event) -> Text:
         if extra:
             line.append(f"  {extra}", style="dim")
     return line
+
+
+def budget(state: BudgetState) -> dict[str, Any]:
+    return {
+        "name": state.name,
+        "window_start": iso(state.window.start),
+        "window_end": iso(state.window.end),
+        "limit_usd": state.limit_usd,
+        "spent_usd": round(state.spent_usd, 6),
+        "committed_usd": round(state.committed_usd, 6),
+        "remaining_usd": round(state.remaining_usd, 6),
+        "state": state.state,
+        "active": state.active,
+    }
+
+
+BUDGET_STYLES = {"ok": "green", "warn": "yellow", "exceeded": "red"}
+
+
+def budgets_table(shapes: list[dict[str, Any]]) -> Table:
+    table = Table(title="budgets", header_style="bold")
+    for name in ("name", "window", "limit", "spent", "committed", "remaining", "state", "active"):
+        table.add_column(name, justify="right" if name in ("limit", "spent", "committed", "remaining", "active") else "left")
+    for b in shapes:
+        table.add_row(
+            b["name"],
+            f"{b['window_start']} .. {b['window_end']}",
+            usd(b["limit_usd"]),
+            usd(b["spent_usd"]),
+            usd(b["committed_usd"]),
+            usd(b["remaining_usd"]),
+            Text(b["state"], style=BUDGET_STYLES[b["state"]]),
+            str(b["active"]),
+        )
+    return table
+
+
+def usd(amount: float | None, estimated: bool = False) -> str:
+    if amount is None:
+        return "-"
+    return f"{'~' if estimated else ''}${amount:,.4f}" if abs(amount) < 1 else f"{'~' if estimated else ''}${amount:,.2f}"
+
+
+def table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
+    result = Table(title=title, header_style="bold")
+    for name in columns:
+        result.add_column(name)
+    for row in rows:
+        result.add_row(*(cell if isinstance(cell, Text) else str(cell) for cell in row))
+    return result

@@ -14,10 +14,12 @@ from typing import Any
 
 from sqlmodel import Session
 
+from tether.accounting import price_unknown_recorded, settle_cost
 from tether.config import Config
 from tether.logs import log
 from tether.models import (
     API_STATUSES,
+    BudgetMark,
     TERMINAL,
     CancelState,
     Event,
@@ -28,10 +30,14 @@ from tether.models import (
     is_allowed,
 )
 from tether.policies import next_deadline
+from tether.pricing import Pricing
 from tether.render import iso
 from tether.store import Store
 
 LEVELS = {
+    EventKind.PRICE_UNKNOWN: "warning",
+    EventKind.BUDGET_WARN: "warning",
+    EventKind.BUDGET_EXCEEDED: "warning",
     EventKind.TRACKED: "info",
     EventKind.STATUS: "info",
     EventKind.LIMIT_EXCEEDED: "warning",
@@ -49,23 +55,27 @@ class Recorder:
         self.session = session
         self.origin = origin
         self.now = now
-        self._lines: list[tuple[str, str, str | None, str | None, str | None, dict[str, Any]]] = []
+        self._lines: list[tuple[str, str | None, str | None, str | None, str | None, dict[str, Any]]] = []
 
     def event(
         self,
-        row: Response,
+        row: Response | None,
         kind: EventKind,
         *,
         from_: str | None = None,
         to: str | None = None,
         reason: str | None = None,
         detail: Mapping[str, Any] | None = None,
+        budget: str | None = None,
     ) -> None:
+        """Append an event about a response (or, with row None, about a budget)."""
         detail = dict(detail or {})
+        response_id = row.id if row is not None else None
         self.session.add(
             Event(
                 at=self.now,
-                response_id=row.id,
+                response_id=response_id,
+                budget=budget,
                 kind=kind.value,
                 from_status=from_,
                 to_status=to,
@@ -74,7 +84,9 @@ class Recorder:
                 origin=self.origin,
             )
         )
-        self._lines.append((kind.value, row.id, from_, to, reason, detail))
+        if budget is not None:
+            detail = {"budget": budget, **detail}
+        self._lines.append((kind.value, response_id, from_, to, reason, detail))
 
     def emit(self) -> None:
         for line in self._lines:
@@ -84,15 +96,16 @@ class Recorder:
 
 def log_event(
     kind: str,
-    response_id: str,
+    response_id: str | None,
     from_: str | None,
     to: str | None,
     reason: str | None,
     detail: Mapping[str, Any],
     **extra: Any,
 ) -> None:
-    """The log line of an event: `response.<kind>` with the event's fields."""
-    fields: dict[str, Any] = {"response_id": response_id}
+    """The log line of an event: `response.<kind>` (or `budget.<what>`) with its fields."""
+    name = f"budget.{kind.removeprefix('budget_')}" if kind.startswith("budget_") else f"response.{kind}"
+    fields: dict[str, Any] = {"response_id": response_id} if response_id is not None else {}
     if kind in (EventKind.STATUS, EventKind.TRACKED, EventKind.LOST):
         fields["from"] = from_
         fields["to"] = to
@@ -100,7 +113,7 @@ def log_event(
         fields["reason"] = reason
     fields.update(detail)
     fields.update(extra)
-    getattr(log, LEVELS[EventKind(kind)])(f"response.{kind}", **fields)
+    getattr(log, LEVELS[EventKind(kind)])(name, **fields)
 
 
 @contextmanager
@@ -114,6 +127,7 @@ def recording(store: Store, origin: str, now: float) -> Iterator[Recorder]:
 def track(
     rec: Recorder,
     config: Config,
+    pricing: Pricing,
     *,
     response_id: str,
     account: str,
@@ -137,9 +151,11 @@ def track(
         fill_facts(row, observed)
         status = known_status(observed)
         row.status = status
-        if status in TERMINAL:
-            record_outcome(row, observed, rec.now)
+        if status == Status.IN_PROGRESS.value:
+            row.started_at = row.created_at
     refresh_policy(row, config)
+    if status in TERMINAL:
+        record_outcome(rec, row, observed, pricing, previous=None)
     if is_active(row.status):
         row.next_poll_at = rec.now + config.polling.first
     rec.session.add(row)
@@ -152,17 +168,22 @@ def track(
     return row, True
 
 
-def observe(rec: Recorder, row: Response, observed: Mapping[str, Any], config: Config, *, reason: str) -> bool:
+def observe(
+    rec: Recorder, row: Response, observed: Mapping[str, Any], config: Config, pricing: Pricing, *, reason: str
+) -> bool:
     """Apply a response object from the API; returns True when the status changed."""
     fill_facts(row, observed)
     row.not_found = 0
     status = known_status(observed)
+    previous = row.status
     changed = False
     if status is not None and status != row.status:
         if is_allowed(row.status, status):
             rec.event(row, EventKind.STATUS, from_=row.status, to=status, reason=reason)
             row.status = status
             changed = True
+            if status == Status.IN_PROGRESS.value:
+                row.started_at = rec.now
         else:
             log.warning(
                 "api.error",
@@ -170,9 +191,9 @@ def observe(rec: Recorder, row: Response, observed: Mapping[str, Any], config: C
                 response_id=row.id,
                 error=f"ignored move {row.status} -> {status} (stale or out of order)",
             )
-    if row.status in TERMINAL and (changed or row.finished_at is None):
-        record_outcome(row, observed, rec.now)
     refresh_policy(row, config)
+    if row.status in TERMINAL and (changed or row.finished_at is None):
+        record_outcome(rec, row, observed, pricing, previous=previous)
     return changed
 
 
@@ -208,9 +229,11 @@ def fill_facts(row: Response, observed: Mapping[str, Any]) -> None:
         row.service_tier = tier
 
 
-def record_outcome(row: Response, observed: Mapping[str, Any], now: float) -> None:
-    """A terminal response's final object: kept at once (the server may drop it soon)."""
-    row.finished_at = now
+def record_outcome(
+    rec: Recorder, row: Response, observed: Mapping[str, Any], pricing: Pricing, *, previous: str | None
+) -> None:
+    """A terminal response's final object, kept at once (the server may drop it soon), and its cost."""
+    row.finished_at = rec.now
     usage = observed.get("usage")
     row.usage = usage if isinstance(usage, dict) else None
     error = observed.get("error")
@@ -219,6 +242,8 @@ def record_outcome(row: Response, observed: Mapping[str, Any], now: float) -> No
     )
     details = observed.get("incomplete_details")
     row.incomplete_reason = details.get("reason") if isinstance(details, dict) else None
+    if settle_cost(rec.session, row, pricing, previous) and not price_unknown_recorded(rec.session, row.id):
+        rec.event(row, EventKind.PRICE_UNKNOWN, detail={"model": row.model})
 
 
 def refresh_policy(row: Response, config: Config) -> None:
@@ -286,4 +311,12 @@ def not_found(rec: Recorder, row: Response, lost_after: int) -> bool:
     row.finished_at = rec.now
     row.deadline_at = None
     row.deadline_kind = None
+    return True
+
+
+def first_mark(rec: Recorder, budget: str, window_start: float, mark: str) -> bool:
+    """Record that `mark` was reached in this budget window; False if it already was."""
+    if rec.session.get(BudgetMark, (budget, window_start, mark)) is not None:
+        return False
+    rec.session.add(BudgetMark(budget=budget, window_start=window_start, mark=mark, at=rec.now))
     return True

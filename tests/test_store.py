@@ -1,0 +1,106 @@
+"""The store: migrations build exactly the models' schema, the file is private, one writer."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+import threading
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import text
+from sqlmodel import SQLModel
+
+from tether import models  # noqa: F401
+from tether.models import Response
+from tether.store import Store, StoreError, WriterLock
+
+
+def test_migrations_from_empty_build_exactly_the_models_schema(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 't.db'}")
+    assert store.migrate() == ["0001", "0002"]
+    with store.engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), SQLModel.metadata) == []
+    assert store.migrate() == []
+    assert not store.pending_migrations()
+
+
+def test_the_store_is_created_readable_by_its_owner_only(tmp_path):
+    path = tmp_path / "state" / "tether.db"
+    Store(f"sqlite:///{path}").migrate()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+def test_the_store_runs_in_wal_mode_with_full_sync(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 't.db'}")
+    with store.engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert conn.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL
+
+
+def test_a_second_writer_lock_on_the_same_store_is_refused_naming_the_holder(tmp_path):
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from tether.store import Store, WriterLock; "
+         f"WriterLock(Store({url!r})).acquire(); print('held', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(StoreError, match=f"pid {holder.pid}"):
+            WriterLock(Store(url)).acquire()
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=10)
+    lock = WriterLock(Store(url))
+    lock.acquire()  # free again once the holder is gone
+    lock.release()
+
+
+def test_concurrent_writers_wait_for_each_other_instead_of_failing(tmp_path):
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    Store(url).migrate()
+    errors: list[BaseException] = []
+
+    def write(n: int) -> None:
+        store = Store(url)
+        try:
+            for i in range(25):
+                with store.writing() as session:
+                    row = session.get(Response, "resp_shared")
+                    if row is None:
+                        session.add(Response(id="resp_shared", account="a", tracked_at=0.0, polls=1))
+                    else:
+                        row.polls += 1
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with Store(url).reading() as session:
+        assert session.get(Response, "resp_shared").polls == 100  # no lost update
+
+
+def test_a_memory_database_is_refused_with_a_message(tmp_path):
+    with pytest.raises(StoreError, match="not a file"):
+        Store("sqlite://")
+
+
+def test_a_store_in_an_unwritable_place_is_a_clear_error(tmp_path):
+    if os.geteuid() == 0:
+        target = "/proc/tether-cannot-be-here/t.db"
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        target = str(locked / "sub" / "t.db")
+    with pytest.raises(StoreError, match="cannot open store"):
+        Store(f"sqlite:///{target}")
