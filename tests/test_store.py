@@ -28,6 +28,25 @@ def test_migrations_from_empty_build_exactly_the_models_schema(tmp_path):
     assert not store.pending_migrations()
 
 
+def test_schema_head_names_the_newest_migration(tmp_path):
+    from alembic.config import Config as AlembicConfig
+    from alembic.script import ScriptDirectory
+
+    from tether.store import MIGRATIONS, SCHEMA_HEAD
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    assert ScriptDirectory.from_config(cfg).get_current_head() == SCHEMA_HEAD
+
+
+def test_ensure_schema_migrates_a_new_store_and_leaves_a_current_one_alone(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 't.db'}")
+    store.ensure_schema()
+    assert not store.pending_migrations()
+    store.ensure_schema()
+    assert not store.pending_migrations()
+
+
 def test_the_store_is_created_readable_by_its_owner_only(tmp_path):
     path = tmp_path / "state" / "tether.db"
     Store(f"sqlite:///{path}").migrate()

@@ -44,8 +44,9 @@ db_app = typer.Typer(help="Store maintenance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
 # markup=False: response metadata, labels and config values are data, never rich markup.
-out = Console(soft_wrap=True, markup=False)
-err = Console(stderr=True, soft_wrap=True, markup=False)
+# Off a terminal (a pipe, a log) tables get room instead of rich's 80-column default.
+out = Console(soft_wrap=True, markup=False, highlight=False, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, soft_wrap=True, markup=False, highlight=False, width=None if sys.stderr.isatty() else 200)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
@@ -63,7 +64,7 @@ class Context:
     def store(self, config: Config) -> Store:
         try:
             store = Store(config.store.url)
-            store.migrate()
+            store.ensure_schema()
             return store
         except StoreError as exc:
             fail(EXIT_FAILURE, str(exc))

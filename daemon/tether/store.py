@@ -17,9 +17,11 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+SCHEMA_HEAD = "0002"  # the newest revision in migrations/versions (a test keeps them equal)
 BUSY_TIMEOUT_MS = 30_000
 
 
@@ -47,6 +49,16 @@ class Store:
         with Session(self._writer, expire_on_commit=False) as session:
             with session.begin():
                 yield session
+
+    def ensure_schema(self) -> None:
+        """Migrate unless the store is already at SCHEMA_HEAD (a cheap look, no Alembic import)."""
+        try:
+            with self.engine.connect() as conn:
+                current = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+        except OperationalError:
+            current = None  # a new store: no version table yet
+        if current != SCHEMA_HEAD:
+            self.migrate()
 
     def migrate(self) -> list[str]:
         """Apply pending Alembic migrations; returns the revisions applied."""
