@@ -47,7 +47,9 @@ confirm_window = "1s"
 """
 
 
-def config_text(store: Path, base_url: str, policies: str = "", polling: str = FAST_POLLING) -> str:
+def config_text(
+    store: Path, base_url: str, policies: str = "", polling: str = FAST_POLLING, stats_interval: str = "60s"
+) -> str:
     return f"""
 [store]
 url = "sqlite:///{store}"
@@ -55,6 +57,7 @@ url = "sqlite:///{store}"
 [log]
 format = "json"
 level = "debug"
+stats_interval = "{stats_interval}"
 
 [accounts.default]
 base_url = "{base_url}"
@@ -94,8 +97,8 @@ class Tether:
         )
         return env
 
-    def write_config(self, policies: str = "", polling: str = FAST_POLLING) -> None:
-        self.config_path.write_text(config_text(self.store_path, self.base_url, policies, polling))
+    def write_config(self, policies: str = "", polling: str = FAST_POLLING, stats_interval: str = "60s") -> None:
+        self.config_path.write_text(config_text(self.store_path, self.base_url, policies, polling, stats_interval))
 
     def cli(self, *args: str, input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
         return subprocess.run(

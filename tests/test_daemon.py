@@ -268,3 +268,21 @@ def test_a_restarted_daemon_takes_up_where_the_killed_one_left(tether, fake):
     assert records[ids[1]]["status"] == "completed" == server_record(fake, ids[1])["status"]
     assert len(server_record(fake, ids[0])["cancels"]) == 1
     assert tether.stop_daemon(restarted) == 0
+
+
+def test_the_daemon_logs_its_figures_in_daemon_stats_lines(tether, fake):
+    tether.write_config(POLICIES, stats_interval="0.5s")
+    daemon = tether.start_daemon()
+    rid = create(fake, case="runaway", fake_run="60")
+    assert tether.cli("track", rid).returncode == 0
+    wait_for(lambda: tether.records()[rid]["status"] == "cancelled", timeout=20, what="the deadline cancel")
+    stats = wait_for(
+        lambda: [line for line in tether.log_lines(daemon) if line["event"] == "daemon.stats" and line["deadline_cancels"]],
+        timeout=10,
+        what="a daemon.stats line counting the cancel",
+    )
+    line = stats[0]
+    assert 0 <= line["deadline_lag_max"] < 1.0
+    assert sum(s["polls"] for s in tether.log_lines(daemon) if s["event"] == "daemon.stats") >= 1
+    assert line["max_rss_mb"] > 10
+    assert tether.stop_daemon(daemon) == 0

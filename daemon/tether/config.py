@@ -199,6 +199,7 @@ class StoreConfig:
 class LogConfig:
     format: Literal["auto", "json", "console"] = "auto"
     level: Literal["debug", "info", "warning", "error"] = "info"
+    stats_interval: float = 60.0  # tether extension: a `daemon.stats` line this often; 0 = never
 
 
 @dataclass(frozen=True)
@@ -648,6 +649,7 @@ def _string_table(value: Any, key: str) -> Mapping[str, str]:
 _LOG_FIELDS = {
     "format": _choice("auto", "json", "console"),
     "level": _choice("debug", "info", "warning", "error"),
+    "stats_interval": parse_duration,
 }
 _ACCOUNT_FIELDS = {
     "base_url": _url,

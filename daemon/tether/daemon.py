@@ -49,6 +49,7 @@ from tether.logs import log
 from tether.models import ACTIVE, TERMINAL, CancelState, Event, EventKind, Heartbeat, Response, is_active
 from tether.notify import Notifier
 from tether.render import iso
+from tether.stats import Stats
 from tether.budgets import cancel_plan, thresholds_crossed, window_at
 from tether.policies import Act, decide
 from tether.pricing import Pricing
@@ -169,6 +170,8 @@ class Daemon:
         self._failure: BaseException | None = None
         self._started_at = clock()
         self._reloading: asyncio.Lock = asyncio.Lock()
+        self.stats = Stats()
+        self._stats_since = time.monotonic()
 
     # ---- lifecycle -------------------------------------------------------------
 
@@ -180,6 +183,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload(), "reload"))
         self.clients = self._build_clients(self.config)
         await self._load()
+        await self._heartbeat()  # `tether check` is healthy from READY on
         scheduler = self._scheduler()
         scheduler.start()
         log.info(
@@ -217,6 +221,8 @@ class Daemon:
         logging.getLogger("apscheduler").setLevel(logging.ERROR)
         scheduler = AsyncIOScheduler(timezone="UTC")
         jobs = [(self._pickup, PICKUP_EVERY), (self._flush, FLUSH_EVERY), (self._heartbeat, HEARTBEAT_EVERY)]
+        if self.config.log.stats_interval > 0:
+            jobs.append((self._log_stats, self.config.log.stats_interval))
         if self.notify.watchdog_interval:
             # Pinged from the event loop itself: a blocked loop stops the pings and
             # systemd's watchdog restarts the service.
@@ -370,6 +376,7 @@ class Daemon:
                 if rec.polling:
                     continue
                 await self._poll_slots.acquire()
+                self.stats.poll(self.clock() - due)
                 rec.polling = True
                 self._spawn(self._poll(rec), f"poll:{rid}")
             await self._sleep(self._poll_wake, self._polls[0][0] - self.clock() if self._polls else None)
@@ -480,6 +487,7 @@ class Daemon:
     def _api_error(self, rec: Active, op: str, exc: APIError) -> None:
         if isinstance(exc, AccountPaused):
             return  # logged once, when the account was paused
+        self.stats.api_errors += 1
         level = "error" if isinstance(exc, AccountError) else "warning"
         getattr(log, level)(
             "api.error",
@@ -496,6 +504,7 @@ class Daemon:
 
     async def _enforce(self, rec: Active) -> None:
         """At a deadline: look once more, then act if the limit is still exceeded."""
+        deadline = rec.deadline_at or self.clock()
         try:
             observed = await self._look(rec, "deadline", LOOK_RETRY)
             if rec.id not in self.active or not is_active(rec.status):
@@ -505,6 +514,7 @@ class Daemon:
                 rec.refresh(row)
             if cancel:
                 rec.next_cancel_at = None
+                self.stats.cancel_at_deadline(self.clock() - deadline)
                 await self._send_cancel(rec)
         except StoreFailure:
             pass
@@ -786,6 +796,11 @@ class Daemon:
     async def _heartbeat(self) -> None:
         await self._store(self._write_heartbeat)
         self.notify.status(self._status())
+
+    async def _log_stats(self) -> None:
+        now = time.monotonic()
+        log.info("daemon.stats", **self.stats.take(now - self._stats_since, len(self.active)))
+        self._stats_since = now
 
     async def _watchdog(self) -> None:
         self.notify.watchdog()

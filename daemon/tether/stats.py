@@ -1,0 +1,59 @@
+"""What the daemon did since the last `daemon.stats` line: for operators and benchmarks."""
+
+from __future__ import annotations
+
+import resource
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Stats:
+    polls: int = 0
+    api_errors: int = 0
+    cancels: int = 0
+    poll_lags: list[float] = field(default_factory=list)  # actual poll start minus its due time
+    deadline_lags: list[float] = field(default_factory=list)  # cancel sent minus its deadline
+
+    def poll(self, lag: float) -> None:
+        self.polls += 1
+        self.poll_lags.append(lag)
+
+    def cancel_at_deadline(self, lag: float) -> None:
+        self.cancels += 1
+        self.deadline_lags.append(lag)
+
+    def take(self, seconds: float, active: int) -> dict[str, Any]:
+        """The figures since the last take, as log fields; counters start again."""
+        line = {
+            "seconds": round(seconds, 3),
+            "active": active,
+            "polls": self.polls,
+            "polls_per_second": round(self.polls / seconds, 1) if seconds > 0 else None,
+            "api_errors": self.api_errors,
+            "deadline_cancels": self.cancels,
+            **summary("poll_lag", self.poll_lags),
+            **summary("deadline_lag", self.deadline_lags),
+            "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "cpu_seconds": round(sum(resource.getrusage(resource.RUSAGE_SELF)[:2]), 3),
+        }
+        self.polls = self.api_errors = self.cancels = 0
+        self.poll_lags, self.deadline_lags = [], []
+        return line
+
+
+def summary(name: str, values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {f"{name}_p50": None, f"{name}_p99": None, f"{name}_max": None}
+    ordered = sorted(values)
+    return {
+        f"{name}_p50": round(percentile(ordered, 0.50), 4),
+        f"{name}_p99": round(percentile(ordered, 0.99), 4),
+        f"{name}_max": round(ordered[-1], 4),
+    }
+
+
+def percentile(ordered: list[float], q: float) -> float:
+    """Nearest-rank percentile of an already sorted list."""
+    index = min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))
+    return ordered[index]
