@@ -1073,3 +1073,21 @@ def test_an_unreadable_file_is_a_config_error_naming_the_file(tmp_path, content,
     with pytest.raises(ConfigError) as caught:
         load_config(str(path), {})
     assert str(caught.value) == message.format(path=path)
+
+
+@pytest.mark.parametrize(
+    ("mode", "warned"),
+    [(0o600, None), (0o400, None), (0o640, "its group"), (0o604, "others"), (0o644, "group and others")],
+    ids=["0600", "0400", "group-readable", "other-readable", "world-readable"],
+)
+def test_a_key_file_readable_by_group_or_others_is_warned_about(tmp_path, mode, warned):
+    key_file = tmp_path / "openai.key"
+    key_file.write_text("sk-test-value\n")
+    key_file.chmod(mode)
+    config = parse_config({"accounts": {"default": {"api_key_file": str(key_file)}}})
+    warning = config.accounts["default"].key_file_warning()
+    if warned is None:
+        assert warning is None
+    else:
+        assert warning is not None and warned in warning and "chmod 600" in warning
+        assert "sk-test-value" not in warning

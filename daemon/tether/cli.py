@@ -101,6 +101,8 @@ def run(ctx: typer.Context) -> None:
     try:
         for account in config.accounts.values():
             account.read_api_key()
+            if (loose := account.key_file_warning()) is not None:
+                logs.log.warning("config.key_file_readable", error=loose)
     except ConfigError as exc:
         fail(EXIT_CONFIG, f"invalid configuration: {exc}")
     store = context.store(config)
@@ -134,6 +136,8 @@ def check_config(
         except ConfigError as exc:
             key = "missing"
             warnings.append(f"warning: {exc} (the daemon will refuse to start without it)")
+        if (loose := account.key_file_warning()) is not None:
+            warnings.append(f"warning: {loose}")
         accounts.append(
             {"name": account.name, "base_url": account.base_url, "key_source": account.key_source(), "key": key}
         )

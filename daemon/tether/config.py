@@ -95,6 +95,22 @@ class AccountConfig:
             return f"file {self.api_key_file}"
         return f"credential {self.api_key_credential}"
 
+    def key_file_warning(self) -> str | None:
+        """A warning when api_key_file can be read by its group or by others."""
+        if not self.api_key_file:
+            return None
+        try:
+            mode = Path(self.api_key_file).stat().st_mode & 0o777
+        except OSError:
+            return None  # read_api_key reports a missing file
+        if mode & 0o077:
+            return (
+                f"accounts.{self.name}.api_key_file: {self.api_key_file} is readable by "
+                f"{'group and others' if mode & 0o007 and mode & 0o070 else 'others' if mode & 0o007 else 'its group'}"
+                f" (mode {mode:04o}); run: chmod 600 {self.api_key_file}"
+            )
+        return None
+
     def read_api_key(self, environ: Mapping[str, str] | None = None) -> str:
         """The key from this account's one source, without surrounding whitespace."""
         environ = os.environ if environ is None else environ
