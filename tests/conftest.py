@@ -21,7 +21,7 @@ from tether.fakeapi import FakeServer
 API_KEY = "sk-test-0123456789abcdef-SECRET"
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> Any:
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, what: str = "") -> Any:
     """Wait until predicate() is truthy; fail with `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -110,6 +110,12 @@ class Tether:
             timeout=timeout,
         )
 
+    def ok(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess:
+        """Run a CLI command that must succeed; a failure shows its stderr."""
+        result = self.cli(*args, input=input)
+        assert result.returncode == 0, f"tether {' '.join(args)} exited {result.returncode}: {result.stderr}"
+        return result
+
     def json(self, *args: str) -> Any:
         result = self.cli(*args, "--json")
         assert result.returncode == 0, result.stderr
@@ -126,7 +132,7 @@ class Tether:
         proc.log_path = Path(log.name)  # type: ignore[attr-defined]
         self.daemons.append(proc)
         wait_for(lambda: "daemon.started" in proc.log_path.read_text() or proc.poll() is not None,
-                 timeout=20, what="daemon.started")
+                 timeout=60, what="daemon.started")
         assert proc.poll() is None, proc.log_path.read_text()
         return proc
 

@@ -69,7 +69,7 @@ def test_over_limit_responses_are_cancelled_within_a_second_of_their_deadline_an
         create(fake, case="watch", fake_run="5"): None,
     }
     ids = list(cases)
-    assert tether.cli("track", *ids).returncode == 0
+    tether.ok("track", *ids)
     wait_for(lambda: settled(tether, ids), timeout=30, what="every response to finish")
 
     records = tether.records()
@@ -94,8 +94,8 @@ def test_every_status_change_is_one_event_and_one_log_line(tether, fake):
     tether.write_config(POLICIES)
     daemon = tether.start_daemon()
     ids = [create(fake, fake_queue="2.5", fake_run="1"), create(fake, case="runaway", fake_run="20")]
-    assert tether.cli("track", *ids).returncode == 0
-    wait_for(lambda: settled(tether, ids), timeout=20, what="both responses to finish")
+    tether.ok("track", *ids)
+    wait_for(lambda: settled(tether, ids), timeout=45, what="both responses to finish")
     assert tether.stop_daemon(daemon) == 0
 
     events = [e for e in map(_json_line, tether.cli("log", "--json").stdout.splitlines())]
@@ -130,12 +130,12 @@ def test_a_response_tracked_after_its_deadline_is_cancelled_at_once(tether, fake
         json={"model": "o3-pro", "created_at": time.time() - 600, "metadata": {"fake_run": "3600"}, "background": True},
     )
     rid = reply.json()["id"]
-    assert tether.cli("track", rid).returncode == 0
-    wait_for(lambda: server_record(fake, rid)["cancels"], timeout=10, what="the cancel call")
+    tether.ok("track", rid)
+    wait_for(lambda: server_record(fake, rid)["cancels"], timeout=45, what="the cancel call")
     [call] = server_record(fake, rid)["cancels"]
     tracked_at = datetime.fromisoformat(tether.records()[rid]["tracked_at"]).timestamp()
     assert call["at"] - tracked_at < 1.0  # picked up within a second, then acted on at once
-    wait_for(lambda: tether.records()[rid]["status"] == "cancelled", timeout=10, what="status cancelled")
+    wait_for(lambda: tether.records()[rid]["status"] == "cancelled", timeout=45, what="status cancelled")
     assert tether.records()[rid]["cancel_reason"] == "max_runtime"
     assert tether.stop_daemon(daemon) == 0
 
@@ -144,8 +144,8 @@ def test_a_warn_policy_records_the_limit_but_never_cancels(tether, fake):
     tether.write_config(POLICIES)
     daemon = tether.start_daemon()
     rid = create(fake, case="watch", fake_run="5")
-    assert tether.cli("track", rid).returncode == 0
-    wait_for(lambda: settled(tether, [rid]), timeout=15, what="completion")
+    tether.ok("track", rid)
+    wait_for(lambda: settled(tether, [rid]), timeout=45, what="completion")
     shown = tether.json("show", rid)
     assert shown["status"] == "completed"
     assert [e["kind"] for e in shown["events"]].count("warned") == 1
@@ -156,8 +156,8 @@ def test_a_warn_policy_records_the_limit_but_never_cancels(tether, fake):
 
 def test_repeated_404s_end_a_response_as_lost(tether, fake):
     daemon = tether.start_daemon()
-    assert tether.cli("track", "--no-verify", "resp_never_existed").returncode == 0
-    wait_for(lambda: tether.records()["resp_never_existed"]["status"] == "lost", timeout=15, what="lost")
+    tether.ok("track", "--no-verify", "resp_never_existed")
+    wait_for(lambda: tether.records()["resp_never_existed"]["status"] == "lost", timeout=45, what="lost")
     shown = tether.json("show", "resp_never_existed")
     assert [e["kind"] for e in shown["events"]] == ["tracked", "lost"]
     assert tether.stop_daemon(daemon) == 0
@@ -168,12 +168,12 @@ def test_a_transiently_failing_cancel_is_retried_until_the_response_is_cancelled
     fake.state.faults.cancel.server_error = 1.0
     daemon = tether.start_daemon()
     rid = create(fake, case="runaway", fake_run="60")
-    assert tether.cli("track", rid).returncode == 0
+    tether.ok("track", rid)
     failures = lambda: [e for e in tether.json("show", rid)["events"] if e["kind"] == "cancel_failed"]  # noqa: E731
-    wait_for(lambda: len(failures()) >= 2, timeout=20, what="two failed cancel calls")
+    wait_for(lambda: len(failures()) >= 2, timeout=45, what="two failed cancel calls")
     assert server_record(fake, rid)["status"] == "in_progress"
     fake.state.faults.cancel.server_error = 0.0
-    wait_for(lambda: tether.records()[rid]["status"] == "cancelled", timeout=20, what="cancelled")
+    wait_for(lambda: tether.records()[rid]["status"] == "cancelled", timeout=45, what="cancelled")
     kinds = [e["kind"] for e in tether.json("show", rid)["events"]]
     assert kinds.count("cancel_requested") == 1
     assert failures()[0]["detail"]["http_status"] in (500, 502, 503)
@@ -187,8 +187,8 @@ def test_a_cancel_reported_cancelled_that_later_completes_is_confirmed_as_comple
     fake.state.faults.cancel_then_complete_after = 0.3
     daemon = tether.start_daemon()
     rid = create(fake, case="runaway", fake_run="60")
-    assert tether.cli("track", rid).returncode == 0
-    wait_for(lambda: tether.records()[rid]["status"] == "completed", timeout=20, what="completed after the cancel")
+    tether.ok("track", rid)
+    wait_for(lambda: tether.records()[rid]["status"] == "completed", timeout=45, what="completed after the cancel")
     changes = [(e["from"], e["to"]) for e in tether.json("show", rid)["events"] if e["kind"] == "status"]
     assert changes == [("in_progress", "cancelled"), ("cancelled", "completed")]
     assert tether.stop_daemon(daemon) == 0
@@ -197,14 +197,14 @@ def test_a_cancel_reported_cancelled_that_later_completes_is_confirmed_as_comple
 def test_a_manual_cancel_from_the_cli_is_recorded_with_reason_manual(tether, fake):
     daemon = tether.start_daemon()
     rid = create(fake, fake_run="60")
-    assert tether.cli("track", rid).returncode == 0
+    tether.ok("track", rid)
     result = tether.cli("cancel", rid, "--reason", "not needed any more")
     assert result.returncode == 0, result.stderr
     record = tether.records()[rid]
     assert (record["status"], record["cancel_reason"]) == ("cancelled", "manual")
     wait_for(
         lambda: any(line["event"] == "response.cancel_requested" for line in tether.log_lines(daemon)),
-        timeout=5,
+        timeout=45,
         what="the daemon to log the CLI's cancel",
     )
     assert tether.stop_daemon(daemon) == 0
@@ -214,13 +214,13 @@ def test_sighup_with_a_broken_config_keeps_the_old_one_and_a_good_one_applies_at
     tether.write_config()  # no policies
     daemon = tether.start_daemon()
     rid = create(fake, fake_run="60")
-    assert tether.cli("track", rid).returncode == 0
+    tether.ok("track", rid)
 
     tether.config_path.write_text("[[policy]]\nname = 'x'\nmax_runtime = '5 minutes'\n")
     daemon.send_signal(signal.SIGHUP)
     failed = wait_for(
         lambda: [line for line in tether.log_lines(daemon) if line["event"] == "daemon.reload_failed"],
-        timeout=10,
+        timeout=45,
         what="daemon.reload_failed",
     )
     assert "policy[1].max_runtime" in failed[0]["error"]
@@ -228,9 +228,9 @@ def test_sighup_with_a_broken_config_keeps_the_old_one_and_a_good_one_applies_at
 
     tether.write_config('[[policy]]\nname = "short"\nmax_runtime = "1s"\n')
     daemon.send_signal(signal.SIGHUP)
-    wait_for(lambda: server_record(fake, rid)["cancels"], timeout=10, what="the new policy's cancel")
+    wait_for(lambda: server_record(fake, rid)["cancels"], timeout=45, what="the new policy's cancel")
     assert any(line["event"] == "daemon.reloaded" for line in tether.log_lines(daemon))
-    wait_for(lambda: tether.records()[rid]["cancel_reason"] == "max_runtime", timeout=10, what="cancel recorded")
+    wait_for(lambda: tether.records()[rid]["cancel_reason"] == "max_runtime", timeout=45, what="cancel recorded")
     assert tether.stop_daemon(daemon) == 0
 
 
@@ -238,8 +238,8 @@ def test_sighup_with_a_broken_config_keeps_the_old_one_and_a_good_one_applies_at
 def test_the_daemon_stops_cleanly_with_exit_0(tether, fake, sig):
     daemon = tether.start_daemon()
     rid = create(fake, fake_run="60")
-    assert tether.cli("track", rid).returncode == 0
-    wait_for(lambda: tether.records()[rid]["polls"] >= 1, timeout=10, what="a poll")
+    tether.ok("track", rid)
+    wait_for(lambda: tether.records()[rid]["polls"] >= 1, timeout=45, what="a poll")
     assert tether.stop_daemon(daemon, sig) == 0
     assert tether.log_lines(daemon)[-1]["event"] == "daemon.stopping"
 
@@ -257,8 +257,8 @@ def test_a_restarted_daemon_takes_up_where_the_killed_one_left(tether, fake):
     tether.write_config(POLICIES)
     daemon = tether.start_daemon()
     ids = [create(fake, case="runaway", fake_run="60"), create(fake, fake_run="4")]
-    assert tether.cli("track", *ids).returncode == 0
-    wait_for(lambda: tether.records()[ids[1]]["polls"] >= 1, timeout=10, what="a poll")
+    tether.ok("track", *ids)
+    wait_for(lambda: tether.records()[ids[1]]["polls"] >= 1, timeout=45, what="a poll")
     daemon.kill()
     daemon.wait()
     restarted = tether.start_daemon()
@@ -274,11 +274,11 @@ def test_the_daemon_logs_its_figures_in_daemon_stats_lines(tether, fake):
     tether.write_config(POLICIES, stats_interval="0.5s")
     daemon = tether.start_daemon()
     rid = create(fake, case="runaway", fake_run="60")
-    assert tether.cli("track", rid).returncode == 0
-    wait_for(lambda: tether.records()[rid]["status"] == "cancelled", timeout=20, what="the deadline cancel")
+    tether.ok("track", rid)
+    wait_for(lambda: tether.records()[rid]["status"] == "cancelled", timeout=45, what="the deadline cancel")
     stats = wait_for(
         lambda: [line for line in tether.log_lines(daemon) if line["event"] == "daemon.stats" and line["deadline_cancels"]],
-        timeout=10,
+        timeout=45,
         what="a daemon.stats line counting the cancel",
     )
     line = stats[0]

@@ -31,6 +31,7 @@ ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,256}")
 QUOTA_CODES = frozenset(
     {"insufficient_quota", "billing_hard_limit_reached", "spend_limit_reached", "usage_limit_reached"}
 )
+PRIORITY_SLOTS = 2  # requests beyond max_concurrency for deadline looks and cancels only
 ACCOUNT_PAUSE_FIRST = 30.0
 ACCOUNT_PAUSE_MAX = 900.0
 RETRY_AFTER_MAX = 300.0
@@ -121,6 +122,8 @@ class ResponsesClient:
         self._clock = clock
         self._rng = rng or random.Random()
         self._semaphore = asyncio.Semaphore(account.max_concurrency)
+        # Deadline looks and cancels get a lane of their own: they never queue behind polls.
+        self._priority = asyncio.Semaphore(PRIORITY_SLOTS)
         self.paused_until = 0.0
         self._pause = ACCOUNT_PAUSE_FIRST
         self._key = api_key
@@ -135,16 +138,18 @@ class ResponsesClient:
             timeout=account.request_timeout,
             transport=transport,
             limits=httpx.Limits(
-                max_connections=account.max_concurrency,
-                max_keepalive_connections=account.max_concurrency,
+                max_connections=account.max_concurrency + PRIORITY_SLOTS,
+                max_keepalive_connections=account.max_concurrency + PRIORITY_SLOTS,
             ),
         )
 
-    async def get(self, response_id: str, *, retry: RetryPolicy | None = None) -> dict[str, Any]:
-        return await self._call("GET", f"responses/{response_id}", None, retry)
+    async def get(
+        self, response_id: str, *, retry: RetryPolicy | None = None, priority: bool = False
+    ) -> dict[str, Any]:
+        return await self._call("GET", f"responses/{response_id}", None, retry, priority=priority)
 
     async def cancel(self, response_id: str, *, retry: RetryPolicy | None = None) -> dict[str, Any]:
-        return await self._call("POST", f"responses/{response_id}/cancel", None, retry)
+        return await self._call("POST", f"responses/{response_id}/cancel", None, retry, priority=True)
 
     async def create(self, body: dict[str, Any], *, retry: RetryPolicy | None = None) -> dict[str, Any]:
         """Not idempotent: retried only when the request never reached the server or
@@ -165,20 +170,23 @@ class ResponsesClient:
         retry: RetryPolicy | None,
         *,
         idempotent: bool = True,
+        priority: bool = False,
     ) -> dict[str, Any]:
         policy = retry or self.retry
         attempt = 0
         while True:
             try:
-                return await self._once(method, path, body)
+                return await self._once(method, path, body, self._priority if priority else self._semaphore)
             except TransientError as exc:
                 attempt += 1
                 if attempt >= policy.attempts or (exc.delivered and not idempotent):
                     raise
                 await asyncio.sleep(policy.delay(attempt - 1, exc.retry_after, self._rng))
 
-    async def _once(self, method: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
-        async with self._semaphore:
+    async def _once(
+        self, method: str, path: str, body: dict[str, Any] | None, lane: asyncio.Semaphore
+    ) -> dict[str, Any]:
+        async with lane:
             # Checked once a slot is free: calls queued behind a 401 must not follow it.
             remaining = self.pause_remaining()
             if remaining > 0:

@@ -43,6 +43,7 @@ from tether.api import (
     RequestRejected,
     ResponsesClient,
     RetryPolicy,
+    TransientError,
 )
 from tether.config import Config, ConfigError, load_config
 from tether.logs import log
@@ -62,7 +63,7 @@ FLUSH_EVERY = 1.0  # poll bookkeeping reaches the store at most this late
 HEARTBEAT_EVERY = 5.0
 SHUTDOWN_GRACE = 10.0  # in-flight requests may finish this long after SIGTERM
 POLL_SLOTS = 256  # polls in flight at once, over all accounts
-LOOK_RETRY = RetryPolicy(attempts=1)  # the look (GET) just before acting on a deadline
+LOOK_TIMEOUT = 0.5  # the look (GET) just before acting on a deadline; then act on what we know
 CANCEL_RETRY = RetryPolicy(attempts=2, base=0.2, cap=1.0)  # then durable retries take over
 
 T = TypeVar("T")
@@ -420,7 +421,7 @@ class Daemon:
 
     async def _poll(self, rec: Active) -> None:
         try:
-            await self._look(rec, "poll", NO_RETRY)
+            await self._look(rec, "poll")
         except StoreFailure:
             rec.next_poll_at = None
         except Exception as exc:  # one bad response must not wedge the loop
@@ -431,21 +432,28 @@ class Daemon:
             self._poll_slots.release()
             self._schedule(rec)
 
-    async def _look(self, rec: Active, reason: str, retry: RetryPolicy) -> dict[str, Any] | None:
-        """GET the response and apply what it says; returns the object, None on error."""
+    async def _look(self, rec: Active, reason: str, timeout: float | None = None) -> None:
+        """GET the response once and apply what it says.
+
+        A deadline look is urgent: it takes the client's priority lane and gives up after
+        `timeout`, so that a slow API delays the cancel by at most that much.
+        """
         client = self.clients[rec.account]
         now = self.clock()
         try:
-            observed = await client.get(rec.id, retry=retry)
+            observed = await asyncio.wait_for(client.get(rec.id, retry=NO_RETRY, priority=timeout is not None), timeout)
+        except TimeoutError:
+            self._api_error(rec, "get", TransientError(f"no answer within {timeout}s to the deadline look"))
+            return
         except NotFound as exc:
             self._api_error(rec, "get", exc)
             row = await self._store(self._write_not_found, rec.id, self._next_mark(rec, now))
             self._after_look(rec, row, now)
-            return None
+            return
         except APIError as exc:
             self._api_error(rec, "get", exc)
             self._reschedule_after_error(rec, client, now)
-            return None
+            return
         changes = self._changes(rec, observed)
         if changes:
             mark = self._next_mark(rec, now)
@@ -454,7 +462,6 @@ class Daemon:
         else:
             self._marks[rec.id] = self._next_mark(rec, now)
             rec.next_poll_at = self._marks[rec.id].next_poll_at
-        return observed
 
     def _changes(self, rec: Active, observed: dict[str, Any]) -> bool:
         """Does this observation need a transaction now (not just a batched poll count)?"""
@@ -506,7 +513,7 @@ class Daemon:
         """At a deadline: look once more, then act if the limit is still exceeded."""
         deadline = rec.deadline_at or self.clock()
         try:
-            observed = await self._look(rec, "deadline", LOOK_RETRY)
+            await self._look(rec, "deadline", LOOK_TIMEOUT)
             if rec.id not in self.active or not is_active(rec.status):
                 return
             row, cancel = await self._store(self._write_decision, rec.id)
@@ -572,7 +579,7 @@ class Daemon:
 
     async def _fetch_quietly(self, client: ResponsesClient, rid: str) -> dict[str, Any] | None:
         try:
-            return await client.get(rid, retry=LOOK_RETRY)
+            return await client.get(rid, retry=NO_RETRY, priority=True)
         except APIError:
             return None  # the confirmation polls will find out
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import secrets
 import time
 from typing import Any
 
 from .http_server import DROP, Reply, Request
-from .state import ApiError, Faults, FakeState, Record
+from .state import ApiError, Call, Faults, FakeState, Record
 
 # Request fields a response object repeats, with the value it shows when the request lacks them.
 ECHOED_DEFAULTS: dict[str, Any] = {
@@ -111,17 +112,29 @@ class FakeAPI:
         route, response_id = _route(request.method, request.path)
         headers = request.headers
         self.state.count_request(route, headers.get("openai-organization"), headers.get("openai-project"))
-        fault = await self._injected_fault(route, request)
+        call = self.state.log_call(route, response_id, headers.get("openai-project"))
+        try:
+            reply = await self._api(route, response_id, request, call)
+        except ApiError as e:
+            reply = json_reply(e.status, e.body, e.headers)
+        if reply.status >= 400 and self.state.faults.echo_key:
+            reply = _echo_key(reply, headers.get("authorization", ""))
+        self.state.end_call(call, reply.status)
+        return reply
+
+    async def _api(self, route: str, response_id: str, request: Request, call: Call) -> Reply:
+        forced = self.state.faults.take_forced(route)
+        fault = await self._injected_fault(route, request, call, forced)
         if fault is not None:
             return fault
-        self._authorize(headers)
+        self._authorize(request.headers)
         if route == "create":
             record = await self._create(_json_object(request.body), request)
         elif route == "get":
             record = self.state.get(response_id)
         else:
             record = self.state.cancel(response_id)
-        return self._garbled(route, response_object(record, time.time()))
+        return self._garbled(route, response_object(record, time.time()), call, forced)
 
     async def _admin(self, request: Request) -> Reply:
         method, path, body = request.method, request.path, request.body
@@ -142,23 +155,31 @@ class FakeAPI:
             return json_reply(200, response_object(record, time.time()))
         raise ApiError(404, f"Invalid URL ({method} {path})")
 
-    async def _injected_fault(self, route: str, request: Request) -> Reply | None:
-        faults, count = self.state.faults, self.state.count_fault
+    async def _injected_fault(self, route: str, request: Request, call: Call, forced: str | None) -> Reply | None:
+        faults = self.state.faults
+
+        def count(kind: str) -> None:
+            self.state.count_fault(kind)
+            call.fault = kind if call.fault is None else f"{call.fault}+{kind}"
+
+        def strikes(kind: str) -> bool:  # the random draw always happens: a seed replays the same
+            return faults.strikes(getattr(odds, kind)) or forced == kind
+
         if faults.in_outage():
             count("outage")
             return json_reply(503, _error("The server is overloaded or not ready yet.", "server_error"))
         odds = getattr(faults, route)
-        if faults.strikes(odds.slow):
+        if strikes("slow"):
             count("slow")
             await asyncio.sleep(faults.slow_seconds)
-        if faults.strikes(odds.hang):
+        if strikes("hang"):
             count("hang")
             await _hold(faults.hang_seconds, request)
             return DROP
-        if faults.strikes(odds.drop):
+        if strikes("drop"):
             count("drop")
             return DROP
-        if faults.strikes(odds.server_error):
+        if strikes("server_error"):
             count("server_error")
             return faults.rng.choice(
                 [
@@ -167,7 +188,7 @@ class FakeAPI:
                     json_reply(503, _error("The engine is currently overloaded, please try again later.", "server_error")),
                 ]
             )
-        if faults.strikes(odds.rate_limit):
+        if strikes("rate_limit"):
             count("rate_limit")
             wait = f"{faults.retry_after:g}"
             return json_reply(
@@ -183,7 +204,7 @@ class FakeAPI:
                     "x-ratelimit-reset-tokens": "0s",
                 },
             )
-        if faults.strikes(odds.quota):
+        if strikes("quota"):
             count("quota")
             return json_reply(
                 429,
@@ -195,25 +216,37 @@ class FakeAPI:
             )
         return None
 
-    def _garbled(self, route: str, obj: dict[str, Any]) -> Reply:
+    def _garbled(self, route: str, obj: dict[str, Any], call: Call, forced: str | None) -> Reply:
         """The 200 reply carrying `obj`, garbled by whichever body faults strike."""
-        faults, count = self.state.faults, self.state.count_fault
+        faults = self.state.faults
         odds = getattr(faults, route)
-        if faults.strikes(odds.unknown_status):
+
+        def count(kind: str) -> None:
+            self.state.count_fault(kind)
+            call.fault = kind if call.fault is None else f"{call.fault}+{kind}"
+
+        def strikes(kind: str) -> bool:
+            return faults.strikes(getattr(odds, kind)) or forced == kind
+
+        if strikes("unknown_status"):
             count("unknown_status")
             obj["status"] = faults.unknown_status_value
-        if faults.strikes(odds.extra_fields):
+        if strikes("extra_fields"):
             count("extra_fields")
             obj["vendor_extension"] = {"queue_position": 3, "region": "fake-1"}
             obj["x_trace_id"] = secrets.token_hex(8)
-        if faults.strikes(odds.missing_fields):
+        if strikes("missing_fields"):
             count("missing_fields")
             obj = {k: obj[k] for k in REQUIRED_FIELDS}
-        body = json.dumps(obj).encode()
-        if faults.strikes(odds.malformed_json):
+        payload: Any = obj
+        if strikes("odd_shape"):
+            count("odd_shape")
+            payload = _odd_shape(obj, faults.rng)
+        body = json.dumps(payload).encode()
+        if strikes("malformed_json"):
             count("malformed_json")
             return Reply(200, body[: len(body) // 2])
-        if faults.strikes(odds.wrong_content_type):
+        if strikes("wrong_content_type"):
             count("wrong_content_type")
             return html_reply(200, "Service status")
         return Reply(200, body)
@@ -263,6 +296,48 @@ def _route(method: str, path: str) -> tuple[str, str]:
         if len(parts) == 5 and parts[4] == "cancel" and method == "POST":
             return "cancel", parts[3]
     raise ApiError(404, f"Invalid URL ({method} {path})")
+
+
+# Fields of the response object with a value of the wrong JSON type, as a buggy or hostile
+# server might send them. The status keeps its meaning when it is a string; else it is lost.
+ODD_VALUES: dict[str, tuple[Any, ...]] = {
+    "status": (None, 7, ["in_progress"], {"value": "in_progress"}),
+    "created_at": ("yesterday", None, [1], {"seconds": 1}, True),
+    "model": (None, 42, ["o3-pro"]),
+    "metadata": (["team", "search"], "team=search", 3),
+    "usage": ("n/a", [], {"input_tokens": "many", "output_tokens": None}, {"input_tokens_details": 5}),
+    "error": ("boom", ["error"], {"code": 500, "message": {"text": "nested"}}),
+    "incomplete_details": ("max_output_tokens", ["reason"]),
+    "background": ("yes", 1),
+    "max_output_tokens": ("lots", -1, 2.5),
+    "service_tier": (1, ["default"]),
+    "id": (None, 123),
+}
+NOT_OBJECTS: tuple[Any, ...] = (None, "response", 42, [], ["resp_1"], True)
+
+
+def _odd_shape(obj: dict[str, Any], rng: random.Random) -> Any:
+    """`obj` with one to three fields of the wrong type, or (one time in five) no object at all."""
+    if rng.random() < 0.2:
+        return rng.choice(NOT_OBJECTS)
+    odd = dict(obj)
+    for name in rng.sample(sorted(ODD_VALUES), rng.randint(1, 3)):
+        odd[name] = rng.choice(ODD_VALUES[name])
+    return odd
+
+
+def _echo_key(reply: Reply, authorization: str) -> Reply:
+    """The error reply with the presented bearer key repeated in its message (`Faults.echo_key`)."""
+    key = authorization.removeprefix("Bearer ").strip()
+    note = f" (request made with key {key})"
+    if reply.content_type == "application/json":
+        try:
+            body = json.loads(reply.body)
+            body["error"]["message"] += note
+            return Reply(reply.status, json.dumps(body).encode(), reply.content_type, reply.headers)
+        except (ValueError, KeyError, TypeError):
+            pass
+    return Reply(reply.status, reply.body + note.encode(), reply.content_type, reply.headers)
 
 
 def _error(message: str, type: str, code: str | None = None) -> dict[str, Any]:

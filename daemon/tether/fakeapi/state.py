@@ -98,6 +98,19 @@ class CancelCall:
 
 
 @dataclass
+class Call:
+    """One API request as the server saw it, faulted or not (the request log)."""
+
+    at: float  # arrival
+    route: str  # create | get | cancel
+    response_id: str | None
+    project: str | None  # the OpenAI-Project header: tells apart clients sharing a key
+    fault: str | None = None  # the injected fault, if one struck (body faults: the last one)
+    status: int | None = None  # HTTP status answered; 0 = connection dropped; None = in flight
+    ended: float | None = None
+
+
+@dataclass
 class Record:
     """One response as the server knows it; its status is a function of the clock."""
 
@@ -171,6 +184,7 @@ class RouteFaults:
     unknown_status: float = 0.0  # the object's status is Faults.unknown_status_value
     extra_fields: float = 0.0  # unknown fields in the object
     missing_fields: float = 0.0  # the object lacks its optional fields (usage, metadata, ...)
+    odd_shape: float = 0.0  # 200 with a body of unexpected shape: wrong-typed fields, or not an object
 
     def __post_init__(self) -> None:
         for name, value in dataclasses.asdict(self).items():
@@ -193,17 +207,36 @@ class Faults:
     hang_seconds: float = 300.0
     unknown_status_value: str = "paused"
     outage_until: float = 0.0  # unix time: every API request gets 503 until then
+    # A hostile proxy: every error message repeats the bearer key the request presented.
+    echo_key: bool = False
     seed: int | None = None
     rng: random.Random = field(init=False, repr=False, compare=False)
+    # Faults forced on the next requests of a route, before any drawn at random (see `force`).
+    forced: dict[str, list[str]] = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_number("cancel_then_complete", self.cancel_then_complete, most=1)
         for name in ("cancel_then_complete_after", "retry_after", "slow_seconds", "hang_seconds", "outage_until"):
             _check_number(name, getattr(self, name))
+        if not isinstance(self.echo_key, bool):
+            raise ValueError("echo_key must be true or false")
         self.rng = random.Random(self.seed)
 
     def outage_for(self, seconds: float) -> None:
         self.outage_until = time.time() + seconds
+
+    def force(self, route: str, kind: str, times: int = 1) -> None:
+        """Strike the next `times` requests on `route` with fault `kind` (a `RouteFaults` field
+        name), whatever the probabilities say: a one-shot quota 429, a cancel that hangs once."""
+        if route not in ROUTES:
+            raise ValueError(f"route must be one of {', '.join(ROUTES)}")
+        if kind not in {f.name for f in dataclasses.fields(RouteFaults)}:
+            raise ValueError(f"unknown fault kind {kind!r}")
+        self.forced.setdefault(route, []).extend([kind] * times)
+
+    def take_forced(self, route: str) -> str | None:
+        queue = self.forced.get(route)
+        return queue.pop(0) if queue else None
 
     def in_outage(self) -> bool:
         return time.time() < self.outage_until
@@ -213,6 +246,7 @@ class Faults:
 
     def as_json(self) -> dict[str, Any]:
         settings = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+        settings["forced"] = {route: list(kinds) for route, kinds in self.forced.items() if kinds}
         return {k: dataclasses.asdict(v) if isinstance(v, RouteFaults) else v for k, v in settings.items()}
 
     @classmethod
@@ -226,7 +260,13 @@ class Faults:
                 if not isinstance(data[route], dict):
                     raise ValueError(f"{route}: expected a JSON object")
                 routes[route] = RouteFaults(**data.pop(route))
+        forced = data.pop("forced", None) or {}
+        if not isinstance(forced, dict):
+            raise ValueError("forced: expected a JSON object of route -> list of fault kinds")
         faults = cls(**routes, **data)  # unknown keys raise TypeError
+        for route, kinds in forced.items():
+            for kind in kinds if isinstance(kinds, list) else [kinds]:
+                faults.force(route, kind)
         if outage is not None:
             faults.outage_for(float(outage))
         return faults
@@ -261,6 +301,7 @@ class FakeState:
         self.client_headers: Counter[tuple[str | None, str | None]] = Counter()  # (organization, project)
         self.lock = threading.Lock()
         self._responses: dict[str, Record] = {}
+        self._calls: list[Call] = []
 
     def record(self, response_id: str) -> Record:
         with self.lock:
@@ -279,6 +320,23 @@ class FakeState:
             self.requests[route] += 1
             if organization or project:
                 self.client_headers[organization, project] += 1
+
+    def log_call(self, route: str, response_id: str | None, project: str | None) -> Call:
+        call = Call(at=time.time(), route=route, response_id=response_id or None, project=project)
+        with self.lock:
+            self._calls.append(call)
+        return call
+
+    def end_call(self, call: Call, status: int) -> None:
+        with self.lock:
+            call.status = status
+            call.ended = time.time()
+
+    def calls(self) -> list[dict[str, Any]]:
+        """The request log: every API request, faulted or not, oldest first (for test oracles;
+        not part of `snapshot()`, which stays small)."""
+        with self.lock:
+            return [dataclasses.asdict(call) for call in self._calls]
 
     def create(
         self,

@@ -1,0 +1,58 @@
+"""Reading a process's (or a thread's) CPU time and memory from /proc, and small stats helpers."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int | str = "self", tid: int | None = None) -> float:
+    """User + system CPU seconds of a process (all its threads), or of one of its threads."""
+    path = f"/proc/{pid}/task/{tid}/stat" if tid is not None else f"/proc/{pid}/stat"
+    with open(path) as f:
+        fields = f.read().rpartition(")")[2].split()
+    # fields[0] is the state (field 3 of stat(5)): utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def memory_mb(pid: int | str = "self") -> dict[str, float]:
+    """VmRSS (now) and VmHWM (peak resident set size) in MiB."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(value.split()[0]) / 1024
+    return out
+
+
+def loadavg() -> tuple[float, float, float]:
+    with open("/proc/loadavg") as f:
+        one, five, fifteen = f.read().split()[:3]
+    return float(one), float(five), float(fifteen)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (as tether.stats does)."""
+    ordered = sorted(values)
+    if not ordered:
+        return math.nan
+    index = min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))
+    return ordered[index]
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    if not ordered:
+        return {"n": 0, "p50": math.nan, "p99": math.nan, "max": math.nan, "mean": math.nan, "min": math.nan}
+    return {
+        "n": len(ordered),
+        "min": ordered[0],
+        "p50": percentile(ordered, 0.50),
+        "p99": percentile(ordered, 0.99),
+        "max": ordered[-1],
+        "mean": sum(ordered) / len(ordered),
+    }
