@@ -286,3 +286,28 @@ def test_the_daemon_logs_its_figures_in_daemon_stats_lines(tether, fake):
     assert sum(s["polls"] for s in tether.log_lines(daemon) if s["event"] == "daemon.stats") >= 1
     assert line["max_rss_mb"] > 10
     assert tether.stop_daemon(daemon) == 0
+
+
+def test_events_the_cli_wrote_while_no_daemon_ran_are_logged_once_at_the_next_start(tether, fake):
+    first = tether.start_daemon()
+    assert tether.stop_daemon(first) == 0
+    tether.ok("track", "--no-verify", "resp_tracked_while_down")
+
+    def tracked_lines(proc):
+        return [
+            line for line in tether.log_lines(proc)
+            if line["event"] == "response.tracked" and line["response_id"] == "resp_tracked_while_down"
+        ]
+
+    second = tether.start_daemon()
+    [line] = wait_for(lambda: tracked_lines(second), what="the tracked line at the next start")
+    assert line["origin"] == "cli"
+    assert tether.stop_daemon(second) == 0
+    third = tether.start_daemon()
+    tether.ok("track", "--no-verify", "resp_tracked_later")
+    wait_for(
+        lambda: [x for x in tether.log_lines(third) if x.get("response_id") == "resp_tracked_later"],
+        what="the third daemon to pick up a newer event",
+    )
+    assert tether.stop_daemon(third) == 0
+    assert tracked_lines(third) == []

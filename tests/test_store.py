@@ -21,7 +21,7 @@ from tether.store import Store, StoreError, WriterLock
 
 def test_migrations_from_empty_build_exactly_the_models_schema(tmp_path):
     store = Store(f"sqlite:///{tmp_path / 't.db'}")
-    assert store.migrate() == ["0001", "0002"]
+    assert store.migrate() == ["0001", "0002", "0003"]
     with store.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), SQLModel.metadata) == []
     assert store.migrate() == []

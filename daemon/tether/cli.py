@@ -81,9 +81,9 @@ def main_options(
     config: Annotated[str | None, typer.Option("--config", help="Config file (else $TETHER_CONFIG, ./tether.toml, …).")] = None,
 ) -> None:
     ctx.obj = Context(config)
-    # The CLI's own event lines reach the daemon's log when it picks them up; here
-    # only warnings and errors go to stderr, next to the command's own messages.
-    logs.configure("console", "warning")
+    # The CLI's event lines reach the daemon's log when it picks the events up (at its
+    # next start if it is not running); the CLI itself speaks through its messages.
+    logs.configure("console", "error")
 
 
 # ---- the daemon ------------------------------------------------------------------

@@ -307,7 +307,8 @@ class Daemon:
     def _read_open_rows(self) -> tuple[list[Response], int]:
         now = self.clock()
         with self.store.reading() as session:
-            last = session.execute(select(func.max(Event.id))).scalar() or 0
+            beat = session.get(Heartbeat, "daemon")
+            cursor = beat.event_cursor if beat is not None else 0
             rows = session.execute(
                 select(Response).where(
                     or_(
@@ -318,7 +319,7 @@ class Daemon:
                     )
                 )
             ).scalars()
-            return list(rows), last
+            return list(rows), cursor
 
     def _adopt(self, row: Response) -> None:
         """Start (or refresh) scheduling a response read from the store."""
@@ -687,6 +688,7 @@ class Daemon:
                     host=socket.gethostname(),
                     started_at=self._started_at,
                     beat_at=self.clock(),
+                    event_cursor=self._last_event_id,
                 )
             )
 
@@ -698,11 +700,15 @@ class Daemon:
             ).scalars()
             return list(events), last
 
-    def _reapply_policies(self, ids: list[str]) -> list[Response]:
+    def _reapply_policies(self, ids: list[str], cursor: int | None = None) -> list[Response]:
+        """Resolve policies again with this daemon's config (and move the event cursor)."""
         with tracker.recording(self.store, "daemon", self.clock()) as rec:
             rows = list(rec.session.execute(select(Response).where(Response.id.in_(ids))).scalars())
             for row in rows:
                 tracker.refresh_policy(row, self.config)
+            beat = rec.session.get(Heartbeat, "daemon")
+            if cursor is not None and beat is not None:
+                beat.event_cursor = cursor
             return rows
 
     # ---- budgets ---------------------------------------------------------------
@@ -783,13 +789,15 @@ class Daemon:
         every event of the store, whoever wrote it.
         """
         events, last = await self._store(self._read_events_by_others, self._last_event_id)
-        self._last_event_id = last
         if not events:
+            self._last_event_id = last
             return
+        # The daemon's config decides the policy, whatever config the CLI ran with.
+        ids = list({ev.response_id for ev in events if ev.response_id})
+        rows = await self._store(self._reapply_policies, ids, last)
+        self._last_event_id = last
         for ev in events:
             tracker.log_event(ev.kind, ev.response_id, ev.from_status, ev.to_status, ev.reason, ev.detail, origin=ev.origin)
-        # The daemon's config decides the policy, whatever config the CLI ran with.
-        rows = await self._store(self._reapply_policies, list({ev.response_id for ev in events if ev.response_id}))
         self._budget_wake.set()
         for row in rows:
             self._adopt(row)

@@ -148,3 +148,6 @@ class Heartbeat(SQLModel, table=True):
     host: str
     started_at: float
     beat_at: float
+    # The last event id whose log line the daemon has emitted: events the CLI wrote while
+    # no daemon ran are logged at the next start, and none twice.
+    event_cursor: int = Field(default=0, sa_column_kwargs={"server_default": "0"})

@@ -1,0 +1,538 @@
+"""Shared parts of the reliability suites: an installation driven by two configs (daemon and
+CLI, told apart by the stand-in through their `OpenAI-Project` header), readers of the oracles,
+and the invariant checks.
+
+Oracles: the stand-in's own record (`FakeState.snapshot()`: each response's status, and the
+cancels that took effect or were refused; `FakeState.calls()`: every API request with its
+arrival time, the fault injected and the HTTP status answered) against tether's store (read
+with sqlite3, read-only queries), its CLI `--json` output and the daemon's JSON log lines.
+
+Every check returns a list of violations (strings, each naming a response and what went
+wrong); tests assert the list is empty and record the figures for docs/reliability.md.
+
+(Named `reliability_kit`, not `conftest`: a second `conftest.py` in a folder without
+`__init__.py` would replace the root one in `sys.modules` and break `from conftest import ...`
+in the other test files.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from conftest import API_KEY, Tether, wait_for
+
+DAEMON_PROJECT = "proj_daemon"
+CLI_PROJECT = "proj_cli"
+# Faults after which a client sees a failed request (slow alone, extra and missing fields do not).
+FAILURE_FAULTS = frozenset(
+    {"outage", "hang", "drop", "server_error", "rate_limit", "quota", "malformed_json", "wrong_content_type", "odd_shape"}
+)
+# Faults after which the reply carries no usable status.
+UNUSABLE_BODY = FAILURE_FAULTS | {"unknown_status"}
+TERMINAL = frozenset({"completed", "failed", "cancelled", "incomplete"})
+ACTIVE = frozenset({"queued", "in_progress"})
+
+
+def env_number(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value else default
+
+
+def faults_of(call: dict[str, Any]) -> set[str]:
+    return set(call["fault"].split("+")) if call.get("fault") else set()
+
+
+# --- the installation ---------------------------------------------------------------------------
+
+
+@dataclass
+class Install(Tether):
+    """A tether installation whose CLI runs with its own config (same store, same account name,
+    another `project`), so every API request in the stand-in's log says who sent it."""
+
+    account_extra: str = ""
+    cli_outputs: list[str] = field(default_factory=list)
+
+    @property
+    def cli_config_path(self) -> Path:
+        return self.root / "tether-cli.toml"
+
+    def write_configs(self, policies: str, polling: str, *, account_extra: str = "", log_extra: str = "") -> None:
+        self.account_extra = account_extra
+        for path, project in ((self.config_path, DAEMON_PROJECT), (self.cli_config_path, CLI_PROJECT)):
+            path.write_text(
+                f"""
+[store]
+url = "sqlite:///{self.store_path}"
+
+[log]
+format = "json"
+level = "info"
+stats_interval = "0"
+{log_extra}
+
+[accounts.default]
+base_url = "{self.base_url}"
+api_key_env = "TETHER_TEST_KEY"
+project = "{project}"
+{account_extra}
+
+[polling]
+{polling}
+
+{policies}
+"""
+            )
+
+    def cli(self, *args: str, input: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            [sys.executable, "-m", "tether", "--config", str(self.cli_config_path), *args],
+            env=self.env,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        self.cli_outputs += [result.stdout, result.stderr]
+        return result
+
+    def cli_popen(self, *args: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "tether", "--config", str(self.cli_config_path), *args],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def collect(self, proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str, str]:
+        out, err = proc.communicate(timeout=timeout)
+        self.cli_outputs += [out, err]
+        return proc.returncode, out, err
+
+    def start_daemon(self, extra_env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.Popen:
+        log = (self.root / f"daemon-{len(self.daemons)}.log").open("w")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tether", "--config", str(self.config_path), "run"],
+            env={**self.env, **(extra_env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        proc.log_path = Path(log.name)  # type: ignore[attr-defined]
+        proc.started_at = time.time()  # type: ignore[attr-defined]
+        self.daemons.append(proc)
+        wait_for(
+            lambda: "daemon.started" in proc.log_path.read_text() or proc.poll() is not None,
+            timeout=timeout,
+            what="daemon.started",
+        )
+        assert proc.poll() is None, proc.log_path.read_text()
+        return proc
+
+    def all_log_lines(self) -> list[dict[str, Any]]:
+        """Every daemon's JSON lines, in order of the daemons; each tagged with its daemon index."""
+        lines = []
+        for index, proc in enumerate(self.daemons):
+            for line in self.log_lines(proc):
+                line["_daemon"] = index
+                lines.append(line)
+        return lines
+
+    def raw_logs(self) -> str:
+        return "".join(proc.log_path.read_text() for proc in self.daemons)  # type: ignore[attr-defined]
+
+
+def kill_all(install: Install) -> None:
+    for proc in install.daemons:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+# --- reading tether's store ---------------------------------------------------------------------
+
+
+def read_store(path: Path) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """(responses by id, events oldest first), straight from the SQLite file: exact float times."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    conn.row_factory = sqlite3.Row
+    try:
+        rows = {r["id"]: dict(r) for r in conn.execute("SELECT * FROM responses")}
+        events = [dict(e) for e in conn.execute("SELECT * FROM events ORDER BY id")]
+    finally:
+        conn.close()
+    for row in rows.values():
+        for key in ("labels", "metadata", "limits_hit", "error", "usage"):
+            if isinstance(row.get(key), str):
+                row[key] = json.loads(row[key])
+    for ev in events:
+        ev["detail"] = json.loads(ev["detail"]) if ev["detail"] else {}
+    return rows, events
+
+
+def store_statuses(path: Path) -> dict[str, str | None]:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    try:
+        return dict(conn.execute("SELECT id, status FROM responses"))
+    finally:
+        conn.close()
+
+
+def converged(install: Install, fake, ids: Iterable[str], settle: float) -> bool:
+    """Every response is finished on the server, has been for `settle` seconds, and tether
+    says what the server says."""
+    snapshot = fake.state.snapshot()
+    now = snapshot["now"]
+    statuses = store_statuses(install.store_path)
+    for rid in ids:
+        server = snapshot["responses"][rid]
+        if server["status"] in ACTIVE or server["finished_at"] is None or now - server["finished_at"] < settle:
+            return False
+        if statuses.get(rid) != server["status"]:
+            return False
+    return True
+
+
+# --- the checks ---------------------------------------------------------------------------------
+
+
+def check_final_statuses(rows: dict[str, dict], snapshot: dict, ids: Iterable[str]) -> list[str]:
+    bad = []
+    for rid in ids:
+        ours, theirs = rows.get(rid, {}).get("status"), snapshot["responses"][rid]["status"]
+        if ours != theirs:
+            bad.append(f"{rid}: tether says {ours!r}, the server says {theirs!r}")
+    return bad
+
+
+def check_no_duplicate_events(events: list[dict[str, Any]], ids: Iterable[str]) -> list[str]:
+    """One `tracked` per response; status events form one chain without a repeated move;
+    each limit exceeded (and warned) at most once; at most one policy cancel_requested."""
+    by_id: dict[str, list[dict]] = defaultdict(list)
+    for ev in events:
+        if ev["response_id"]:
+            by_id[ev["response_id"]].append(ev)
+    bad = []
+    for rid in ids:
+        evs = by_id.get(rid, [])
+        kinds = Counter(ev["kind"] for ev in evs)
+        if kinds["tracked"] != 1:
+            bad.append(f"{rid}: {kinds['tracked']} tracked events")
+        tracked = next((ev for ev in evs if ev["kind"] == "tracked"), None)
+        current = tracked["to_status"] if tracked else None
+        moves = []
+        for ev in evs:
+            if ev["kind"] == "status":
+                if ev["from_status"] != current:
+                    bad.append(f"{rid}: status event {ev['from_status']}->{ev['to_status']} but it was {current}")
+                current = ev["to_status"]
+                moves.append((ev["from_status"], ev["to_status"]))
+            elif ev["kind"] == "lost":
+                current = "lost"
+        if len(moves) != len(set(moves)):
+            bad.append(f"{rid}: a status move recorded twice: {moves}")
+        for kind in ("limit_exceeded", "warned"):
+            reasons = [ev["reason"] for ev in evs if ev["kind"] == kind]
+            if len(reasons) != len(set(reasons)):
+                bad.append(f"{rid}: {kind} twice for the same limit: {reasons}")
+        policy_cancels = [ev for ev in evs if ev["kind"] == "cancel_requested" and ev["reason"] != "manual"]
+        if len(policy_cancels) > 1:
+            bad.append(f"{rid}: {len(policy_cancels)} cancel_requested events")
+    return bad
+
+
+EVENT_LINES = {"tracked", "status", "limit_exceeded", "cancel_requested", "cancel_failed", "warned", "lost"}
+
+
+def check_log_matches_events(events: list[dict], lines: list[dict]) -> list[str]:
+    """Each event row is one log line (`response.<kind>`) and each such line one event row."""
+
+    def key(kind: str, rid: str, frm: Any, to: Any, reason: Any) -> tuple:
+        return (kind, rid, frm, to, reason) if kind in ("status", "tracked", "lost") else (kind, rid, reason)
+
+    stored = Counter(
+        key(ev["kind"], ev["response_id"], ev["from_status"], ev["to_status"], ev["reason"])
+        for ev in events
+        if ev["kind"] in EVENT_LINES
+    )
+    logged = Counter(
+        key(line["event"].removeprefix("response."), line.get("response_id"), line.get("from"), line.get("to"), line.get("reason"))
+        for line in lines
+        if line.get("event", "").removeprefix("response.") in EVENT_LINES and line["event"].startswith("response.")
+    )
+    bad = [f"event without its log line: {k} x{n}" for k, n in (stored - logged).items()]
+    bad += [f"log line without its event (or logged twice): {k} x{n}" for k, n in (logged - stored).items()]
+    return bad
+
+
+def check_api_errors_logged(calls: list[dict], lines: list[dict], project: str = DAEMON_PROJECT) -> tuple[list[str], Counter]:
+    """Every request of the daemon that the stand-in failed has an `api.error` line for the
+    same response and operation; an unknown status has its anomaly line. Returns (violations,
+    failures injected by kind)."""
+    failures: Counter = Counter()
+    anomalies: Counter = Counter()
+    injected: Counter = Counter()
+    for call in calls:
+        if call["project"] != project or call["route"] == "create":
+            continue
+        kinds = faults_of(call)
+        failed = kinds & FAILURE_FAULTS
+        for kind in kinds:
+            injected[kind] += 1
+        if failed:
+            failures[call["route"], call["response_id"]] += 1
+        elif "unknown_status" in kinds:
+            anomalies[call["response_id"]] += 1
+    logged: Counter = Counter()
+    logged_anomalies: Counter = Counter()
+    for line in lines:
+        if line.get("event") != "api.error":
+            continue
+        if line.get("kind") == "anomaly":
+            logged_anomalies[line.get("response_id")] += 1
+        else:
+            logged[line.get("op"), line.get("response_id")] += 1
+    bad = []
+    for (route, rid), n in sorted(failures.items()):
+        if logged[route, rid] < n:
+            bad.append(f"{rid}: {n} failed {route} requests, {logged[route, rid]} api.error lines with op={route}")
+    for rid, n in sorted(anomalies.items()):
+        if logged_anomalies[rid] < n:
+            bad.append(f"{rid}: {n} replies with an unknown status, {logged_anomalies[rid]} anomaly lines")
+    return bad, injected
+
+
+def check_no_tracebacks(texts: Iterable[str]) -> list[str]:
+    bad = []
+    for text in texts:
+        if "Traceback (most recent call last)" in text:
+            start = text.index("Traceback")
+            bad.append("a traceback: " + text[start : start + 1500])
+    return bad
+
+
+def check_daemon_lines_clean(lines: list[dict]) -> list[str]:
+    """No line that says the daemon caught something it did not expect."""
+    return [
+        f"{line['event']}: {json.dumps({k: v for k, v in line.items() if k != '_daemon'})[:600]}"
+        for line in lines
+        if line.get("event") in ("daemon.error", "daemon.failed", "daemon.store_failed")
+    ]
+
+
+def check_secret_absent(root: Path, texts: Iterable[str], key: str = API_KEY) -> list[str]:
+    """The key appears in no file under `root` (logs, store, WAL, configs) and no captured output."""
+    needle = key.encode()
+    bad = []
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and needle in path.read_bytes():
+            bad.append(f"the API key is in {path}")
+    for text in texts:
+        if key in text:
+            bad.append(f"the API key is in a command's output: {text[:200]!r}")
+    return bad
+
+
+# --- cancels against the server's truth ---------------------------------------------------------
+
+
+@dataclass
+class Limits:
+    max_queued: float | None = None
+    max_runtime: float | None = None
+    action: str = "cancel"
+
+
+@dataclass
+class Timing:
+    """Allowances for lateness, in seconds."""
+
+    spec: float = 1.0  # SPEC §3: a cancel leaves within 1 s of the deadline
+    pickup: float = 0.5  # the daemon notices what the CLI tracked within PICKUP_EVERY
+    slack: float = 2.5  # this machine is loaded (CI: 3 workers on 2 cores)
+    slow_seconds: float = 0.0
+    request_timeout: float = 2.0
+
+
+def server_active_at(record: dict, limit: str, at: float, sim: dict) -> bool:
+    """Server truth: was the response, at instant `at`, in the state the limit is about?"""
+    created = record["created_at"]
+    if record["cancels"] and any(c["changed"] for c in record["cancels"]):
+        cancelled_at = min(c["at"] for c in record["cancels"] if c["changed"])
+        if at >= cancelled_at:
+            return False
+    if limit == "max_queued":
+        return at < created + sim["queue"]
+    return at < created + sim["queue"] + sim["run"]
+
+
+def natural_end(record: dict, sim: dict) -> float:
+    return record["created_at"] + sim["queue"] + sim["run"]
+
+
+@dataclass
+class CancelReport:
+    violations: list[str] = field(default_factory=list)
+    lateness: list[float] = field(default_factory=list)  # first attempt - when it was due, per required cancel
+    required: int = 0
+    attempts_by_reason: Counter = field(default_factory=Counter)
+
+
+def check_cancels(
+    *,
+    ids: Iterable[str],
+    snapshot: dict,
+    calls: list[dict],
+    rows: dict[str, dict],
+    events: list[dict],
+    limits: dict[str, Limits | None],
+    sims: dict[str, dict],
+    manual: set[str],
+    timing: Timing,
+    pauses: list[tuple[float, float]] = (),
+    downtimes: list[tuple[float, float]] = (),
+) -> CancelReport:
+    """(1) Every response still active past a limit with action cancel got a cancel request
+    that reached the server by its deadline plus the allowances (the spec's second, the
+    pickup, the machine's slack, injected delays on its own requests, account pauses and
+    daemon downtime); (2) no cancel request reached the server without a recorded,
+    justified reason recorded before it.
+
+    `sims`: each response's simulation (queue, run); `limits`: the policy the test expects
+    for it; `manual`: ids the test cancelled by hand.
+    """
+    report = CancelReport()
+    by_id: dict[str, list[dict]] = defaultdict(list)
+    for call in calls:
+        if call["response_id"]:
+            by_id[call["response_id"]].append(call)
+    ev_by_id: dict[str, list[dict]] = defaultdict(list)
+    for ev in events:
+        if ev["response_id"]:
+            ev_by_id[ev["response_id"]].append(ev)
+
+    for rid in ids:
+        record = snapshot["responses"][rid]
+        sim = sims[rid]
+        row = rows.get(rid, {})
+        lim = limits.get(rid)
+        my_calls = sorted(by_id.get(rid, []), key=lambda c: c["at"])
+        attempts = [c for c in my_calls if c["route"] == "cancel"]
+        requested = [ev for ev in ev_by_id.get(rid, []) if ev["kind"] == "cancel_requested"]
+
+        # (2) every cancel request had a reason, recorded before it left, and a justified one.
+        for attempt in attempts:
+            before = [ev for ev in requested if ev["at"] <= attempt["at"] + 0.01]
+            if not before:
+                report.violations.append(f"{rid}: a cancel request at {attempt['at']:.3f} with no cancel_requested before it")
+                continue
+            reason = before[-1]["reason"]
+            report.attempts_by_reason[reason] += 1
+            if reason == "manual":
+                if rid not in manual:
+                    report.violations.append(f"{rid}: cancel for reason manual, but nobody cancelled it by hand")
+                continue
+            if lim is None or lim.action != "cancel" or getattr(lim, reason, None) is None:
+                report.violations.append(f"{rid}: cancel for reason {reason!r}, but its policy has no such cancel limit")
+                continue
+            deadline = int(record["created_at"]) + getattr(lim, reason)
+            if attempt["at"] < deadline - 0.01:
+                report.violations.append(f"{rid}: cancel ({reason}) {deadline - attempt['at']:.3f}s before its deadline")
+            if not server_active_at(record, reason, deadline, sim):
+                report.violations.append(f"{rid}: cancelled for {reason} but it was not active past that limit on the server")
+
+        if lim is None or lim.action != "cancel":
+            continue
+        # (1) was a cancel due, and did one leave in time?
+        knowable = row.get("tracked_at", record["created_at"])
+        usable_gets = [
+            c["ended"] for c in my_calls
+            if c["route"] == "get" and c["status"] == 200 and not (faults_of(c) & UNUSABLE_BODY) and c["ended"]
+        ]
+        # A response tracked without a look (--no-verify) has no created_at until a usable GET.
+        tracked_ev = next((ev for ev in ev_by_id.get(rid, []) if ev["kind"] == "tracked"), None)
+        if tracked_ev is not None and tracked_ev["to_status"] is None:
+            after = [t for t in usable_gets if t >= knowable]
+            knowable = after[0] if after else float("inf")
+        for limit in ("max_queued", "max_runtime"):
+            seconds = getattr(lim, limit)
+            if seconds is None:
+                continue
+            deadline = int(record["created_at"]) + seconds
+            base = max(deadline, knowable)
+            if base == float("inf") or not server_active_at(record, limit, base, sim):
+                continue  # finished (or cancelled for the other limit) before tether could act
+            due = base + timing.spec + timing.slack + (timing.pickup if knowable > deadline else 0.0)
+            # Injected delays on this response's own requests around the deadline.
+            for c in my_calls:
+                if base - timing.request_timeout <= c["at"] <= due:
+                    kinds = faults_of(c)
+                    if "hang" in kinds:
+                        due += timing.request_timeout
+                    if "slow" in kinds:
+                        due += timing.slow_seconds
+            for start, end in sorted([*pauses, *downtimes]):
+                if start <= due and end >= base:
+                    due = max(due, end + timing.spec + timing.slack)
+            first = next((c["at"] for c in attempts if c["at"] >= deadline - 0.01), None)
+            report.required += 1
+            if first is None:
+                if natural_end(record, sim) > due:
+                    report.violations.append(
+                        f"{rid}: active past {limit} (deadline {deadline:.3f}, due by {due:.3f}) and never cancelled"
+                    )
+            else:
+                report.lateness.append(first - base)
+                if first > due and natural_end(record, sim) > due:
+                    report.violations.append(
+                        f"{rid}: {limit} cancel left {first - base:.3f}s after it was due "
+                        f"(allowed {due - base:.3f}s, deadline {deadline:.3f})"
+                    )
+            # The intent reached the server: a cancel it answered, or the response ended first.
+            answered = [c for c in attempts if c["status"] not in (None, 0) and not (faults_of(c) & FAILURE_FAULTS)]
+            if first is not None and not answered and not record["cancels"]:
+                report.violations.append(f"{rid}: cancel requests for {limit} never reached the server")
+            break  # one cancel per response
+    return report
+
+
+def summary(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"n": 0, "max": None, "p50": None, "p99": None}
+    ordered = sorted(values)
+    return {
+        "n": len(ordered),
+        "max": round(ordered[-1], 3),
+        "p50": round(statistics.median(ordered), 3),
+        "p99": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 3),
+    }
+
+
+def save_figures(name: str, figures: dict[str, Any]) -> None:
+    """Print the figures; with $TETHER_RELIABILITY_REPORT (a folder) also write them there as JSON."""
+    text = json.dumps(figures, indent=2, sort_keys=True, default=str)
+    print(f"\n{name} figures:\n{text}")
+    folder = os.environ.get("TETHER_RELIABILITY_REPORT")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / f"{name}.json").write_text(text)
+
+
+def assert_clean(violations: dict[str, list[str]]) -> None:
+    """Fail listing every violated invariant (the first few cases of each)."""
+    broken = {name: found for name, found in violations.items() if found}
+    if broken:
+        parts = [f"{name}: {len(found)} violation(s)\n    " + "\n    ".join(found[:8]) for name, found in broken.items()]
+        raise AssertionError("invariants violated:\n  " + "\n  ".join(parts))

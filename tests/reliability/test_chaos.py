@@ -1,0 +1,334 @@
+"""The chaos suite: many responses of mixed durations and policies through a fault mix.
+
+The real daemon runs as a subprocess against the stand-in on loopback, with a real SQLite
+store; the CLI tracks responses in waves (half with a look first, half `--no-verify`, some by
+label) and cancels a few by hand, while the stand-in injects 5xx, 429s, a quota 429, read
+timeouts, slow replies, dropped connections, malformed JSON, HTML bodies, unknown statuses,
+extra and missing fields, cancels that later complete, and outage windows.
+
+At the end, against the stand-in's own record: final statuses equal, every response active
+past a cancel limit got a cancel within its deadline plus the injected delays, no cancel
+without a justified reason recorded first, no duplicate events, every event logged once, every
+failed API request logged as `api.error`, the daemon never exited (and stops with 0 on
+SIGTERM), and the API key appears nowhere.
+
+Short form by default (300 responses, under a minute). Long form:
+`TETHER_CHAOS_RESPONSES=1000 uv run pytest tests/reliability/test_chaos.py -n 0 -s`.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from conftest import wait_for
+from reliability_kit import (
+    DAEMON_PROJECT,
+    Install,
+    Limits,
+    Timing,
+    assert_clean,
+    check_api_errors_logged,
+    check_cancels,
+    check_daemon_lines_clean,
+    check_final_statuses,
+    check_log_matches_events,
+    check_no_duplicate_events,
+    check_no_tracebacks,
+    check_secret_absent,
+    converged,
+    env_number,
+    kill_all,
+    read_store,
+    save_figures,
+    summary,
+)
+from tether.fakeapi import FakeServer, Faults, RouteFaults
+from conftest import API_KEY
+
+RESPONSES = int(env_number("TETHER_CHAOS_RESPONSES", 300))
+SEED = int(env_number("TETHER_CHAOS_SEED", time.time() * 1000 % 100000))
+WAVE = 30  # responses created and tracked together
+WAVE_EVERY = 1.2  # seconds between waves: about 250 responses active at once
+SLOW_SECONDS = 0.3
+REQUEST_TIMEOUT = 2.0
+CONFIRM_WINDOW = 4.0
+QUOTA_PAUSE = 30.0  # tether.api.ACCOUNT_PAUSE_FIRST
+LONG_FORM = RESPONSES >= 600
+
+POLICIES = """
+[[policy]]
+name = "stuck"
+match = { metadata = { case = "stuck" } }
+max_queued = "3s"
+
+[[policy]]
+name = "runaway"
+match = { metadata = { case = "runaway" } }
+max_runtime = "4s"
+
+[[policy]]
+name = "both"
+match = { metadata = { case = "both" } }
+max_queued = "2s"
+max_runtime = "5s"
+
+[[policy]]
+name = "labelled"
+match = { labels = { chaos = "runaway" } }
+max_runtime = "3s"
+
+[[policy]]
+name = "watch"
+match = { metadata = { case = "watch" } }
+max_runtime = "2s"
+action = "warn"
+
+[[policy]]
+name = "free"
+match = { metadata = { case = "free" } }
+"""
+
+POLLING = f"""first = "0.2s"
+max_interval = "1.5s"
+backoff = 1.5
+jitter = 0.1
+confirm_window = "{CONFIRM_WINDOW:g}s"
+lost_after = 3
+"""
+
+# case -> (policy, limits, weight)
+CASES: dict[str, tuple[str | None, Limits | None, int]] = {
+    "stuck": ("stuck", Limits(max_queued=3), 16),
+    "runaway": ("runaway", Limits(max_runtime=4), 16),
+    "both": ("both", Limits(max_queued=2, max_runtime=5), 12),
+    "labelled": ("labelled", Limits(max_runtime=3), 10),
+    "watch": ("watch", Limits(max_runtime=2, action="warn"), 10),
+    "free": ("free", Limits(), 12),
+    "none": (None, None, 12),
+    "late": ("runaway", Limits(max_runtime=4), 6),
+    "manual": ("free", Limits(), 6),
+}
+
+
+def plan(rng: random.Random) -> dict:
+    """One response: its case, simulation and outcome."""
+    case = rng.choices(list(CASES), weights=[w for *_, w in CASES.values()])[0]
+    queue, run = {
+        "stuck": (rng.uniform(0, 7), rng.uniform(0.5, 3)),
+        "runaway": (rng.uniform(0, 1), rng.uniform(1, 9)),
+        "both": (rng.uniform(0, 4), rng.uniform(0.5, 6)),
+        "labelled": (0.0, rng.uniform(1, 6)),
+        "watch": (rng.uniform(0, 1), rng.uniform(0.5, 5)),
+        "free": (rng.uniform(0, 2), rng.uniform(0.5, 8)),
+        "none": (rng.uniform(0, 2), rng.uniform(0.5, 5)),
+        "late": (0.0, 60.0),
+        "manual": (0.0, 40.0),
+    }[case]
+    outcome = rng.choices(["completed", "failed", "incomplete"], weights=[70, 15, 15])[0]
+    return {"case": case, "queue": round(queue, 3), "run": round(run, 3), "outcome": outcome}
+
+
+def fault_mix(seed: int) -> Faults:
+    def route(scale: float = 1.0) -> RouteFaults:
+        return RouteFaults(
+            server_error=0.04 * scale,
+            rate_limit=0.02 * scale,
+            slow=0.03 * scale,
+            hang=0.004 * scale,
+            drop=0.02 * scale,
+            malformed_json=0.015 * scale,
+            wrong_content_type=0.01 * scale,
+            unknown_status=0.02 * scale,
+            extra_fields=0.05 * scale,
+            missing_fields=0.03 * scale,
+        )
+
+    return Faults(
+        seed=seed,
+        get=route(),
+        cancel=route(2.0),  # cancels are rarer: strike them harder
+        cancel_then_complete=0.2,
+        cancel_then_complete_after=0.5,
+        retry_after=0.5,
+        slow_seconds=SLOW_SECONDS,
+        hang_seconds=REQUEST_TIMEOUT + 3,
+    )
+
+
+@pytest.fixture
+def fake():
+    with FakeServer(api_key=API_KEY) as server:
+        yield server
+
+
+@pytest.mark.timeout(max(120, RESPONSES * 0.4))
+def test_chaos(tmp_path: Path, fake: FakeServer):
+    rng = random.Random(SEED)
+    install = Install(root=tmp_path, base_url=fake.base_url)
+    install.write_configs(
+        POLICIES, POLLING, account_extra=f'max_concurrency = 32\nrequest_timeout = "{REQUEST_TIMEOUT:g}s"'
+    )
+    started = time.time()
+    daemon = install.start_daemon()
+    fake.state.faults = fault_mix(SEED)
+
+    sims: dict[str, dict] = {}
+    manual: set[str] = set()
+    track_failures: Counter = Counter()
+    waves = (RESPONSES + WAVE - 1) // WAVE
+    outages = {waves // 3: 2.0} if not LONG_FORM else {waves // 5: 2.0, waves // 2: 3.0, 4 * waves // 5: 1.5}
+    quota_wave = waves * 2 // 3 if LONG_FORM else None
+    to_cancel: list[tuple[float, str]] = []
+    trackers: list[threading.Thread] = []
+
+    def track(ids: list[str], args: list[str]) -> None:
+        """Track one wave; a look that fails (exit 1: nothing stored) is tried again."""
+        for _ in range(8):
+            code, _, err = install.collect(install.cli_popen("track", *ids, *args))
+            if code == 0:
+                return
+            track_failures[code] += 1
+            assert code == 1, err
+        raise AssertionError(f"could not track a wave: {err}")
+
+    try:
+        made = 0
+        for wave in range(waves):
+            wave_started = time.monotonic()
+            if wave in outages:
+                fake.state.faults.outage_for(outages[wave])
+            if wave == quota_wave:
+                fake.state.faults.force("get", "quota")
+            labelled = wave % 4 == 3
+            ids = []
+            for _ in range(min(WAVE, RESPONSES - made)):
+                p = plan(rng)
+                if labelled != (p["case"] == "labelled"):
+                    p["case"] = "labelled" if labelled else "runaway"
+                metadata = {
+                    "case": p["case"],
+                    "fake_queue": str(p["queue"]),
+                    "fake_run": str(p["run"]),
+                    "fake_outcome": p["outcome"],
+                }
+                if labelled:
+                    del metadata["case"]
+                created_at = time.time() - 30 if p["case"] == "late" else None
+                record = fake.state.create("o3-pro", background=True, metadata=metadata, created_at=created_at)
+                sims[record.id] = p
+                ids.append(record.id)
+                if p["case"] == "manual":
+                    to_cancel.append((time.monotonic() + rng.uniform(1.5, 3), record.id))
+            made += len(ids)
+            args = ["--label", "chaos=runaway"] if labelled else []
+            if wave % 2:
+                args.append("--no-verify")
+            thread = threading.Thread(target=track, args=(ids, args), daemon=True)
+            thread.start()
+            trackers.append(thread)
+            # Manual cancels whose time has come (their track has finished by then).
+            due = [rid for at, rid in to_cancel if at <= time.monotonic()]
+            for rid in due:
+                manual_cancel(install, rid, manual)
+            to_cancel = [(at, rid) for at, rid in to_cancel if rid not in due]
+            time.sleep(max(0.0, WAVE_EVERY - (time.monotonic() - wave_started)))  # pacing, not waiting
+        for thread in trackers:
+            thread.join(timeout=120)
+        for _, rid in to_cancel:
+            manual_cancel(install, rid, manual)
+
+        ids = list(sims)
+        wait_for(
+            lambda: converged(install, fake, ids, settle=CONFIRM_WINDOW + 1),
+            timeout=60 + RESPONSES * 0.05,
+            interval=1.0,
+            what="tether to agree with the server on every response",
+        )
+        alive = daemon.poll() is None
+        records = install.json("ls", "--limit", "100000")  # the CLI's --json works on the result
+        events_json = install.cli("log", "--json")
+        assert events_json.returncode == 0, events_json.stderr
+        snapshot = fake.state.snapshot()
+        calls = fake.state.calls()
+        exit_code = install.stop_daemon(daemon)
+    finally:
+        kill_all(install)
+    elapsed = time.time() - started
+
+    rows, events = read_store(install.store_path)
+    lines = install.all_log_lines()
+    limits = {rid: CASES[p["case"]][1] for rid, p in sims.items()}
+    pauses = [
+        (c["ended"], c["ended"] + QUOTA_PAUSE)
+        for c in calls
+        if c["project"] == DAEMON_PROJECT and "quota" in (c["fault"] or "") and c["ended"]
+    ]
+    cancels = check_cancels(
+        ids=ids,
+        snapshot=snapshot,
+        calls=calls,
+        rows=rows,
+        events=events,
+        limits=limits,
+        sims=sims,
+        manual=manual,
+        timing=Timing(slack=env_number("TETHER_CHAOS_SLACK", 2.5), slow_seconds=SLOW_SECONDS, request_timeout=REQUEST_TIMEOUT),
+        pauses=pauses,
+    )
+    api_errors, injected = check_api_errors_logged(calls, lines)
+    expected_policy = {rid: CASES[p["case"]][0] for rid, p in sims.items()}
+    wrong_policy = [
+        f"{rid} ({sims[rid]['case']}): policy {rows[rid]['policy']!r}, expected {expected_policy[rid]!r}"
+        for rid in ids
+        if rows[rid]["policy"] != expected_policy[rid]
+    ]
+    violations = {
+        "final status equals the server's": check_final_statuses(rows, snapshot, ids),
+        "cancels: in time, reaching the server, never without a reason": cancels.violations,
+        "each response got the policy its metadata or labels select": wrong_policy,
+        "no duplicate events": check_no_duplicate_events(events, ids),
+        "every event is one log line": check_log_matches_events(events, lines),
+        "every API failure is an api.error line": api_errors,
+        "the daemon never exited, and stopped with 0": [] if alive and exit_code == 0 else [f"alive={alive} exit={exit_code}"],
+        "no daemon.error / store_failed lines": check_daemon_lines_clean(lines),
+        "no tracebacks": check_no_tracebacks([install.raw_logs(), *install.cli_outputs]),
+        "the API key appears nowhere": check_secret_absent(install.root, install.cli_outputs),
+        "the CLI lists every response": [] if {r["id"] for r in records} == set(ids) else ["ls --json misses responses"],
+    }
+    save_figures(
+        f"chaos-{RESPONSES}",
+        {
+            "responses": len(ids),
+            "seed": SEED,
+            "cases": Counter(p["case"] for p in sims.values()),
+            "seconds": round(elapsed, 1),
+            "faults_injected_by_kind": dict(sorted(snapshot["fault_counts"].items())),
+            "faults_on_daemon_requests": dict(sorted(injected.items())),
+            "requests_by_route": snapshot["requests"],
+            "outages": list(outages.values()),
+            "quota_pauses": len(pauses),
+            "track_retries": dict(track_failures),
+            "manual_cancels": len(manual),
+            "cancels_required": cancels.required,
+            "cancel_requests_by_reason": dict(cancels.attempts_by_reason),
+            "cancel_lateness_s": summary(cancels.lateness),
+            "api_error_lines": sum(1 for line in lines if line.get("event") == "api.error"),
+            "events": len(events),
+            "violations": {name: len(found) for name, found in violations.items()},
+        },
+    )
+    assert_clean(violations)
+
+
+def manual_cancel(install: Install, rid: str, manual: set[str]) -> None:
+    """`tether cancel` by hand: 0 (sent, or already finished) or 1 (API failing: the intent is
+    recorded and the daemon retries it)."""
+    manual.add(rid)
+    result = install.cli("cancel", rid, "--reason", "chaos: by hand")
+    assert result.returncode in (0, 1), result.stderr
