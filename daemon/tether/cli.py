@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 from sqlalchemy import select
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from tether import accounting, logs, render, tracker
 from tether.api import APIError, NotFound, RequestRejected, ResponsesClient, valid_id
@@ -105,10 +105,11 @@ def run(ctx: typer.Context) -> None:
                 logs.log.warning("config.key_file_readable", error=loose)
     except ConfigError as exc:
         fail(EXIT_CONFIG, f"invalid configuration: {exc}")
-    store = context.store(config)
-    lock = WriterLock(store)
     try:
-        lock.acquire()
+        store = Store(config.store.url)
+        lock = WriterLock(store)
+        lock.acquire()  # before migrating: only the one daemon of a store changes its schema
+        store.ensure_schema()
     except StoreError as exc:
         fail(EXIT_FAILURE, str(exc))
     try:
@@ -632,3 +633,7 @@ def main() -> None:
         app()
     except BrokenPipeError:
         sys.exit(0)
+    except SQLAlchemyError as exc:  # a store that cannot be read or written: say so, no traceback
+        reason = getattr(exc, "orig", None) or exc
+        err.print(f"tether: the store failed: {reason} (is the disk full, or the file read-only?)")
+        sys.exit(EXIT_FAILURE)

@@ -49,7 +49,6 @@ from reliability_kit import (
     summary,
 )
 from tether.fakeapi import FakeServer, Faults, RouteFaults
-from conftest import API_KEY
 
 RESPONSES = int(env_number("TETHER_CHAOS_RESPONSES", 300))
 SEED = int(env_number("TETHER_CHAOS_SEED", time.time() * 1000 % 100000))
@@ -112,7 +111,7 @@ CASES: dict[str, tuple[str | None, Limits | None, int]] = {
     "free": ("free", Limits(), 12),
     "none": (None, None, 12),
     "late": ("runaway", Limits(max_runtime=4), 6),
-    "manual": ("free", Limits(), 6),
+    "manual": ("free", Limits(), 3),
 }
 
 
@@ -161,12 +160,6 @@ def fault_mix(seed: int) -> Faults:
     )
 
 
-@pytest.fixture
-def fake():
-    with FakeServer(api_key=API_KEY) as server:
-        yield server
-
-
 @pytest.mark.timeout(max(120, RESPONSES * 0.4))
 def test_chaos(tmp_path: Path, fake: FakeServer):
     rng = random.Random(SEED)
@@ -184,7 +177,6 @@ def test_chaos(tmp_path: Path, fake: FakeServer):
     waves = (RESPONSES + WAVE - 1) // WAVE
     outages = {waves // 3: 2.0} if not LONG_FORM else {waves // 5: 2.0, waves // 2: 3.0, 4 * waves // 5: 1.5}
     quota_wave = waves * 2 // 3 if LONG_FORM else None
-    to_cancel: list[tuple[float, str]] = []
     trackers: list[threading.Thread] = []
 
     def track(ids: list[str], args: list[str]) -> None:
@@ -223,8 +215,6 @@ def test_chaos(tmp_path: Path, fake: FakeServer):
                 record = fake.state.create("o3-pro", background=True, metadata=metadata, created_at=created_at)
                 sims[record.id] = p
                 ids.append(record.id)
-                if p["case"] == "manual":
-                    to_cancel.append((time.monotonic() + rng.uniform(1.5, 3), record.id))
             made += len(ids)
             args = ["--label", "chaos=runaway"] if labelled else []
             if wave % 2:
@@ -232,16 +222,18 @@ def test_chaos(tmp_path: Path, fake: FakeServer):
             thread = threading.Thread(target=track, args=(ids, args), daemon=True)
             thread.start()
             trackers.append(thread)
-            # Manual cancels whose time has come (their track has finished by then).
-            due = [rid for at, rid in to_cancel if at <= time.monotonic()]
-            for rid in due:
-                manual_cancel(install, rid, manual)
-            to_cancel = [(at, rid) for at, rid in to_cancel if rid not in due]
+            for rid in ids:
+                if sims[rid]["case"] == "manual":
+                    manual.add(rid)
+                    later = threading.Thread(
+                        target=manual_cancel, args=(install, rid, thread, rng.uniform(1.5, 3)), daemon=True
+                    )
+                    later.start()
+                    trackers.append(later)
             time.sleep(max(0.0, WAVE_EVERY - (time.monotonic() - wave_started)))  # pacing, not waiting
         for thread in trackers:
             thread.join(timeout=120)
-        for _, rid in to_cancel:
-            manual_cancel(install, rid, manual)
+            assert not thread.is_alive()
 
         ids = list(sims)
         wait_for(
@@ -326,9 +318,10 @@ def test_chaos(tmp_path: Path, fake: FakeServer):
     assert_clean(violations)
 
 
-def manual_cancel(install: Install, rid: str, manual: set[str]) -> None:
-    """`tether cancel` by hand: 0 (sent, or already finished) or 1 (API failing: the intent is
-    recorded and the daemon retries it)."""
-    manual.add(rid)
-    result = install.cli("cancel", rid, "--reason", "chaos: by hand")
-    assert result.returncode in (0, 1), result.stderr
+def manual_cancel(install: Install, rid: str, tracking: threading.Thread, after: float) -> None:
+    """`tether cancel` by hand, `after` seconds after its wave was tracked: exit 0 (sent, or
+    already finished) or 1 (the API failed: the intent is recorded and the daemon retries it)."""
+    tracking.join(timeout=120)
+    time.sleep(after)  # a scheduled action, not a wait for a condition
+    code, _, err = install.collect(install.cli_popen("cancel", rid, "--reason", "chaos: by hand"))
+    assert code in (0, 1), err
