@@ -153,8 +153,15 @@ class Tether:
         return {r["id"]: r for r in self.json("ls", "--limit", "100000")}
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
 @pytest.fixture
-def tether(tmp_path: Path, fake: FakeServer) -> Iterator[Tether]:
+def tether(request, tmp_path: Path, fake: FakeServer) -> Iterator[Tether]:
     t = Tether(root=tmp_path, base_url=fake.base_url)
     t.write_config()
     yield t
@@ -162,3 +169,9 @@ def tether(tmp_path: Path, fake: FakeServer) -> Iterator[Tether]:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:  # show what the daemons said, for CI logs
+        for proc in t.daemons:
+            lines = [line for line in proc.log_path.read_text().splitlines() if '"debug"' not in line]
+            print(f"--- last lines of {proc.log_path.name} (exit {proc.returncode}) ---")
+            print("\n".join(line[:600] for line in lines[-60:]))

@@ -63,6 +63,7 @@ period = "day"
     assert state["state"] == "ok" and state["active"] == 2
     exceeded = [e for e in events(tether) if e["kind"] == "budget_exceeded"]
     assert len(exceeded) == 1 and exceeded[0]["detail"]["cancelling"] == [ids[3], ids[2]]
+    assert exceeded[0]["response_id"] is None and exceeded[0]["detail"]["budget"] == "team"
     assert any(line["event"] == "budget.exceeded" for line in tether.log_lines(daemon))
     assert all(len(fake.state.snapshot()["responses"][i]["cancels"]) == 0 for i in ids[:2])
     assert tether.stop_daemon(daemon) == 0

@@ -265,12 +265,13 @@ def store_tracked(
     policy: str | None,
     labels: dict[str, str],
 ) -> list[tuple[Response, bool]]:
+    pricing = Pricing.from_config(config)
     with tracker.recording(store, "cli", time.time()) as rec:
         return [
             tracker.track(
                 rec,
                 config,
-                Pricing.from_config(config),
+                pricing,
                 response_id=rid,
                 account=account,
                 observed=observed,

@@ -82,6 +82,7 @@ class Active:
     cancel_state: str
     cancel_attempts: int
     confirm_until: float | None
+    facts: tracker.Facts
     next_cancel_at: float | None = None
     polling: bool = False
     enforcing: bool = False
@@ -102,6 +103,7 @@ class Active:
             cancel_state=row.cancel_state,
             cancel_attempts=row.cancel_attempts,
             confirm_until=row.confirm_until,
+            facts=tracker.facts(row),
         )
 
     def refresh(self, row: Response) -> None:
@@ -111,6 +113,7 @@ class Active:
         self.cancel_state = row.cancel_state
         self.cancel_attempts = row.cancel_attempts
         self.confirm_until = row.confirm_until
+        self.facts = tracker.facts(row)
 
     def finished(self, now: float) -> bool:
         return (
@@ -465,9 +468,13 @@ class Daemon:
             rec.next_poll_at = self._marks[rec.id].next_poll_at
 
     def _changes(self, rec: Active, observed: dict[str, Any]) -> bool:
-        """Does this observation need a transaction now (not just a batched poll count)?"""
+        """Does this observation need a transaction now (not just a batched poll count)?
+
+        A new status does, and so do facts the policy depends on that the store lacks
+        (a server may omit metadata in one answer and send it in the next).
+        """
         status = observed.get("status")
-        return status != rec.status or status in TERMINAL
+        return status != rec.status or status in TERMINAL or tracker.facts_after(observed, rec.facts) != rec.facts
 
     def _next_mark(self, rec: Active, now: float) -> PollMark:
         previous = self._marks.pop(rec.id, None)

@@ -133,7 +133,7 @@ def event_line(ev: Event) -> Text:
     """One event as a line: time, response, kind, what changed, why."""
     line = Text()
     line.append(iso(ev.at) or "", style="dim")
-    line.append(f"  {ev.response_id}  ")
+    line.append(f"  {ev.response_id or 'budget ' + str(ev.budget)}  ")
     line.append(f"{ev.kind:<16}", style="bold")
     if ev.from_status or ev.to_status:
         line.append(f" {ev.from_status or '-'} -> ")

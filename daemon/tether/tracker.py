@@ -35,9 +35,6 @@ from tether.render import iso
 from tether.store import Store
 
 LEVELS = {
-    EventKind.PRICE_UNKNOWN: "warning",
-    EventKind.BUDGET_WARN: "warning",
-    EventKind.BUDGET_EXCEEDED: "warning",
     EventKind.TRACKED: "info",
     EventKind.STATUS: "info",
     EventKind.LIMIT_EXCEEDED: "warning",
@@ -45,6 +42,9 @@ LEVELS = {
     EventKind.CANCEL_FAILED: "warning",
     EventKind.WARNED: "warning",
     EventKind.LOST: "warning",
+    EventKind.PRICE_UNKNOWN: "warning",
+    EventKind.BUDGET_WARN: "warning",
+    EventKind.BUDGET_EXCEEDED: "warning",
 }
 
 
@@ -69,7 +69,7 @@ class Recorder:
         budget: str | None = None,
     ) -> None:
         """Append an event about a response (or, with row None, about a budget)."""
-        detail = dict(detail or {})
+        detail = {"budget": budget, **(detail or {})} if budget is not None else dict(detail or {})
         response_id = row.id if row is not None else None
         self.session.add(
             Event(
@@ -84,8 +84,6 @@ class Recorder:
                 origin=self.origin,
             )
         )
-        if budget is not None:
-            detail = {"budget": budget, **detail}
         self._lines.append((kind.value, response_id, from_, to, reason, detail))
 
     def emit(self) -> None:
@@ -227,6 +225,27 @@ def fill_facts(row: Response, observed: Mapping[str, Any]) -> None:
     tier = observed.get("service_tier")
     if isinstance(tier, str):
         row.service_tier = tier
+
+
+Facts = tuple[str | None, float | None, tuple[tuple[str, str], ...]]
+
+
+def facts(row: Response) -> Facts:
+    """What policies and deadlines are decided from: model, created_at, metadata."""
+    return row.model, row.created_at, tuple(sorted(row.meta.items()))
+
+
+def facts_after(observed: Mapping[str, Any], known: Facts) -> Facts:
+    """`known` updated by an observation as fill_facts would; absent fields change nothing."""
+    model, created_at, metadata = known
+    if isinstance(observed.get("model"), str):
+        model = observed["model"]
+    created = observed.get("created_at")
+    if isinstance(created, (int, float)) and not isinstance(created, bool):
+        created_at = float(created)
+    if isinstance(observed.get("metadata"), dict):
+        metadata = tuple(sorted((str(k), str(v)) for k, v in observed["metadata"].items()))
+    return model, created_at, metadata
 
 
 def record_outcome(

@@ -69,7 +69,7 @@ class Install(Tether):
     def cli_config_path(self) -> Path:
         return self.root / "tether-cli.toml"
 
-    def write_configs(self, policies: str, polling: str, *, account_extra: str = "", log_extra: str = "") -> None:
+    def write_configs(self, policies: str, polling: str, *, account_extra: str = "", stats_interval: str = "0") -> None:
         self.account_extra = account_extra
         for path, project in ((self.config_path, DAEMON_PROJECT), (self.cli_config_path, CLI_PROJECT)):
             path.write_text(
@@ -80,8 +80,7 @@ url = "sqlite:///{self.store_path}"
 [log]
 format = "json"
 level = "info"
-stats_interval = "0"
-{log_extra}
+stats_interval = {stats_interval}
 
 [accounts.default]
 base_url = "{self.base_url}"
@@ -518,6 +517,30 @@ def summary(values: list[float]) -> dict[str, float | None]:
         "p50": round(statistics.median(ordered), 3),
         "p99": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 3),
     }
+
+
+def stats_summary(lines: list[dict]) -> dict[str, Any]:
+    """The worst of the daemon's own `daemon.stats` lines: poll and deadline lag, memory, CPU."""
+    stats = [line for line in lines if line.get("event") == "daemon.stats"]
+
+    def worst(name: str) -> float | None:
+        values = [line[name] for line in stats if line.get(name) is not None]
+        return max(values) if values else None
+
+    return {
+        "lines": len(stats),
+        "polls": sum(line.get("polls", 0) for line in stats),
+        "max_active": worst("active"),
+        "poll_lag_p99_max_s": worst("poll_lag_p99"),
+        "deadline_lag_max_s": worst("deadline_lag_max"),
+        "max_rss_mb": worst("max_rss_mb"),
+        "cpu_seconds": worst("cpu_seconds"),
+    }
+
+
+def dump_oracle(folder: Path, **parts: Any) -> None:
+    """The stand-in's record and the plan, kept next to the store and logs for a post-mortem."""
+    (folder / "oracle.json").write_text(json.dumps(parts, default=str))
 
 
 def save_figures(name: str, figures: dict[str, Any]) -> None:

@@ -44,16 +44,24 @@ from reliability_kit import (
     converged,
     env_number,
     kill_all,
+    dump_oracle,
     read_store,
     save_figures,
+    stats_summary,
     summary,
 )
+from tether.cli import store_tracked
+from tether.config import load_config
 from tether.fakeapi import FakeServer, Faults, RouteFaults
+from tether.store import Store
 
 RESPONSES = int(env_number("TETHER_CHAOS_RESPONSES", 300))
 SEED = int(env_number("TETHER_CHAOS_SEED", time.time() * 1000 % 100000))
-WAVE = 30  # responses created and tracked together
-WAVE_EVERY = 1.2  # seconds between waves: about 250 responses active at once
+WAVE = 40  # responses created and tracked together
+WAVE_EVERY = 1.5  # seconds between waves: about 250 responses active at once
+# How each wave is tracked, in turn: the real CLI (with a look first, or --no-verify), or the
+# CLI's own code in this process; some by label instead of metadata.
+WAVE_MODES = ("in-process", "cli", "in-process labelled", "in-process", "cli no-verify labelled", "in-process")
 SLOW_SECONDS = 0.3
 REQUEST_TIMEOUT = 2.0
 CONFIRM_WINDOW = 4.0
@@ -111,7 +119,7 @@ CASES: dict[str, tuple[str | None, Limits | None, int]] = {
     "free": ("free", Limits(), 12),
     "none": (None, None, 12),
     "late": ("runaway", Limits(max_runtime=4), 6),
-    "manual": ("free", Limits(), 3),
+    "manual": ("free", Limits(), 2),
 }
 
 
@@ -165,7 +173,10 @@ def test_chaos(tmp_path: Path, fake: FakeServer):
     rng = random.Random(SEED)
     install = Install(root=tmp_path, base_url=fake.base_url)
     install.write_configs(
-        POLICIES, POLLING, account_extra=f'max_concurrency = 32\nrequest_timeout = "{REQUEST_TIMEOUT:g}s"'
+        POLICIES,
+        POLLING,
+        account_extra=f'max_concurrency = 32\nrequest_timeout = "{REQUEST_TIMEOUT:g}s"',
+        stats_interval='"5s"',
     )
     started = time.time()
     daemon = install.start_daemon()
@@ -179,15 +190,31 @@ def test_chaos(tmp_path: Path, fake: FakeServer):
     quota_wave = waves * 2 // 3 if LONG_FORM else None
     trackers: list[threading.Thread] = []
 
+    track_seconds: list[float] = []
+    modes: Counter = Counter()
+
     def track(ids: list[str], args: list[str]) -> None:
-        """Track one wave; a look that fails (exit 1: nothing stored) is tried again."""
+        """Track one wave with the real CLI; a look that fails (exit 1: nothing stored) is tried again."""
         for _ in range(8):
+            began = time.monotonic()
             code, _, err = install.collect(install.cli_popen("track", *ids, *args))
+            track_seconds.append(time.monotonic() - began)
             if code == 0:
                 return
             track_failures[code] += 1
             assert code == 1, err
         raise AssertionError(f"could not track a wave: {err}")
+
+    cli_config = load_config(str(install.cli_config_path))
+    cli_store = Store(cli_config.store.url)
+
+    def track_in_process(ids: list[str], labels: dict[str, str]) -> None:
+        """Track one wave through the CLI's own code (`tether.cli.store_tracked`, as `track
+        --no-verify` does) without starting a process: the CLI costs a second of CPU per run,
+        which on two loaded cores would delay tracking by tens of seconds."""
+        began = time.monotonic()
+        store_tracked(cli_config, cli_store, [(rid, None) for rid in ids], account="default", policy=None, labels=labels)
+        track_seconds.append(time.monotonic() - began)
 
     try:
         made = 0
@@ -197,14 +224,15 @@ def test_chaos(tmp_path: Path, fake: FakeServer):
                 fake.state.faults.outage_for(outages[wave])
             if wave == quota_wave:
                 fake.state.faults.force("get", "quota")
-            labelled = wave % 4 == 3
+            mode = WAVE_MODES[wave % len(WAVE_MODES)]
+            labelled = "labelled" in mode
             ids = []
             for _ in range(min(WAVE, RESPONSES - made)):
                 p = plan(rng)
                 if labelled != (p["case"] == "labelled"):
                     p["case"] = "labelled" if labelled else "runaway"
                 metadata = {
-                    "case": p["case"],
+                    "case": {"late": "runaway", "manual": "free"}.get(p["case"], p["case"]),  # what policies match
                     "fake_queue": str(p["queue"]),
                     "fake_run": str(p["run"]),
                     "fake_outcome": p["outcome"],
@@ -216,10 +244,13 @@ def test_chaos(tmp_path: Path, fake: FakeServer):
                 sims[record.id] = p
                 ids.append(record.id)
             made += len(ids)
-            args = ["--label", "chaos=runaway"] if labelled else []
-            if wave % 2:
-                args.append("--no-verify")
-            thread = threading.Thread(target=track, args=(ids, args), daemon=True)
+            modes[mode] += len(ids)
+            if mode.startswith("cli"):
+                args = (["--label", "chaos=runaway"] if labelled else []) + (["--no-verify"] if "no-verify" in mode else [])
+                thread = threading.Thread(target=track, args=(ids, args), daemon=True)
+            else:
+                labels = {"chaos": "runaway"} if labelled else {}
+                thread = threading.Thread(target=track_in_process, args=(ids, labels), daemon=True)
             thread.start()
             trackers.append(thread)
             for rid in ids:
@@ -253,6 +284,7 @@ def test_chaos(tmp_path: Path, fake: FakeServer):
         kill_all(install)
     elapsed = time.time() - started
 
+    dump_oracle(tmp_path, snapshot=snapshot, calls=calls, sims=sims)
     rows, events = read_store(install.store_path)
     lines = install.all_log_lines()
     limits = {rid: CASES[p["case"]][1] for rid, p in sims.items()}
@@ -274,12 +306,7 @@ def test_chaos(tmp_path: Path, fake: FakeServer):
         pauses=pauses,
     )
     api_errors, injected = check_api_errors_logged(calls, lines)
-    expected_policy = {rid: CASES[p["case"]][0] for rid, p in sims.items()}
-    wrong_policy = [
-        f"{rid} ({sims[rid]['case']}): policy {rows[rid]['policy']!r}, expected {expected_policy[rid]!r}"
-        for rid in ids
-        if rows[rid]["policy"] != expected_policy[rid]
-    ]
+    wrong_policy = check_policies(rows, events, sims)
     violations = {
         "final status equals the server's": check_final_statuses(rows, snapshot, ids),
         "cancels: in time, reaching the server, never without a reason": cancels.violations,
@@ -305,12 +332,15 @@ def test_chaos(tmp_path: Path, fake: FakeServer):
             "requests_by_route": snapshot["requests"],
             "outages": list(outages.values()),
             "quota_pauses": len(pauses),
+            "tracked_by": dict(modes),
             "track_retries": dict(track_failures),
+            "track_cli_seconds": summary(track_seconds),
             "manual_cancels": len(manual),
             "cancels_required": cancels.required,
             "cancel_requests_by_reason": dict(cancels.attempts_by_reason),
             "cancel_lateness_s": summary(cancels.lateness),
             "api_error_lines": sum(1 for line in lines if line.get("event") == "api.error"),
+            "daemon_stats": stats_summary(lines),
             "events": len(events),
             "violations": {name: len(found) for name, found in violations.items()},
         },
@@ -325,3 +355,23 @@ def manual_cancel(install: Install, rid: str, tracking: threading.Thread, after:
     time.sleep(after)  # a scheduled action, not a wait for a condition
     code, _, err = install.collect(install.cli_popen("cancel", rid, "--reason", "chaos: by hand"))
     assert code in (0, 1), err
+
+
+def check_policies(rows: dict, events: list[dict], sims: dict) -> list[str]:
+    """Each response that was still active when tether first saw it got the policy its metadata
+    (or its labels) select. (One seen finished at once keeps whatever its one reply said.)"""
+    first_seen: dict[str, str | None] = {}
+    for ev in events:  # the first status tether observed: at tracking, or its first poll
+        if ev["kind"] in ("tracked", "status") and first_seen.get(ev["response_id"]) is None:
+            first_seen[ev["response_id"]] = ev["to_status"]
+    bad = []
+    for rid, p in sims.items():
+        expected = CASES[p["case"]][0]
+        if first_seen.get(rid) in ("completed", "failed", "incomplete", "cancelled"):
+            continue
+        if rows[rid]["policy"] != expected:
+            bad.append(
+                f"{rid} ({p['case']}): policy {rows[rid]['policy']!r}, expected {expected!r}; "
+                f"first seen {first_seen.get(rid)!r}, final status {rows[rid]['status']!r}, metadata {rows[rid]['metadata']}"
+            )
+    return bad
