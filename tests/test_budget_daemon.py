@@ -50,7 +50,9 @@ limit_usd = 1.0
 period = "day"
 """)
     now = time.time()
-    ids = [create(fake, created_at=now - 40 + i * 10, fake_run="3600") for i in range(4)]  # oldest first
+    # gpt-5-nano: the cancelled ones' estimated cost (seconds of output at $0.40/1M) stays far below
+    # what would force a third cancel.
+    ids = [create(fake, created_at=now - 40 + i * 10, model="gpt-5-nano", fake_run="3600") for i in range(4)]
     tether.ok("track", *ids)
     daemon = tether.start_daemon()
     wait_for(lambda: sum(r["status"] == "cancelled" for r in tether.records().values()) == 2, timeout=45,

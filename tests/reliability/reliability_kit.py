@@ -363,6 +363,7 @@ class Timing:
     slack: float = 2.5  # this machine is loaded (CI: 3 workers on 2 cores)
     slow_seconds: float = 0.0
     request_timeout: float = 2.0
+    retry_after: float = 0.0
 
 
 def server_active_at(record: dict, limit: str, at: float, sim: dict) -> bool:
@@ -383,10 +384,16 @@ def natural_end(record: dict, sim: dict) -> float:
 
 @dataclass
 class CancelReport:
-    violations: list[str] = field(default_factory=list)
+    late: list[str] = field(default_factory=list)  # a due cancel left after its allowance
+    missed: list[str] = field(default_factory=list)  # a due cancel never left, or never reached the server
+    unjustified: list[str] = field(default_factory=list)  # a cancel without a (justified) reason recorded first
     lateness: list[float] = field(default_factory=list)  # first attempt - when it was due, per required cancel
+    decision_to_wire: list[float] = field(default_factory=list)  # cancel_requested recorded -> first request arrives
     required: int = 0
     attempts_by_reason: Counter = field(default_factory=Counter)
+    # Cancel requests for responses not over their limit that took no effect (a finished
+    # response refuses them): tether acted on a status it could not confirm at the deadline.
+    stale: list[str] = field(default_factory=list)
 
 
 def check_cancels(
@@ -431,26 +438,38 @@ def check_cancels(
         attempts = [c for c in my_calls if c["route"] == "cancel"]
         requested = [ev for ev in ev_by_id.get(rid, []) if ev["kind"] == "cancel_requested"]
 
-        # (2) every cancel request had a reason, recorded before it left, and a justified one.
+        # (2) every cancel request had a reason recorded before it left; every cancel that took
+        # effect had a justified one (server truth: active past that limit at its deadline).
+        effective = [c["at"] for c in record["cancels"] if c["changed"]]
         for attempt in attempts:
             before = [ev for ev in requested if ev["at"] <= attempt["at"] + 0.01]
             if not before:
-                report.violations.append(f"{rid}: a cancel request at {attempt['at']:.3f} with no cancel_requested before it")
+                report.unjustified.append(f"{rid}: a cancel request at {attempt['at']:.3f} with no cancel_requested before it")
                 continue
             reason = before[-1]["reason"]
             report.attempts_by_reason[reason] += 1
+            took_effect = any(abs(at - attempt["at"]) < 0.5 for at in effective) and attempt["status"] == 200
             if reason == "manual":
                 if rid not in manual:
-                    report.violations.append(f"{rid}: cancel for reason manual, but nobody cancelled it by hand")
+                    report.unjustified.append(f"{rid}: cancel for reason manual, but nobody cancelled it by hand")
                 continue
             if lim is None or lim.action != "cancel" or getattr(lim, reason, None) is None:
-                report.violations.append(f"{rid}: cancel for reason {reason!r}, but its policy has no such cancel limit")
+                report.unjustified.append(f"{rid}: cancel for reason {reason!r}, but its policy has no such cancel limit")
                 continue
             deadline = int(record["created_at"]) + getattr(lim, reason)
             if attempt["at"] < deadline - 0.01:
-                report.violations.append(f"{rid}: cancel ({reason}) {deadline - attempt['at']:.3f}s before its deadline")
+                report.unjustified.append(f"{rid}: cancel ({reason}) {deadline - attempt['at']:.3f}s before its deadline")
             if not server_active_at(record, reason, deadline, sim):
-                report.violations.append(f"{rid}: cancelled for {reason} but it was not active past that limit on the server")
+                note = (
+                    f"{rid}: cancel request for {reason} at {attempt['at']:.3f} (status then {attempt['status']}), but on the "
+                    f"server it was not {'queued' if reason == 'max_queued' else 'active'} at its deadline {deadline:.3f} "
+                    f"(it {'left the queue' if reason == 'max_queued' else 'ended'} at "
+                    f"{record['created_at'] + sim['queue'] + (0 if reason == 'max_queued' else sim['run']):.3f})"
+                )
+                if took_effect:
+                    report.unjustified.append("took effect: " + note)
+                else:
+                    report.stale.append(note)
 
         if lim is None or lim.action != "cancel":
             continue
@@ -465,6 +484,10 @@ def check_cancels(
         if tracked_ev is not None and tracked_ev["to_status"] is None:
             after = [t for t in usable_gets if t >= knowable]
             knowable = after[0] if after else float("inf")
+        reason_of = {}
+        for attempt in attempts:
+            before = [ev for ev in requested if ev["at"] <= attempt["at"] + 0.01]
+            reason_of[id(attempt)] = before[-1]["reason"] if before else None
         for limit in ("max_queued", "max_runtime"):
             seconds = getattr(lim, limit)
             if seconds is None:
@@ -472,7 +495,9 @@ def check_cancels(
             deadline = int(record["created_at"]) + seconds
             base = max(deadline, knowable)
             if base == float("inf") or not server_active_at(record, limit, base, sim):
-                continue  # finished (or cancelled for the other limit) before tether could act
+                continue  # it left that state (or was cancelled) before tether could act
+            # When the response left the state the limit is about, on its own.
+            state_end = record["created_at"] + sim["queue"] + (0.0 if limit == "max_queued" else sim["run"])
             due = base + timing.spec + timing.slack + (timing.pickup if knowable > deadline else 0.0)
             # Injected delays on this response's own requests around the deadline.
             for c in my_calls:
@@ -485,25 +510,40 @@ def check_cancels(
             for start, end in sorted([*pauses, *downtimes]):
                 if start <= due and end >= base:
                     due = max(due, end + timing.spec + timing.slack)
-            first = next((c["at"] for c in attempts if c["at"] >= deadline - 0.01), None)
+            mine = [c for c in attempts if reason_of[id(c)] == limit]
+            first = mine[0]["at"] if mine else None
             report.required += 1
             if first is None:
-                if natural_end(record, sim) > due:
-                    report.violations.append(
-                        f"{rid}: active past {limit} (deadline {deadline:.3f}, due by {due:.3f}) and never cancelled"
+                if state_end > due:
+                    report.missed.append(
+                        f"{rid}: still {'queued' if limit == 'max_queued' else 'active'} past {limit} "
+                        f"(deadline {deadline:.3f}, due by {due:.3f}, it ran on until {state_end:.3f}) and never cancelled"
                     )
             else:
                 report.lateness.append(first - base)
-                if first > due and natural_end(record, sim) > due:
-                    report.violations.append(
+                decided = [ev["at"] for ev in requested if ev["reason"] == limit]
+                if decided:
+                    report.decision_to_wire.append(first - decided[0])
+                if first > due and state_end > due:
+                    report.late.append(
                         f"{rid}: {limit} cancel left {first - base:.3f}s after it was due "
-                        f"(allowed {due - base:.3f}s, deadline {deadline:.3f})"
+                        f"(allowed {due - base:.3f}s, deadline {deadline:.3f}"
+                        + (f", decided {first - decided[0]:.3f}s before it left" if decided else "")
+                        + ")"
                     )
-            # The intent reached the server: a cancel it answered, or the response ended first.
-            answered = [c for c in attempts if c["status"] not in (None, 0) and not (faults_of(c) & FAILURE_FAULTS)]
-            if first is not None and not answered and not record["cancels"]:
-                report.violations.append(f"{rid}: cancel requests for {limit} never reached the server")
-            break  # one cancel per response
+            # The intent reached the server: a cancel it answered, or the response left the
+            # state before the next retry was due (retries back off 1 s, 2 s, 4 s ... up to 60 s).
+            answered = [c for c in mine if c["status"] == 200 or (c["status"] and 400 <= c["status"] < 429)]
+            if mine and not answered and not record["cancels"]:
+                last = max(c["ended"] or c["at"] for c in mine)
+                retry_due = last + min(60.0, 2.0 ** max(0, len(mine) - 1)) + timing.retry_after + timing.request_timeout + timing.slack
+                if state_end > retry_due:
+                    report.missed.append(
+                        f"{rid}: {len(mine)} cancel requests for {limit} failed, the last at {last:.3f}, and no retry "
+                        f"reached the server while it ran on until {state_end:.3f}"
+                    )
+            if mine:
+                break  # one cancel per response
     return report
 
 
@@ -553,9 +593,27 @@ def save_figures(name: str, figures: dict[str, Any]) -> None:
         (Path(folder) / f"{name}.json").write_text(text)
 
 
-def assert_clean(violations: dict[str, list[str]]) -> None:
-    """Fail listing every violated invariant (the first few cases of each)."""
+def assert_clean(violations: dict[str, list[str]], known_bugs: dict[str, str] | None = None) -> None:
+    """Fail listing every violated invariant (the first few cases of each).
+
+    `known_bugs` maps invariants to the bug (reported, not yet fixed) that violates them: when
+    only those are violated the test is marked xfail with the bugs as the reason, so the rest
+    of the run still guards everything else. A known bug that does not show up in a run is not
+    an error (chaos is random); its deterministic reproduction is a strict xfail elsewhere.
+    """
+    import pytest
+
+    known_bugs = known_bugs or {}
     broken = {name: found for name, found in violations.items() if found}
+    unknown = {name: found for name, found in broken.items() if name not in known_bugs}
+
+    def listing(items: dict[str, list[str]]) -> str:
+        return "\n  ".join(
+            f"{name}: {len(found)} violation(s)\n    " + "\n    ".join(found[:8]) for name, found in items.items()
+        )
+
+    if unknown:
+        raise AssertionError("invariants violated:\n  " + listing(unknown))
     if broken:
-        parts = [f"{name}: {len(found)} violation(s)\n    " + "\n    ".join(found[:8]) for name, found in broken.items()]
-        raise AssertionError("invariants violated:\n  " + "\n  ".join(parts))
+        print("known bugs seen in this run:\n  " + listing(broken))
+        pytest.xfail("; ".join(sorted({known_bugs[name] for name in broken})))

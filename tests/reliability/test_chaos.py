@@ -63,6 +63,7 @@ WAVE_EVERY = 1.5  # seconds between waves: about 250 responses active at once
 # CLI's own code in this process; some by label instead of metadata.
 WAVE_MODES = ("in-process", "cli", "in-process labelled", "in-process", "cli no-verify labelled", "in-process")
 SLOW_SECONDS = 0.3
+RETRY_AFTER = 0.5
 REQUEST_TIMEOUT = 2.0
 CONFIRM_WINDOW = 4.0
 QUOTA_PAUSE = 30.0  # tether.api.ACCOUNT_PAUSE_FIRST
@@ -108,6 +109,19 @@ jitter = 0.1
 confirm_window = "{CONFIRM_WINDOW:g}s"
 lost_after = 3
 """
+
+# Invariants violated by bugs reported to the lead and not fixed yet (each has a deterministic
+# reproduction, a strict xfail, in test_deadline_burst.py / test_known_bugs.py). When only these
+# are violated the run is marked xfail; every other invariant still fails it.
+KNOWN_BUGS = {
+    "every cancel that was due left within its allowance": (
+        "BUG: deadline looks and cancels share a priority lane of 2 slots (test_deadline_burst)"
+    ),
+    "every API failure is an api.error line": (
+        "BUG: a cancel retried inside the client, and the look after a refused cancel, fail without "
+        "an api.error line (test_known_bugs)"
+    ),
+}
 
 # case -> (policy, limits, weight)
 CASES: dict[str, tuple[str | None, Limits | None, int]] = {
@@ -162,7 +176,7 @@ def fault_mix(seed: int) -> Faults:
         cancel=route(2.0),  # cancels are rarer: strike them harder
         cancel_then_complete=0.2,
         cancel_then_complete_after=0.5,
-        retry_after=0.5,
+        retry_after=RETRY_AFTER,
         slow_seconds=SLOW_SECONDS,
         hang_seconds=REQUEST_TIMEOUT + 3,
     )
@@ -302,14 +316,21 @@ def test_chaos(tmp_path: Path, fake: FakeServer):
         limits=limits,
         sims=sims,
         manual=manual,
-        timing=Timing(slack=env_number("TETHER_CHAOS_SLACK", 2.5), slow_seconds=SLOW_SECONDS, request_timeout=REQUEST_TIMEOUT),
+        timing=Timing(
+            slack=env_number("TETHER_CHAOS_SLACK", 2.5),
+            slow_seconds=SLOW_SECONDS,
+            request_timeout=REQUEST_TIMEOUT,
+            retry_after=RETRY_AFTER,
+        ),
         pauses=pauses,
     )
     api_errors, injected = check_api_errors_logged(calls, lines)
     wrong_policy = check_policies(rows, events, sims)
     violations = {
         "final status equals the server's": check_final_statuses(rows, snapshot, ids),
-        "cancels: in time, reaching the server, never without a reason": cancels.violations,
+        "every cancel that was due left within its allowance": cancels.late,
+        "every cancel that was due left and reached the server": cancels.missed,
+        "no cancel without a justified reason recorded before it": cancels.unjustified,
         "each response got the policy its metadata or labels select": wrong_policy,
         "no duplicate events": check_no_duplicate_events(events, ids),
         "every event is one log line": check_log_matches_events(events, lines),
@@ -338,14 +359,16 @@ def test_chaos(tmp_path: Path, fake: FakeServer):
             "manual_cancels": len(manual),
             "cancels_required": cancels.required,
             "cancel_requests_by_reason": dict(cancels.attempts_by_reason),
+            "stale_cancel_requests": len(cancels.stale),
             "cancel_lateness_s": summary(cancels.lateness),
+            "cancel_decision_to_wire_s": summary(cancels.decision_to_wire),
             "api_error_lines": sum(1 for line in lines if line.get("event") == "api.error"),
             "daemon_stats": stats_summary(lines),
             "events": len(events),
             "violations": {name: len(found) for name, found in violations.items()},
         },
     )
-    assert_clean(violations)
+    assert_clean(violations, KNOWN_BUGS)
 
 
 def manual_cancel(install: Install, rid: str, tracking: threading.Thread, after: float) -> None:
