@@ -31,7 +31,7 @@ ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,256}")
 QUOTA_CODES = frozenset(
     {"insufficient_quota", "billing_hard_limit_reached", "spend_limit_reached", "usage_limit_reached"}
 )
-PRIORITY_SLOTS = 2  # requests beyond max_concurrency for deadline looks and cancels only
+PRIORITY_MIN = 4  # the priority lane is max(PRIORITY_MIN, max_concurrency) wide
 ACCOUNT_PAUSE_FIRST = 30.0
 ACCOUNT_PAUSE_MAX = 900.0
 RETRY_AFTER_MAX = 300.0
@@ -122,8 +122,10 @@ class ResponsesClient:
         self._clock = clock
         self._rng = rng or random.Random()
         self._semaphore = asyncio.Semaphore(account.max_concurrency)
-        # Deadline looks and cancels get a lane of their own: they never queue behind polls.
-        self._priority = asyncio.Semaphore(PRIORITY_SLOTS)
+        # Deadline looks and cancels get a lane of their own, as wide as the polls' one:
+        # they never queue behind polls, and a burst of deadlines goes out in parallel.
+        priority_slots = max(PRIORITY_MIN, account.max_concurrency)
+        self._priority = asyncio.Semaphore(priority_slots)
         self.paused_until = 0.0
         self._pause = ACCOUNT_PAUSE_FIRST
         self._key = api_key
@@ -138,8 +140,8 @@ class ResponsesClient:
             timeout=account.request_timeout,
             transport=transport,
             limits=httpx.Limits(
-                max_connections=account.max_concurrency + PRIORITY_SLOTS,
-                max_keepalive_connections=account.max_concurrency + PRIORITY_SLOTS,
+                max_connections=account.max_concurrency + priority_slots,
+                max_keepalive_connections=account.max_concurrency + priority_slots,
             ),
         )
 

@@ -42,7 +42,6 @@ from tether.api import (
     NotFound,
     RequestRejected,
     ResponsesClient,
-    RetryPolicy,
     TransientError,
 )
 from tether.config import Config, ConfigError, load_config
@@ -64,7 +63,6 @@ HEARTBEAT_EVERY = 5.0
 SHUTDOWN_GRACE = 10.0  # in-flight requests may finish this long after SIGTERM
 POLL_SLOTS = 256  # polls in flight at once, over all accounts
 LOOK_TIMEOUT = 0.5  # the look (GET) just before acting on a deadline; then act on what we know
-CANCEL_RETRY = RetryPolicy(attempts=2, base=0.2, cap=1.0)  # then durable retries take over
 
 T = TypeVar("T")
 
@@ -436,8 +434,8 @@ class Daemon:
             self._poll_slots.release()
             self._schedule(rec)
 
-    async def _look(self, rec: Active, reason: str, timeout: float | None = None) -> None:
-        """GET the response once and apply what it says.
+    async def _look(self, rec: Active, reason: str, timeout: float | None = None) -> bool:
+        """GET the response once and apply what it says; False when the API did not answer.
 
         A deadline look is urgent: it takes the client's priority lane and gives up after
         `timeout`, so that a slow API delays the cancel by at most that much.
@@ -448,16 +446,16 @@ class Daemon:
             observed = await asyncio.wait_for(client.get(rec.id, retry=NO_RETRY, priority=timeout is not None), timeout)
         except TimeoutError:
             self._api_error(rec, "get", TransientError(f"no answer within {timeout}s to the deadline look"))
-            return
+            return False
         except NotFound as exc:
             self._api_error(rec, "get", exc)
             row = await self._store(self._write_not_found, rec.id, self._next_mark(rec, now))
             self._after_look(rec, row, now)
-            return
+            return True
         except APIError as exc:
             self._api_error(rec, "get", exc)
             self._reschedule_after_error(rec, client, now)
-            return
+            return False
         changes = self._changes(rec, observed)
         if changes:
             mark = self._next_mark(rec, now)
@@ -466,6 +464,7 @@ class Daemon:
         else:
             self._marks[rec.id] = self._next_mark(rec, now)
             rec.next_poll_at = self._marks[rec.id].next_poll_at
+        return True
 
     def _changes(self, rec: Active, observed: dict[str, Any]) -> bool:
         """Does this observation need a transaction now (not just a batched poll count)?
@@ -521,10 +520,10 @@ class Daemon:
         """At a deadline: look once more, then act if the limit is still exceeded."""
         deadline = rec.deadline_at or self.clock()
         try:
-            await self._look(rec, "deadline", LOOK_TIMEOUT)
+            looked = await self._look(rec, "deadline", LOOK_TIMEOUT)
             if rec.id not in self.active or not is_active(rec.status):
                 return
-            row, cancel = await self._store(self._write_decision, rec.id)
+            row, cancel = await self._store(self._write_decision, rec.id, looked)
             if row is not None:
                 rec.refresh(row)
             if cancel:
@@ -562,7 +561,7 @@ class Daemon:
             self._after_cancel(rec, row)
             return
         try:
-            observed = await client.cancel(rec.id, retry=CANCEL_RETRY)
+            observed = await client.cancel(rec.id, retry=NO_RETRY)  # retried durably, each failure logged
         except NotFound as exc:
             self._api_error(rec, "cancel", exc)
             row = await self._store(self._write_not_found, rec.id, self._next_mark(rec, now))
@@ -570,7 +569,7 @@ class Daemon:
         except RequestRejected as exc:  # not cancellable now: see what it is instead
             self._api_error(rec, "cancel", exc)
             await self._store(self._write_cancel_failed, rec.id, exc, False)
-            observed = await self._fetch_quietly(client, rec.id)
+            observed = await self._look_after_refusal(rec, client)
             row = await self._store(self._write_cancel_settled, rec.id, observed, "poll")
             self._after_cancel(rec, row)
         except APIError as exc:
@@ -585,10 +584,11 @@ class Daemon:
             row = await self._store(self._write_cancel_settled, rec.id, observed, "cancel")
             self._after_cancel(rec, row)
 
-    async def _fetch_quietly(self, client: ResponsesClient, rid: str) -> dict[str, Any] | None:
+    async def _look_after_refusal(self, rec: Active, client: ResponsesClient) -> dict[str, Any] | None:
         try:
-            return await client.get(rid, retry=NO_RETRY, priority=True)
-        except APIError:
+            return await client.get(rec.id, retry=NO_RETRY, priority=True)
+        except APIError as exc:
+            self._api_error(rec, "get", exc)
             return None  # the confirmation polls will find out
 
     def _after_cancel(self, rec: Active, row: Response | None) -> None:
@@ -626,14 +626,22 @@ class Daemon:
                     row.cancel_state = CancelState.SETTLED.value
             return row
 
-    def _write_decision(self, rid: str) -> tuple[Response | None, bool]:
-        """Record a limit that is exceeded now; returns (row, whether to send a cancel)."""
+    def _write_decision(self, rid: str, looked: bool) -> tuple[Response | None, bool]:
+        """Record a limit that is exceeded now; returns (row, whether to send a cancel).
+
+        Without a fresh look, max_queued is not acted on: `queued` may be stale, and a
+        response that has started must not be cancelled for it. The deadline is checked
+        again after the next poll. max_runtime holds for any status not terminal, and the
+        cancel's own answer tells if the response ended meanwhile.
+        """
         with tracker.recording(self.store, "daemon", self.clock()) as rec:
             row = rec.session.get(Response, rid)
             if row is None:
                 return None, False
             policy = self.config.policy_named(row.policy) if row.policy else None
             decision = decide(policy, row.status, row.created_at, rec.now, frozenset(row.limits_hit))
+            if isinstance(decision, Act) and decision.limit == "max_queued" and not looked:
+                return row, False
             if not isinstance(decision, Act):
                 tracker.refresh_policy(row, self.config)
                 return row, False

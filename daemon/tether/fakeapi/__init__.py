@@ -11,6 +11,6 @@ override the server's defaults. The server keeps its own record of every call fo
 
 from .app import FakeAPI
 from .server import FakeServer
-from .state import ApiError, Call, CancelCall, Faults, FakeState, Record, RouteFaults, Simulation
+from .state import REMOVE, ApiError, Call, CancelCall, Faults, FakeState, Record, RouteFaults, Simulation
 
-__all__ = ["ApiError", "Call", "CancelCall", "FakeAPI", "FakeServer", "FakeState", "Faults", "Record", "RouteFaults", "Simulation"]
+__all__ = ["REMOVE", "ApiError", "Call", "CancelCall", "FakeAPI", "FakeServer", "FakeState", "Faults", "Record", "RouteFaults", "Simulation"]

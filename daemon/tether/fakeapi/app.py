@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from .http_server import DROP, Reply, Request
-from .state import ApiError, Call, Faults, FakeState, Record
+from .state import REMOVE, ApiError, Call, Faults, FakeState, Record
 
 # Request fields a response object repeats, with the value it shows when the request lacks them.
 ECHOED_DEFAULTS: dict[str, Any] = {
@@ -71,7 +71,7 @@ def response_object(record: Record, now: float) -> dict[str, Any]:
             "output_tokens_details": {"reasoning_tokens": sim.reasoning_tokens},
             "total_tokens": sim.input_tokens + sim.output_tokens,
         }
-    return {
+    obj = {
         "id": record.id,
         "object": "response",
         "created_at": int(record.created_at),
@@ -89,6 +89,12 @@ def response_object(record: Record, now: float) -> dict[str, Any]:
         "usage": usage,
         "metadata": record.metadata,
     }
+    for key, value in record.overrides.items():
+        if value is REMOVE:
+            obj.pop(key, None)
+        else:
+            obj[key] = value
+    return obj
 
 
 class FakeAPI:

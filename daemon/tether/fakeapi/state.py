@@ -19,6 +19,7 @@ from typing import Any, Literal
 ACTIVE = frozenset({"queued", "in_progress"})
 OUTCOMES = ("completed", "failed", "incomplete")
 ROUTES = ("create", "get", "cancel")
+REMOVE = object()  # in `Record.overrides`: leave the field out of the object
 CancelFinishedStatus = Literal[400, 409, 200]
 
 
@@ -127,6 +128,9 @@ class Record:
     cancelled_at: float | None = None
     # The "cancel reported cancelled but later completed" fault: completed from this instant on.
     completes_after_cancel_at: float | None = None
+    # Hostile payloads: fields laid over this response's object in every reply (a value of
+    # `REMOVE` drops the field), e.g. {"created_at": "yesterday"} or {"status": 7}.
+    overrides: dict[str, Any] = field(default_factory=dict)
 
     @property
     def finishes_at(self) -> float:
