@@ -32,6 +32,7 @@ def test_the_demo_runs_to_completion_and_leaves_nothing_running(tmp_path: Path):
     assert len(lateness) == 2 and all(0 <= late <= 1.0 for late in lateness), lateness
     assert "warned for max_runtime, not cancelled" in out
     assert "daemon stopped with exit code 0" in out
+    assert re.search(r"^cost: \$[\d.,]+ for 8 responses at o3-pro prices \(2 estimated", out, re.MULTILINE), out[-800:]
 
     folder = Path(re.search(r"kept the demo's files in (\S+)", out).group(1))
     lock = os.open(folder / "tether.db.lock", os.O_RDWR)

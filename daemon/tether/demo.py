@@ -127,7 +127,7 @@ def _run(console: Console, folder: Path, base_url: str) -> int:
         daemon_log.close()
     _history(console, store)
     _summary(console, store, config)
-    console.print(f"daemon stopped with exit code {code}; its JSON log is in {folder / 'daemon.log'}", style="dim")
+    console.print(f"daemon stopped with exit code {code}", style="dim")
     if not finished:
         console.print("the demo ran out of time before every response finished", style="red")
     return 0 if finished and code == 0 else 1
@@ -241,3 +241,10 @@ def _summary(console: Console, store: Store, config) -> None:
         warned = list(session.execute(select(Event).where(Event.kind == "warned")).scalars())
     for ev in warned:
         console.print(f"  {ev.response_id[:18]}  warned for {ev.reason}, not cancelled", highlight=False)
+    costs = [r.cost_usd for r in rows if r.cost_usd is not None]
+    estimated = sum(1 for r in rows if r.cost_estimated)
+    console.print(
+        f"cost: {render.usd(sum(costs))} for {len(costs)} responses at o3-pro prices "
+        f"({estimated} estimated: cancelled responses report no usage)",
+        highlight=False,
+    )
