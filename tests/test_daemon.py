@@ -82,8 +82,11 @@ def test_over_limit_responses_are_cancelled_within_a_second_of_their_deadline_an
             continue
         policy, limit = expected
         deadline = int(server["created_at"]) + limit
+        tracked_at = datetime.fromisoformat(records[rid]["tracked_at"]).timestamp()
         [call] = server["cancels"]
-        assert 0 <= call["at"] - deadline <= 1.0, f"cancel {call['at'] - deadline:+.3f}s from the deadline"
+        # SPEC §3: within 1 s of the deadline; one tracked after it (a slow machine) is acted on at once.
+        due = max(deadline, tracked_at)
+        assert call["at"] >= deadline and call["at"] - due <= 1.0, f"cancel {call['at'] - deadline:+.3f}s from the deadline"
         assert records[rid]["status"] == "cancelled"
         assert records[rid]["cancel_reason"] == ("max_queued" if policy == "stuck" else "max_runtime")
         assert records[rid]["policy"] == policy
@@ -93,7 +96,7 @@ def test_over_limit_responses_are_cancelled_within_a_second_of_their_deadline_an
 def test_every_status_change_is_one_event_and_one_log_line(tether, fake):
     tether.write_config(POLICIES)
     daemon = tether.start_daemon()
-    ids = [create(fake, fake_queue="2.5", fake_run="1"), create(fake, case="runaway", fake_run="20")]
+    ids = [create(fake, fake_queue="6", fake_run="1"), create(fake, case="runaway", fake_run="30")]
     tether.ok("track", *ids)
     wait_for(lambda: settled(tether, ids), timeout=45, what="both responses to finish")
     assert tether.stop_daemon(daemon) == 0
@@ -143,7 +146,7 @@ def test_a_response_tracked_after_its_deadline_is_cancelled_at_once(tether, fake
 def test_a_warn_policy_records_the_limit_but_never_cancels(tether, fake):
     tether.write_config(POLICIES)
     daemon = tether.start_daemon()
-    rid = create(fake, case="watch", fake_run="5")
+    rid = create(fake, case="watch", fake_run="8")
     tether.ok("track", rid)
     wait_for(lambda: settled(tether, [rid]), timeout=45, what="completion")
     shown = tether.json("show", rid)
