@@ -56,3 +56,35 @@ def summary(values: Sequence[float]) -> dict[str, float]:
         "max": ordered[-1],
         "mean": sum(ordered) / len(ordered),
     }
+
+
+def machine_busy() -> float:
+    """CPU seconds all cores spent busy since boot (user, nice, system, irq, softirq, steal)."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / TICK
+
+
+class Others:
+    """CPU used by processes other than ours during a window: the noise on the measurement."""
+
+    def __init__(self, *pids: int) -> None:
+        import resource
+
+        self._pids = pids
+        self._resource = resource
+        self._start = self._sample()
+
+    def _sample(self) -> tuple[float, float, float]:
+        ours = cpu_seconds("self") + sum(cpu_seconds(p) for p in self._pids)
+        children = self._resource.getrusage(self._resource.RUSAGE_CHILDREN)
+        import time
+
+        return machine_busy(), ours + children.ru_utime + children.ru_stime, time.monotonic()
+
+    def cores(self) -> float:
+        """Average cores used by others since this object was made."""
+        busy1, ours1, t1 = self._sample()
+        busy0, ours0, t0 = self._start
+        return max(0.0, (busy1 - busy0) - (ours1 - ours0)) / (t1 - t0)

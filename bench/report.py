@@ -87,8 +87,8 @@ def tables(r: dict[str, Any]) -> str:
     if meta:
         m = meta["machine"]
         parts.append(
-            f"Taken at commit `{meta['commit'][:12]}`{' (with uncommitted changes in daemon/)' if meta['dirty'] else ''}"
-            f" — {meta['commit_subject']}\n\n"
+            f"Taken at `{meta['commit']}`{' (with uncommitted changes in daemon/)' if meta['dirty'] else ''}"
+            f"{' — ' + meta['commit_subject'] if meta.get('commit_subject') else ''}\n\n"
             f"{meta['started']} → {meta.get('finished', '?')}; {m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, "
             f"Python {m['python']}, Linux {m['kernel']}; load average before {meta['load_before'][0]:.2f}, "
             f"after {meta.get('load_after', ['?'])[0]:.2f} (1 min)"
@@ -102,15 +102,15 @@ def tables(r: dict[str, Any]) -> str:
     if tr:
         lines = [
             "### Tracking load\n",
-            "| active | interval | polls/s due | polls/s sustained | poll lag p50 / p99 / max (s) | server-side gap excess p50 / p99 (s) | CPU s per 1,000 polls | peak RSS (MB) | store (MB) | status changes persisted |",
-            "|---:|---:|---:|---:|---|---|---:|---:|---:|---:|",
+            "| active | interval | polls/s due | polls/s sustained | poll lag p50 / p99 / max (s) | server-side gap excess p50 / p99 (s) | CPU s per 1,000 polls | peak RSS (MB) | store (MB) | status changes persisted | other load (cores) |",
+            "|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|",
         ]
         for x in tr:
             lag, gap = x["lag"], x["server_gap_excess"]
             lines.append(
                 f"| {x['active']:,} | {x['interval']:g} s | {x['offered_polls_per_second']:,.0f} | {x['polls_per_second']:,.0f} | "
                 f"{f(lag['p50'], 2)} / {f(lag['p99'], 2)} / {f(lag['max'], 2)} | {f(gap['p50'], 2)} / {f(gap['p99'], 2)} | "
-                f"{f(x['cpu_per_1000_polls'], 2)} | {f(x['peak_rss_mb'], 0)} | {f(x['store_mb'], 1)} | {x['status_changes_persisted']:,} |"
+                f"{f(x['cpu_per_1000_polls'], 2)} | {f(x['peak_rss_mb'], 0)} | {f(x['store_mb'], 1)} | {x['status_changes_persisted']:,} | {f(x.get('others_cores'), 2)} |"
             )
         parts.append("\n".join(lines))
         rs = tr[-1].get("restart")
@@ -124,12 +124,12 @@ def tables(r: dict[str, Any]) -> str:
         t, s, c = tp["tether"], tp["sdk"], tp["ceiling"]
         parts.append(
             f"### Throughput against the baselines ({tp['active']:,} responses, same run)\n\n"
-            "| client | polls/s | CPU s | polls per CPU-second | tether's ratio (polls/s · per CPU-s) |\n|---|---:|---:|---:|---|\n"
-            f"| tether (`tether run`, 1 s interval, persisting; {t['status_changes_persisted']:,} status changes) | {t['polls_per_second']:,.0f} | {t['cpu_seconds']:.1f} | {t['polls_per_cpu_second']:,.0f} | – |\n"
+            "| client | polls/s | CPU s | polls per CPU-second | tether's ratio (polls/s · per CPU-s) | other load (cores) |\n|---|---:|---:|---:|---|---:|\n"
+            f"| tether (`tether run`, 1 s interval, persisting; {t['status_changes_persisted']:,} status changes) | {t['polls_per_second']:,.0f} | {t['cpu_seconds']:.1f} | {t['polls_per_cpu_second']:,.0f} | – | {f(t.get('others_cores'), 2)} |\n"
             f"| SDK loop (`AsyncOpenAI.responses.retrieve`, 16 concurrent, no persistence) | {s['polls_per_second']:,.0f} | {s['cpu_seconds']:.1f} | {s['polls_per_cpu_second']:,.0f} | "
-            f"{t['polls_per_second'] / s['polls_per_second']:.2f}× · {t['polls_per_cpu_second'] / s['polls_per_cpu_second']:.2f}× |\n"
+            f"{t['polls_per_second'] / s['polls_per_second']:.2f}× · {t['polls_per_cpu_second'] / s['polls_per_cpu_second']:.2f}× | {f(s.get('others_cores'), 2)} |\n"
             f"| stand-in's ceiling (plain load generator, 32 connections) | {c['requests_per_second']:,.0f} | – | – | "
-            f"{t['polls_per_second'] / c['requests_per_second']:.2f}× of the ceiling |"
+            f"{t['polls_per_second'] / c['requests_per_second']:.2f}× of the ceiling | {f(c.get('others_cores'), 2)} |"
         )
     d = r.get("deadline")
     if d:
@@ -137,9 +137,9 @@ def tables(r: dict[str, Any]) -> str:
         parts.append(
             f"### Deadline precision\n\n{d['active']:,} active responses, `max_runtime` deadlines spread over {d['spread_seconds']:g} s "
             "(on whole seconds, as `created_at` is), all polled meanwhile.\n\n"
-            "| cancels at the server | early | cancel − deadline p50 / p99 / max (ms) | daemon's own: worst p99 / max (ms) | polls+looks+cancels/s | daemon CPU share |\n|---:|---:|---|---|---:|---:|\n"
+            "| cancels at the server | early | cancel − deadline p50 / p99 / max (ms) | daemon's own: worst p99 / max (ms) | requests/s at the stand-in | daemon CPU (cores) | other load (cores) |\n|---:|---:|---|---|---:|---:|---:|\n"
             f"| {d['cancels_seen_by_server']:,} / {d['deadlines']:,} | {d['early']} | {ms(lag['p50'])} / {ms(lag['p99'])} / {ms(lag['max'])} | "
-            f"{ms(d['daemon_lag_worst_p99'])} / {ms(d['daemon_lag_max'])} | {f(d['gets_per_second'], 0)} | {f(d['cpu_share'] * 100, 0)} % |"
+            f"{ms(d['daemon_lag_worst_p99'])} / {ms(d['daemon_lag_max'])} | {f(d['gets_per_second'], 0)} | {f(d['cpu_share'], 2)} | {f(d.get('others_cores'), 2)} |"
         )
     e = r.get("economy")
     if e:
@@ -294,3 +294,56 @@ def write_docs(r: dict[str, Any], docs: Path) -> None:
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
     path.write_text(f"{head}{START}\n\n{body}\n{END}{tail}")
+
+
+# ---- before / after ------------------------------------------------------------------
+
+
+def headline(r: dict[str, Any]) -> dict[str, tuple[str, float | None]]:
+    """The figures the targets are about, by name: (display, value)."""
+    out: dict[str, tuple[str, float | None]] = {}
+    tr = r.get("tracking") or []
+    for x in tr:
+        out[f"polls/s sustained, {x['active']:,} active ({x['offered_polls_per_second']:,.0f} due)"] = (
+            f"{x['polls_per_second']:,.0f}", x["polls_per_second"])
+        out[f"poll lag p99, {x['active']:,} active (s)"] = (f(x["lag"]["p99"], 2), x["lag"]["p99"])
+        out[f"CPU s per 1,000 polls, {x['active']:,} active"] = (f(x["cpu_per_1000_polls"], 2), x["cpu_per_1000_polls"])
+    if tr:
+        big = tr[-1]
+        rs = big.get("restart") or {}
+        peak = max(big["peak_rss_mb"] or 0, rs.get("peak_rss_mb") or 0)
+        out[f"peak RSS, {big['active']:,} tracked (MB)"] = (f"{peak:,.0f}", peak)
+        out[f"restart: spawn → first poll, {big['active']:,} tracked (s)"] = (f(rs.get("spawn_to_first_poll"), 1), rs.get("spawn_to_first_poll"))
+    tp = r.get("throughput")
+    if tp:
+        out["polls per CPU-second, saturated"] = (f"{tp['tether']['polls_per_cpu_second']:,.0f}", tp["tether"]["polls_per_cpu_second"])
+        ratio = tp["tether"]["polls_per_cpu_second"] / tp["sdk"]["polls_per_cpu_second"]
+        out["… ratio to the SDK loop (same run)"] = (f"{ratio:.2f}×", ratio)
+    d = r.get("deadline")
+    if d:
+        out[f"cancels at the server / {d['deadlines']:,}"] = (f"{d['cancels_seen_by_server']:,}", d["cancels_seen_by_server"])
+        for k in ("p50", "p99", "max"):
+            out[f"cancel − deadline {k} (ms)"] = (ms(d["lag"][k]), d["lag"][k])
+    return out
+
+
+def comparison(before: dict[str, Any], after: dict[str, Any], names: tuple[str, str] = ("before", "after")) -> str:
+    a, b = headline(before), headline(after)
+    lines = [f"| figure | {names[0]} | {names[1]} |", "|---|---:|---:|"]
+    for key in a:
+        if key in b:
+            lines.append(f"| {key} | {a[key][0]} | {b[key][0]} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m bench.report", description="Print the tables of a results file, "
+                                     "or compare two (before / after).")
+    parser.add_argument("results", nargs="+", type=Path)
+    parser.add_argument("--names", nargs=2, default=("before", "after"))
+    args = parser.parse_args()
+    runs = [json.loads(p.read_text()) for p in args.results]
+    print(tables(runs[0]) if len(runs) == 1 else comparison(runs[0], runs[1], tuple(args.names)))

@@ -17,6 +17,7 @@ import asyncio
 import itertools
 import json
 import resource
+import sys
 import time
 
 from openai import AsyncOpenAI
@@ -89,8 +90,12 @@ async def every(client: AsyncOpenAI, ids: list[str], concurrency: int, interval:
 
 
 async def main_async(args: argparse.Namespace) -> dict:
-    with open(args.ids) as f:
-        ids = [line.strip() for line in f if line.strip()]
+    if args.ids == "-":  # the ids come once everything is imported: the loop starts on time
+        print("ready", flush=True)
+        ids = [line.strip() for line in sys.stdin if line.strip()]
+    else:
+        with open(args.ids) as f:
+            ids = [line.strip() for line in f if line.strip()]
     client = AsyncOpenAI(api_key=API_KEY, base_url=args.base_url, max_retries=0, timeout=30.0)
     try:
         if args.mode == "saturate":
@@ -103,7 +108,7 @@ async def main_async(args: argparse.Namespace) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.sdk_loop")
     parser.add_argument("--base-url", required=True)
-    parser.add_argument("--ids", required=True, help="a file of response ids, one a line")
+    parser.add_argument("--ids", required=True, help="a file of response ids, one a line; - reads them from stdin")
     parser.add_argument("--mode", choices=("saturate", "every"), default="saturate")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--interval", type=float, default=2.0)

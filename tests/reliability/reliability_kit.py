@@ -189,6 +189,44 @@ def store_statuses(path: Path) -> dict[str, str | None]:
         conn.close()
 
 
+def disagreements(install: Install, fake, ids: Iterable[str]) -> list[str]:
+    """What keeps `converged` false: for a failure message."""
+    snapshot = fake.state.snapshot()
+    statuses = store_statuses(install.store_path)
+    return [
+        f"{rid}: tether {statuses.get(rid)!r}, server {snapshot['responses'][rid]['status']!r}"
+        for rid in ids
+        if statuses.get(rid) != snapshot["responses"][rid]["status"]
+    ]
+
+
+def wait_converged(install: Install, fake, ids: list[str], settle: float, timeout: float, quiet: float = 15.0) -> list[str]:
+    """Wait until tether agrees with the server on every response; or, failing that, until
+    nothing has changed in tether's store for `quiet` seconds while the server has long settled.
+    Returns the disagreements left (for the final-status invariant to report), [] when converged."""
+    deadline = time.monotonic() + timeout
+    last, since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        if converged(install, fake, ids, settle):
+            return []
+        now_statuses = store_statuses(install.store_path)
+        if now_statuses != last:
+            last, since = now_statuses, time.monotonic()
+        elif time.monotonic() - since > quiet and converged_on_server(fake, ids, settle):
+            break
+        time.sleep(1.0)
+    return disagreements(install, fake, ids)
+
+
+def converged_on_server(fake, ids: Iterable[str], settle: float) -> bool:
+    snapshot = fake.state.snapshot()
+    return all(
+        snapshot["responses"][rid]["finished_at"] is not None
+        and snapshot["now"] - snapshot["responses"][rid]["finished_at"] >= settle
+        for rid in ids
+    )
+
+
 def converged(install: Install, fake, ids: Iterable[str], settle: float) -> bool:
     """Every response is finished on the server, has been for `settle` seconds, and tether
     says what the server says."""
@@ -207,13 +245,21 @@ def converged(install: Install, fake, ids: Iterable[str], settle: float) -> bool
 # --- the checks ---------------------------------------------------------------------------------
 
 
-def check_final_statuses(rows: dict[str, dict], snapshot: dict, ids: Iterable[str]) -> list[str]:
-    bad = []
+def check_final_statuses(rows: dict[str, dict], snapshot: dict, ids: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(mismatches, late completions missed): a response tether keeps `cancelled` that the server
+    reports `completed` after a cancel that took effect is the known confirmation-window bug
+    (test_known_bugs.py); every other mismatch is reported on its own."""
+    bad, late = [], []
     for rid in ids:
         ours, theirs = rows.get(rid, {}).get("status"), snapshot["responses"][rid]["status"]
         if ours != theirs:
-            bad.append(f"{rid}: tether says {ours!r}, the server says {theirs!r}")
-    return bad
+            record = snapshot["responses"][rid]
+            text = f"{rid}: tether says {ours!r}, the server says {theirs!r}"
+            if ours == "cancelled" and theirs == "completed" and record["cancel_changed"]:
+                late.append(text + " (it completed after the cancel)")
+            else:
+                bad.append(text)
+    return bad, late
 
 
 def check_no_duplicate_events(events: list[dict[str, Any]], ids: Iterable[str]) -> list[str]:
@@ -313,6 +359,25 @@ def check_api_errors_logged(calls: list[dict], lines: list[dict], project: str =
     return bad, injected
 
 
+def check_lines_are_committed(events: list[dict], lines: list[dict]) -> list[str]:
+    """A response event's log line is written after its transaction commits: a kill may lose
+    the line of a committed event, never leave a line without its event."""
+    stored = Counter(
+        (ev["kind"], ev["response_id"], ev["from_status"] if ev["kind"] in ("status", "lost") else None,
+         ev["to_status"] if ev["kind"] in ("status", "lost") else None)
+        for ev in events
+    )
+    logged: Counter = Counter()
+    for line in lines:
+        name = line.get("event", "")
+        if not name.startswith("response.") or line.get("origin") == "cli":
+            continue
+        kind = name.removeprefix("response.")
+        logged[kind, line.get("response_id"), line.get("from") if kind in ("status", "lost") else None,
+               line.get("to") if kind in ("status", "lost") else None] += 1
+    return [f"logged without its event: {key} x{n}" for key, n in (logged - stored).items()]
+
+
 def check_no_tracebacks(texts: Iterable[str]) -> list[str]:
     bad = []
     for text in texts:
@@ -389,6 +454,7 @@ class CancelReport:
     unjustified: list[str] = field(default_factory=list)  # a cancel without a (justified) reason recorded first
     lateness: list[float] = field(default_factory=list)  # first attempt - when it was due, per required cancel
     decision_to_wire: list[float] = field(default_factory=list)  # cancel_requested recorded -> first request arrives
+    stall_allowed: list[float] = field(default_factory=list)  # extra allowance for a stalled machine, per cancel
     required: int = 0
     attempts_by_reason: Counter = field(default_factory=Counter)
     # Cancel requests for responses not over their limit that took no effect (a finished
@@ -409,6 +475,7 @@ def check_cancels(
     timing: Timing,
     pauses: list[tuple[float, float]] = (),
     downtimes: list[tuple[float, float]] = (),
+    stalls: list[tuple[float, float, float]] = (),
 ) -> CancelReport:
     """(1) Every response still active past a limit with action cancel got a cancel request
     that reached the server by its deadline plus the allowances (the spec's second, the
@@ -512,6 +579,14 @@ def check_cancels(
                     due = max(due, end + timing.spec + timing.slack)
             mine = [c for c in attempts if reason_of[id(c)] == limit]
             first = mine[0]["at"] if mine else None
+            # The machine, not tether: the longest stall of the stand-in's own event loop, or of
+            # the daemon's whole poll loop (its `daemon.stats` poll lag: a starved process), from
+            # just before the deadline until the cancel left.
+            until = max(due, first or due)
+            stalled = [seconds for start, end, seconds in stalls if start <= until and end >= base - 1.0]
+            if stalled:
+                due += max(stalled)
+                report.stall_allowed.append(max(stalled))
             report.required += 1
             if first is None:
                 if state_end > due:
@@ -557,6 +632,20 @@ def summary(values: list[float]) -> dict[str, float | None]:
         "p50": round(statistics.median(ordered), 3),
         "p99": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 3),
     }
+
+
+def machine_stalls(fake_stalls: list[tuple[float, float]], lines: list[dict]) -> list[tuple[float, float, float]]:
+    """(start, end, seconds) of stalls not of tether's making: the stand-in's event loop, and
+    windows of the daemon's `daemon.stats` lines where its whole poll loop ran late (a starved
+    process: on this loaded 2-core machine the daemon has been seen to lag seconds at 15% CPU)."""
+    from datetime import datetime
+
+    found = [(start, start + seconds, seconds) for start, seconds in fake_stalls]
+    for line in lines:
+        if line.get("event") == "daemon.stats" and line.get("poll_lag_max"):
+            end = datetime.fromisoformat(line["timestamp"].replace("Z", "+00:00")).timestamp()
+            found.append((end - line["seconds"], end, line["poll_lag_max"]))
+    return found
 
 
 def stats_summary(lines: list[dict]) -> dict[str, Any]:

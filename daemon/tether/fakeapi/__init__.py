@@ -5,8 +5,11 @@ Each response plays out from the clock: `queue` seconds `queued`, `run` seconds 
 then its outcome; request metadata keys `fake_queue`, `fake_run`, `fake_outcome`,
 `fake_input_tokens`, `fake_output_tokens`, `fake_reasoning_tokens` and `fake_cached_tokens`
 override the server's defaults. The server keeps its own record of every call for test oracles
-(`FakeState`, `GET /_fake/state`), injects faults on demand (`FakeState.faults`,
-`POST /_fake/faults`) and can backdate responses (`POST /_fake/responses` with `created_at`).
+(`FakeState`, `GET /_fake/state`; `FakeState.calls()`: the request log, faulted requests
+included; `FakeState.stalls()`: its own event-loop stalls), injects faults on demand
+(`FakeState.faults`, `POST /_fake/faults`; `Faults.force` for one-shot faults, `Faults.echo_key`
+for a proxy that repeats the key in its errors, `Record.overrides` for hostile payloads) and can
+backdate responses (`POST /_fake/responses` with `created_at`). docs/reliability.md lists the faults.
 """
 
 from .app import FakeAPI

@@ -53,7 +53,11 @@ class FakeServer:
 
     async def serve(self, sock: socket.socket, until: asyncio.Event) -> None:
         """Serve on the listening `sock` until `until` is set."""
-        await http_server.serve(sock, FakeAPI(self.state), until)
+        watch = asyncio.create_task(_watch_loop_lag(self.state, until))
+        try:
+            await http_server.serve(sock, FakeAPI(self.state), until)
+        finally:
+            watch.cancel()
 
     def start(self) -> FakeServer:
         """Serve from a background thread; returns once the server accepts connections."""
@@ -88,3 +92,20 @@ class FakeServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+LAG_TICK = 0.05
+LAG_NOTED = 0.05  # stalls longer than this are kept
+
+
+async def _watch_loop_lag(state: FakeState, until: asyncio.Event) -> None:
+    """Note when the server's own event loop stalls (a loaded machine, a busy test thread):
+    `FakeState.stalls` lists (start, seconds), so tests can tell the server's slowness from
+    the client's."""
+    loop = asyncio.get_running_loop()
+    while not until.is_set():
+        before = loop.time()
+        await asyncio.sleep(LAG_TICK)
+        late = loop.time() - before - LAG_TICK
+        if late > LAG_NOTED:
+            state.note_stall(late)

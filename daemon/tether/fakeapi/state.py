@@ -306,6 +306,7 @@ class FakeState:
         self.lock = threading.Lock()
         self._responses: dict[str, Record] = {}
         self._calls: list[Call] = []
+        self._stalls: list[tuple[float, float]] = []  # (start, seconds) of the server's own loop stalls
 
     def record(self, response_id: str) -> Record:
         with self.lock:
@@ -335,6 +336,16 @@ class FakeState:
         with self.lock:
             call.status = status
             call.ended = time.time()
+
+    def note_stall(self, seconds: float) -> None:
+        now = time.time()
+        with self.lock:
+            self._stalls.append((now - seconds, seconds))
+
+    def stalls(self) -> list[tuple[float, float]]:
+        """When the server itself could not answer: (start, seconds), for test oracles."""
+        with self.lock:
+            return list(self._stalls)
 
     def calls(self) -> list[dict[str, Any]]:
         """The request log: every API request, faulted or not, oldest first (for test oracles;
