@@ -171,10 +171,6 @@ def test_a_random_value_anywhere_in_the_example_config_exits_0_or_78_naming_the_
         json.loads(result.output)  # --json prints one JSON document
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: api_key_file = \"/dev/zero\" (or any endless file) makes check-config and run read forever",
-)
 def test_an_api_key_file_that_never_ends_is_refused_without_reading_it_forever(workdir):
     """`api_key_file = "/dev/zero"`: a key is a short line; reading an endless file must stop."""
     text = toml_document({"accounts": {"default": {"api_key_file": "/dev/zero"}}, "store": {"url": f"sqlite:///{workdir}/k.db"}})
@@ -388,34 +384,18 @@ def reproduce(payload_store: Any, payload: dict[str, Any]) -> None:
     json.dumps(render.record(row))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an incomplete response whose incomplete_details.reason is not a string (a list, an object) "
-    "cannot be stored: sqlite3 ProgrammingError, which the daemon takes for a store failure and stops",
-)
 def test_an_incomplete_reason_that_is_not_a_string_is_stored_as_text(payload_store):
     reproduce(payload_store, {**base_object("incomplete"), "incomplete_details": {"reason": {"code": "max_output_tokens"}}})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a status that is a list or an object raises TypeError (unhashable) where the status is "
-    "looked up (tracker.known_status, Daemon._changes): a daemon.error instead of an anomaly",
-)
 def test_a_status_that_is_a_list_is_an_anomaly_not_an_exception(payload_store):
     reproduce(payload_store, {**base_object("queued"), "status": ["in_progress"]})
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: max_output_tokens beyond 64 bits: OverflowError writing the row")
 def test_a_max_output_tokens_beyond_64_bits_is_ignored(payload_store):
     reproduce(payload_store, {**base_object("queued"), "max_output_tokens": 2**64})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a created_at outside the years 1 to 9999 is stored, then every rendering of the record "
-    "(ls, show, --json, deadline events) raises OverflowError/ValueError",
-)
 def test_a_created_at_outside_the_calendar_is_refused_as_an_anomaly(payload_store):
     reproduce(payload_store, {**base_object("queued"), "created_at": 1e20})
 
@@ -434,7 +414,7 @@ def test_the_daemon_survives_replies_of_odd_shape_and_logs_each_failed_one(tmp_p
             for i in range(20)
         ]
         assert t.cli("track", *ids, "--no-verify").returncode == 0
-        wait_for(lambda: fake.state.fault_counts["odd_shape"] >= 40, timeout=60, what="40 odd replies")
+        wait_for(lambda: fake.state.fault_counts["odd_shape"] >= 20, timeout=60, what="20 odd replies")
         fake.state.faults = Faults()
         server = lambda: fake.state.snapshot()["responses"]  # noqa: E731
         wait_for(
@@ -452,9 +432,6 @@ def test_the_daemon_survives_replies_of_odd_shape_and_logs_each_failed_one(tmp_p
     unexpected = [
         line for line in lines
         if line["event"] in ("daemon.error", "daemon.failed", "daemon.store_failed")
-        # Known bug (test_a_status_that_is_a_list_is_an_anomaly_not_an_exception): a list or
-        # object status raises TypeError in the poll; the loop survives it.
-        and not (line["event"] == "daemon.error" and "unhashable type" in line.get("error", ""))
     ]
     assert not unexpected
     odd = [c for c in fake.state.calls() if c["fault"] and "odd_shape" in c["fault"]]
@@ -463,11 +440,6 @@ def test_the_daemon_survives_replies_of_odd_shape_and_logs_each_failed_one(tmp_p
     assert "Traceback" not in daemon.log_path.read_text()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a reply whose incomplete_details.reason is an object stops the daemon (daemon.store_failed, "
-    "exit 1) as if the disk had failed",
-)
 def test_a_hostile_incomplete_reason_does_not_stop_the_daemon(tmp_path: Path, fake: FakeServer):
     t = Tether(root=tmp_path, base_url=fake.base_url)
     t.write_config()
@@ -476,19 +448,19 @@ def test_a_hostile_incomplete_reason_does_not_stop_the_daemon(tmp_path: Path, fa
         record = fake.state.create("o3-pro", background=True, metadata={"fake_run": "0.5", "fake_outcome": "incomplete"})
         record.overrides["incomplete_details"] = {"reason": {"code": "max_output_tokens"}}
         assert t.cli("track", record.id, "--no-verify").returncode == 0
-        wait_for(lambda: len(record.gets) >= 3 or daemon.poll() is not None, timeout=30, what="a few polls")
+        wait_for(
+            lambda: daemon.poll() is not None or t.records()[record.id]["status"] == "incomplete",
+            timeout=30,
+            what="the incomplete status recorded (or the daemon gone)",
+        )
         alive = daemon.poll() is None
+        assert isinstance(t.records()[record.id]["incomplete_reason"], str)
     finally:
         if daemon.poll() is None:
             daemon.kill()
     assert alive, daemon.log_path.read_text()[-1500:]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: fields of the wrong type (created_at \"yesterday\", metadata a list, ...) are silently "
-    "ignored: no anomaly is logged",
-)
 def test_a_reply_with_fields_of_the_wrong_type_is_logged_as_an_anomaly(tmp_path: Path, fake: FakeServer):
     t = Tether(root=tmp_path, base_url=fake.base_url)
     t.write_config()

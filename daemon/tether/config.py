@@ -134,11 +134,19 @@ class AccountConfig:
         return _checked_key(text.strip(), key, self.key_source())
 
 
+SECRET_MAX_BYTES = 64 * 1024  # a key file is tiny; /dev/zero or a log file by mistake is not
+
+
 def _read_secret(file: Path, key: str) -> str:
     try:
-        return file.read_text(encoding="utf-8")
+        with file.open("rb") as handle:
+            data = handle.read(SECRET_MAX_BYTES + 1)
     except OSError as error:
         raise ConfigError(f"{key}: cannot read {file}: {error.strerror or error}") from None
+    if len(data) > SECRET_MAX_BYTES:
+        raise ConfigError(f"{key}: {file} is larger than {SECRET_MAX_BYTES // 1024} KiB: not a key file")
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{key}: {file} is not UTF-8 text") from None
 

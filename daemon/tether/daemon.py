@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import httpx
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import bindparam, func, or_, select, update
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError
 
 from tether import accounting, logs, tracker
 from tether.api import (
@@ -110,7 +110,11 @@ class Active:
         self.deadline_at = row.deadline_at
         self.cancel_state = row.cancel_state
         self.cancel_attempts = row.cancel_attempts
-        self.confirm_until = row.confirm_until
+        # An extension made here (polls that failed during confirmation) outlives the row's.
+        if row.confirm_until is None or self.confirm_until is None:
+            self.confirm_until = row.confirm_until
+        else:
+            self.confirm_until = max(self.confirm_until, row.confirm_until)
         self.facts = tracker.facts(row)
 
     def finished(self, now: float) -> bool:
@@ -288,7 +292,7 @@ class Daemon:
         """Run a store function on the store thread; a store error stops the daemon."""
         try:
             return await asyncio.get_running_loop().run_in_executor(self._db, fn, *args)
-        except SQLAlchemyError as exc:
+        except OperationalError as exc:  # disk full, read-only, I/O error: not one response's data
             if self._failure is None:
                 self._failure = exc
                 log.critical(
@@ -472,7 +476,7 @@ class Daemon:
         A new status does, and so do facts the policy depends on that the store lacks
         (a server may omit metadata in one answer and send it in the next).
         """
-        status = observed.get("status")
+        status = observed.get("status") if isinstance(observed.get("status"), str) else None
         return status != rec.status or status in TERMINAL or tracker.facts_after(observed, rec.facts) != rec.facts
 
     def _next_mark(self, rec: Active, now: float) -> PollMark:
@@ -497,6 +501,10 @@ class Daemon:
         rec.interval = next_interval(rec.interval, self.config.polling)
         delay = max(jittered(rec.interval, self.config.polling.jitter, self._rng), client.pause_remaining())
         rec.next_poll_at = now + delay
+        if rec.confirm_until is not None and rec.confirm_until < rec.next_poll_at:
+            # The confirmation after a cancel counts in answers, not wall-clock time: a window
+            # that an outage swallowed would miss a late `completed`.
+            rec.confirm_until = rec.next_poll_at + self.config.polling.first
 
     def _api_error(self, rec: Active, op: str, exc: APIError) -> None:
         if isinstance(exc, AccountPaused):

@@ -8,6 +8,8 @@ log always tell the same story.
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -195,9 +197,13 @@ def observe(
     return changed
 
 
+MAX_TIMESTAMP = 253_402_300_799.0  # 9999-12-31T23:59:59Z: beyond it no date can be rendered
+MAX_TOKENS = 2**63 - 1
+
+
 def known_status(observed: Mapping[str, Any]) -> str | None:
     status = observed.get("status")
-    if status in API_STATUSES:
+    if isinstance(status, str) and status in API_STATUSES:
         return status
     log.warning(
         "api.error", kind="anomaly", response_id=observed.get("id"), error=f"unknown status {status!r}"
@@ -207,24 +213,44 @@ def known_status(observed: Mapping[str, Any]) -> str | None:
 
 def fill_facts(row: Response, observed: Mapping[str, Any]) -> None:
     """Copy what the API says about the response; missing optional fields keep what we had."""
+    wrong = []
     model = observed.get("model")
     if isinstance(model, str):
         row.model = model
+    elif model is not None:
+        wrong.append("model")
     created = observed.get("created_at")
-    if isinstance(created, (int, float)) and not isinstance(created, bool):
+    if valid_timestamp(created):
         row.created_at = float(created)
+    elif created is not None:
+        wrong.append("created_at")
     metadata = observed.get("metadata")
     if isinstance(metadata, dict):
         row.meta = {str(k): str(v) for k, v in metadata.items()}
+    elif metadata is not None:
+        wrong.append("metadata")
     background = observed.get("background")
     if isinstance(background, bool):
         row.background = background
     max_out = observed.get("max_output_tokens")
-    if isinstance(max_out, int) and not isinstance(max_out, bool):
+    if isinstance(max_out, int) and not isinstance(max_out, bool) and 0 <= max_out <= MAX_TOKENS:
         row.max_output_tokens = max_out
+    elif max_out is not None:
+        wrong.append("max_output_tokens")
     tier = observed.get("service_tier")
     if isinstance(tier, str):
         row.service_tier = tier
+    if wrong:
+        log.warning("api.error", kind="anomaly", response_id=row.id, error=f"ignored fields of an unexpected type or range: {', '.join(wrong)}")
+
+
+def valid_timestamp(value: Any) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and 0 <= value <= MAX_TIMESTAMP
+    )
 
 
 Facts = tuple[str | None, float | None, tuple[tuple[str, str], ...]]
@@ -241,7 +267,7 @@ def facts_after(observed: Mapping[str, Any], known: Facts) -> Facts:
     if isinstance(observed.get("model"), str):
         model = observed["model"]
     created = observed.get("created_at")
-    if isinstance(created, (int, float)) and not isinstance(created, bool):
+    if valid_timestamp(created):
         created_at = float(created)
     if isinstance(observed.get("metadata"), dict):
         metadata = tuple(sorted((str(k), str(v)) for k, v in observed["metadata"].items()))
@@ -257,12 +283,24 @@ def record_outcome(
     row.usage = usage if isinstance(usage, dict) else None
     error = observed.get("error")
     row.error = (
-        {"code": error.get("code"), "message": error.get("message")} if isinstance(error, dict) else None
+        {"code": text_or_none(error.get("code")), "message": text_or_none(error.get("message"))}
+        if isinstance(error, dict)
+        else None
     )
     details = observed.get("incomplete_details")
-    row.incomplete_reason = details.get("reason") if isinstance(details, dict) else None
+    row.incomplete_reason = text_or_none(details.get("reason")) if isinstance(details, dict) else None
     if settle_cost(rec.session, row, pricing, previous) and not price_unknown_recorded(rec.session, row.id):
         rec.event(row, EventKind.PRICE_UNKNOWN, detail={"model": row.model})
+
+
+def text_or_none(value: Any) -> str | None:
+    """API text fields as text: a hostile server's objects are kept as their JSON."""
+    if value is None or isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value)[:1000]
+    except (TypeError, ValueError):
+        return str(value)[:1000]
 
 
 def refresh_policy(row: Response, config: Config) -> None:

@@ -111,12 +111,6 @@ def test_a_failed_look_at_a_max_queued_deadline_does_not_cancel_a_response_that_
     assert not [c for c in cancels if c.changed], f"a running response was cancelled for max_queued: {cancels}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the post-cancel confirmation window is wall-clock time: when its polls fail (an outage, "
-    "a quota pause of the account) it runs out unseen, tether stops polling and keeps `cancelled` for a "
-    "response the server later reports `completed` (final status and cost wrong)",
-)
 def test_a_late_completion_after_a_cancel_is_seen_even_when_the_confirmation_polls_fail(
     tmp_path: Path, fake: FakeServer
 ):
