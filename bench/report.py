@@ -344,6 +344,10 @@ if __name__ == "__main__":
                                      "or compare two (before / after).")
     parser.add_argument("results", nargs="+", type=Path)
     parser.add_argument("--names", nargs=2, default=("before", "after"))
+    parser.add_argument("--write-docs", action="store_true",
+                        help="also rewrite docs/benchmarks.md's results section and docs/bench-*.png from the (first) file")
     args = parser.parse_args()
     runs = [json.loads(p.read_text()) for p in args.results]
     print(tables(runs[0]) if len(runs) == 1 else comparison(runs[0], runs[1], tuple(args.names)))
+    if args.write_docs:
+        write_docs(runs[0], Path(__file__).resolve().parent.parent / "docs")

@@ -46,7 +46,7 @@ from tether.api import (
 )
 from tether.config import Config, ConfigError, load_config
 from tether.logs import log
-from tether.models import ACTIVE, TERMINAL, CancelState, Event, EventKind, Heartbeat, Response, is_active
+from tether.models import ACTIVE, API_STATUSES, TERMINAL, CancelState, Event, EventKind, Heartbeat, Response, is_active
 from tether.notify import Notifier
 from tether.render import iso
 from tether.stats import Stats
@@ -461,6 +461,8 @@ class Daemon:
             self._reschedule_after_error(rec, client, now)
             return False
         changes = self._changes(rec, observed)
+        if observed.get("status") not in API_STATUSES:  # an answer that says nothing of the status
+            self._extend_confirmation(rec, now + self.config.polling.max_interval)
         if changes:
             mark = self._next_mark(rec, now)
             row = await self._store(self._write_observation, rec.id, observed, reason, mark)
@@ -501,10 +503,13 @@ class Daemon:
         rec.interval = next_interval(rec.interval, self.config.polling)
         delay = max(jittered(rec.interval, self.config.polling.jitter, self._rng), client.pause_remaining())
         rec.next_poll_at = now + delay
-        if rec.confirm_until is not None and rec.confirm_until < rec.next_poll_at:
-            # The confirmation after a cancel counts in answers, not wall-clock time: a window
-            # that an outage swallowed would miss a late `completed`.
-            rec.confirm_until = rec.next_poll_at + self.config.polling.first
+        self._extend_confirmation(rec, rec.next_poll_at)
+
+    def _extend_confirmation(self, rec: Active, until: float) -> None:
+        """The confirmation after a cancel counts in answers, not wall-clock time: a window
+        that failed or garbled polls swallowed would miss a late `completed`."""
+        if rec.confirm_until is not None and rec.confirm_until < until:
+            rec.confirm_until = until + self.config.polling.first
 
     def _api_error(self, rec: Active, op: str, exc: APIError) -> None:
         if isinstance(exc, AccountPaused):
