@@ -461,7 +461,8 @@ class Daemon:
             self._reschedule_after_error(rec, client, now)
             return False
         changes = self._changes(rec, observed)
-        if observed.get("status") not in API_STATUSES:  # an answer that says nothing of the status
+        status = observed.get("status")
+        if not (isinstance(status, str) and status in API_STATUSES):  # says nothing of the status
             self._extend_confirmation(rec, now + self.config.polling.max_interval)
         if changes:
             mark = self._next_mark(rec, now)

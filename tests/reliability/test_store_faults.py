@@ -155,9 +155,9 @@ def test_cli_and_daemon_writing_under_an_outside_write_lock_wait_for_it_instead_
     install.write_configs('[[policy]]\nname = "p"\nmatch = { metadata = { limited = "yes" } }\nmax_runtime = "4s"\n', POLLING)
     daemon = install.start_daemon()
     try:
-        first = create(fake, 30, run="2", limited="yes")
+        first = create(fake, 30, run="6", limited="yes")  # still running when tracked on a loaded machine
         assert install.cli("track", *first).returncode == 0
-        wait_for(lambda: any(s == "in_progress" for s in store_statuses(install.store_path).values()), timeout=10)
+        wait_for(lambda: any(s == "in_progress" for s in store_statuses(install.store_path).values()), timeout=30)
         later, manual = create(fake, 10, run="30"), create(fake, 1, run="30")
         assert install.cli("track", *manual).returncode == 0
 
@@ -281,11 +281,11 @@ def test_committed_events_survive_a_power_cut_and_the_daemon_stops_on_the_failed
     install = install_on(tmp_path, fake, loopfs.mount)
     daemon = install.start_daemon()
     try:
-        ids = create(fake, 40, run="2")
+        ids = create(fake, 40, run="8")  # still running when tracked, even on a loaded machine
         assert install.cli("track", *ids).returncode == 0
         wait_for(
             lambda: sum(1 for line in install.all_log_lines() if line.get("event") == "response.status") >= 40,
-            timeout=20,
+            timeout=60,
             what="status changes in the log",
         )
         loopfs.power_cut()
