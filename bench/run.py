@@ -17,6 +17,7 @@ import os
 import platform
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -383,7 +384,7 @@ def mean(values: list[float]) -> float:
 
 NOISE_LIMIT = 0.3  # cores used by other processes during a window above which it is re-run
 QUIET = 0.15  # ... and below which (over 5 s) the machine counts as quiet
-QUIET_WAIT = 600.0
+QUIET_WAIT = 300.0
 
 
 def wait_quiet() -> float:
@@ -410,7 +411,7 @@ def noise(result: Any) -> float:
     return 0.0
 
 
-def quietly(name: str, run: Any, attempts: int = 3) -> Any:
+def quietly(name: str, run: Any, attempts: int = 2) -> Any:
     """Run a scenario on a quiet machine; again (up to `attempts`) if others disturbed it."""
     for attempt in range(1, attempts + 1):
         wait_quiet()
@@ -463,6 +464,10 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--commit", help="what was measured, when not this checkout's HEAD (e.g. a scratch copy)")
     args = parser.parse_args()
+    # Stopped by a signal (even from a background job, where SIGINT starts ignored), the
+    # `finally` blocks still stop every process started here.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     only = set(args.only or SCENARIOS)
     q = args.quick
 

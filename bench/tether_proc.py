@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -77,7 +78,8 @@ class Tether:
     _log_lines: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.root, ignore_errors=True)  # a fresh store every time (a retried scenario too)
+        self.root.mkdir(parents=True)
         self.config_path.write_text(
             CONFIG.format(
                 db=self.db_path,

@@ -42,9 +42,9 @@ def test_a_key_echoed_back_by_a_hostile_server_is_nowhere_in_logs_rows_errors_or
         seed=1,
         echo_key=True,
         get=RouteFaults(server_error=0.3, rate_limit=0.2),
-        cancel=RouteFaults(server_error=0.5, rate_limit=0.2),
+        cancel=RouteFaults(server_error=0.3, rate_limit=0.1),  # failed cancels back off 1 s, 2 s, 4 s, ...
     )
-    wait_for(lambda: all(fake.state.record(r).cancels for r in ids), timeout=60, what="every cancel to get through")
+    wait_for(lambda: all(fake.state.record(r).cancels for r in ids), timeout=120, what="every cancel to get through")
     fake.state.faults.echo_key = True
     results += [
         tether.cli("cancel", ids[0], "--json"),
