@@ -314,3 +314,18 @@ def test_events_the_cli_wrote_while_no_daemon_ran_are_logged_once_at_the_next_st
     )
     assert tether.stop_daemon(third) == 0
     assert tracked_lines(third) == []
+
+
+def test_a_backlog_longer_than_one_pickup_page_is_logged_whole_and_once(tether, fake):
+    from tether.daemon import PICKUP_PAGE
+
+    ids = [f"resp_backlog_{i}" for i in range(PICKUP_PAGE + 5)]
+    tether.ok("track", "--no-verify", *ids)  # written while no daemon runs
+    daemon = tether.start_daemon()
+
+    def tracked():
+        return [line["response_id"] for line in tether.log_lines(daemon) if line["event"] == "response.tracked"]
+
+    wait_for(lambda: len(tracked()) >= len(ids), what="every tracked event of the backlog logged")
+    assert tether.stop_daemon(daemon) == 0
+    assert sorted(tracked()) == sorted(ids)

@@ -57,6 +57,7 @@ from tether.schedule import cancel_retry_delay, jittered, next_interval
 from tether.store import Store
 
 PICKUP_EVERY = 0.5  # newly tracked responses are noticed within a second
+PICKUP_PAGE = 1000  # events read per pass: a long backlog is taken in bounded steps
 BUDGET_SETTLE = 0.05  # coalesce a burst of spend changes into one budget evaluation
 FLUSH_EVERY = 1.0  # poll bookkeeping reaches the store at most this late
 HEARTBEAT_EVERY = 5.0
@@ -477,10 +478,11 @@ class Daemon:
         """Does this observation need a transaction now (not just a batched poll count)?
 
         A new status does, and so do facts the policy depends on that the store lacks
-        (a server may omit metadata in one answer and send it in the next).
+        (a server may omit metadata in one answer and send it in the next). A terminal
+        status seen again does not: its outcome was recorded when it was first seen.
         """
         status = observed.get("status") if isinstance(observed.get("status"), str) else None
-        return status != rec.status or status in TERMINAL or tracker.facts_after(observed, rec.facts) != rec.facts
+        return status != rec.status or tracker.facts_after(observed, rec.facts) != rec.facts
 
     def _next_mark(self, rec: Active, now: float) -> PollMark:
         previous = self._marks.pop(rec.id, None)
@@ -722,12 +724,20 @@ class Daemon:
             )
 
     def _read_events_by_others(self, after: int) -> tuple[list[Event], int]:
+        """The next page of events others wrote after `after`, and the id to resume from."""
         with self.store.reading() as session:
             last = session.execute(select(func.max(Event.id))).scalar() or after
-            events = session.execute(
-                select(Event).where(Event.id > after, Event.id <= last, Event.origin != "daemon").order_by(Event.id)
-            ).scalars()
-            return list(events), last
+            events = list(
+                session.execute(
+                    select(Event)
+                    .where(Event.id > after, Event.id <= last, Event.origin != "daemon")
+                    .order_by(Event.id)
+                    .limit(PICKUP_PAGE)
+                ).scalars()
+            )
+            if len(events) == PICKUP_PAGE:
+                last = events[-1].id
+            return events, last
 
     def _reapply_policies(self, ids: list[str], cursor: int | None = None) -> list[Response]:
         """Resolve policies again with this daemon's config (and move the event cursor)."""
@@ -817,19 +827,22 @@ class Daemon:
         Their events are logged here too, so the daemon's log (the journal) holds
         every event of the store, whoever wrote it.
         """
-        events, last = await self._store(self._read_events_by_others, self._last_event_id)
-        if not events:
+        while True:
+            events, last = await self._store(self._read_events_by_others, self._last_event_id)
+            if not events:
+                self._last_event_id = last
+                return
+            # The daemon's config decides the policy, whatever config the CLI ran with.
+            ids = list({ev.response_id for ev in events if ev.response_id})
+            rows = await self._store(self._reapply_policies, ids, last)
             self._last_event_id = last
-            return
-        # The daemon's config decides the policy, whatever config the CLI ran with.
-        ids = list({ev.response_id for ev in events if ev.response_id})
-        rows = await self._store(self._reapply_policies, ids, last)
-        self._last_event_id = last
-        for ev in events:
-            tracker.log_event(ev.kind, ev.response_id, ev.from_status, ev.to_status, ev.reason, ev.detail, origin=ev.origin)
-        self._budget_wake.set()
-        for row in rows:
-            self._adopt(row)
+            for ev in events:
+                tracker.log_event(ev.kind, ev.response_id, ev.from_status, ev.to_status, ev.reason, ev.detail, origin=ev.origin)
+            self._budget_wake.set()
+            for row in rows:
+                self._adopt(row)
+            if len(events) < PICKUP_PAGE:
+                return
 
     async def _flush(self) -> None:
         if not self._marks:
