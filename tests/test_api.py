@@ -36,6 +36,7 @@ from tether.api import (
 )
 from tether.config import AccountConfig, parse_config
 from tether.fakeapi import FakeServer
+from tether.transport import AiohttpTransport
 
 FAST = RetryPolicy(attempts=3, base=0.01, cap=0.05)
 WRONG_KEY = "sk-wrong-fedcba9876543210-WRONG"
@@ -52,7 +53,7 @@ class Observed(httpx.AsyncBaseTransport):
     (`after(request, response)`, with response None when the transport raised)."""
 
     def __init__(self, after: Callable[[httpx.Request, httpx.Response | None], None] | None = None) -> None:
-        self.inner = httpx.AsyncHTTPTransport()
+        self.inner = AiohttpTransport(max_connections=32)
         self.after = after
         self.requests: list[httpx.Request] = []
         self.sent_at: list[float] = []
@@ -899,12 +900,13 @@ def test_valid_id_rejects_anything_else(response_id: str) -> None:
     assert valid_id(response_id) is False
 
 
-@pytest.mark.parametrize("fault", ["malformed_json", "server_error"])
+@pytest.mark.parametrize("fault", ["malformed_json", "server_error", "drop", "hang"])
 async def test_a_create_that_may_have_reached_the_server_is_not_sent_again(
     fake: FakeServer, make_client: MakeClient, fault: str
 ) -> None:
     setattr(fake.state.faults.create, fault, 1.0)
-    client = make_client(retry=RetryPolicy(attempts=4, base=0.01, cap=0.05))
+    fake.state.faults.hang_seconds = 1.0
+    client = make_client(retry=RetryPolicy(attempts=4, base=0.01, cap=0.05), request_timeout=0.3)
     with pytest.raises(TransientError):
         await client.create({"model": "o3-pro", "input": "x", "background": True})
     assert requests(fake, "create") == 1
@@ -919,3 +921,16 @@ async def test_a_rate_limited_create_is_retried_because_the_server_refused_it_un
     with pytest.raises(TransientError):
         await client.create({"model": "o3-pro", "input": "x", "background": True})
     assert requests(fake, "create") == 3
+
+
+async def test_a_create_that_could_not_connect_is_retried(fake: FakeServer, unused_tcp_port: int) -> None:
+    config = AccountConfig(name="default", base_url=f"http://127.0.0.1:{unused_tcp_port}/v1", request_timeout=1.0)
+    observed = Observed()
+    client = ResponsesClient(config, API_KEY, retry=RetryPolicy(attempts=3, base=0.01, cap=0.02), transport=observed)
+    try:
+        exc = await raised(client.create({"model": "o3-pro", "input": "x", "background": True}))
+    finally:
+        await client.aclose()
+    assert type(exc) is TransientError and not exc.delivered
+    assert "could not connect" in str(exc)
+    assert len(observed.requests) == 3

@@ -93,6 +93,47 @@ def test_over_limit_responses_are_cancelled_within_a_second_of_their_deadline_an
     assert tether.stop_daemon(daemon) == 0
 
 
+SPARSE_POLLING = """first = "1s"
+max_interval = "30s"
+backoff = 20
+jitter = 0
+confirm_window = "2s"
+"""
+
+
+def test_a_deadline_looks_first_at_a_queued_response_but_cancels_an_in_progress_one_at_once(tether, fake):
+    """max_queued ends when the response starts, so a queued one is looked at (GET) before the
+    cancel; max_runtime holds for every active status, so an in_progress one is not."""
+    policies = """
+[[policy]]
+name = "stuck"
+match = { metadata = { case = "stuck" } }
+max_queued = "8s"
+
+[[policy]]
+name = "runaway"
+match = { metadata = { case = "runaway" } }
+max_runtime = "8s"
+"""
+    tether.write_config(policies, polling=SPARSE_POLLING)  # after the first poll (1 s), none for 20 s
+    daemon = tether.start_daemon()
+    stuck, runaway = create(fake, case="stuck", fake_queue="30"), create(fake, case="runaway", fake_run="30")
+    tether.ok("track", stuck, runaway)
+    wait_for(lambda: settled(tether, [stuck, runaway]), timeout=30, what="both to be cancelled")
+
+    def gets_before_the_cancel(rid: str) -> int:
+        calls = [c for c in fake.state.calls() if c["response_id"] == rid]
+        [cancel] = [c for c in calls if c["route"] == "cancel"]
+        return len([c for c in calls if c["route"] == "get" and c["at"] < cancel["at"]])
+
+    # Both had `tether track`'s own GET and the same polls; only the queued one had a look.
+    gets = {"stuck": gets_before_the_cancel(stuck), "runaway": gets_before_the_cancel(runaway)}
+    assert gets["stuck"] == gets["runaway"] + 1, gets
+    assert tether.records()[stuck]["cancel_reason"] == "max_queued"
+    assert tether.records()[runaway]["cancel_reason"] == "max_runtime"
+    assert tether.stop_daemon(daemon) == 0
+
+
 def test_every_status_change_is_one_event_and_one_log_line(tether, fake):
     tether.write_config(POLICIES)
     daemon = tether.start_daemon()

@@ -109,6 +109,53 @@ def test_concurrent_writers_wait_for_each_other_instead_of_failing(tmp_path):
         assert session.get(Response, "resp_shared").polls == 100  # no lost update
 
 
+def test_a_batch_commits_its_writes_together_and_a_failing_one_alone_is_rolled_back(tmp_path):
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    store = Store(url)
+    store.migrate()
+    committed: list[str] = []
+    seen_by_another_connection: list[int] = []
+
+    def count_rows() -> int:
+        with Store(url).reading() as session:
+            return len(session.execute(text("SELECT id FROM responses")).all())
+
+    with store.batch():
+        with store.writing() as session:
+            session.add(Response(id="resp_kept", account="a", tracked_at=0.0))
+        store.after_commit(lambda: committed.append("kept"))
+        with pytest.raises(RuntimeError):
+            with store.writing() as session:
+                session.add(Response(id="resp_dropped", account="a", tracked_at=0.0))
+                session.flush()
+                raise RuntimeError("this write fails")
+        with store.writing() as session:
+            session.add(Response(id="resp_also_kept", account="a", tracked_at=0.0))
+        seen_by_another_connection.append(count_rows())
+        assert committed == []  # not yet: nothing is durable before the batch commits
+
+    assert seen_by_another_connection == [0]
+    assert committed == ["kept"]
+    with store.reading() as session:
+        ids = {r[0] for r in session.execute(text("SELECT id FROM responses"))}
+    assert ids == {"resp_kept", "resp_also_kept"}
+
+
+def test_a_failed_batch_commit_runs_no_after_commit_callback(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 't.db'}")
+    store.migrate()
+    committed: list[str] = []
+    with pytest.raises(RuntimeError):
+        with store.batch():
+            with store.writing() as session:
+                session.add(Response(id="resp_x", account="a", tracked_at=0.0))
+            store.after_commit(lambda: committed.append("x"))
+            raise RuntimeError("the batch fails before its commit")
+    assert committed == []
+    with store.reading() as session:
+        assert session.get(Response, "resp_x") is None
+
+
 def test_a_memory_database_is_refused_with_a_message(tmp_path):
     with pytest.raises(StoreError, match="not a file"):
         Store("sqlite://")

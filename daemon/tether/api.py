@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 
 from tether.config import AccountConfig
+from tether.transport import AiohttpTransport
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,256}")
 QUOTA_CODES = frozenset(
@@ -138,11 +139,7 @@ class ResponsesClient:
             base_url=account.base_url.rstrip("/") + "/",
             headers=headers,
             timeout=account.request_timeout,
-            transport=transport,
-            limits=httpx.Limits(
-                max_connections=account.max_concurrency + priority_slots,
-                max_keepalive_connections=account.max_concurrency + priority_slots,
-            ),
+            transport=transport or AiohttpTransport(max_connections=account.max_concurrency + priority_slots),
         )
 
     async def get(

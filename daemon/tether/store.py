@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -37,6 +38,7 @@ class Store:
             create_private_file(self.sqlite_path)
         self.engine = build_engine(url)
         self._writer = self.engine.execution_options(tether_immediate=True)
+        self._batch = threading.local()
 
     @contextmanager
     def reading(self) -> Iterator[Session]:
@@ -45,10 +47,43 @@ class Store:
 
     @contextmanager
     def writing(self) -> Iterator[Session]:
-        """One write transaction: committed on success, rolled back on error."""
+        """One write transaction: committed on success, rolled back on error.
+
+        Inside `batch()` (on the same thread) it is a SAVEPOINT of the batch's transaction
+        instead: rolled back alone on error, committed with the batch.
+        """
+        batch = getattr(self._batch, "open", None)
+        if batch is not None:
+            session = batch[0]
+            with session.begin_nested():
+                yield session
+            return
         with Session(self._writer, expire_on_commit=False) as session:
             with session.begin():
                 yield session
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group commit: every `writing()` in this block (this thread) shares one transaction,
+        so one fsync. Callbacks given to `after_commit` run once it has committed."""
+        callbacks: list[Callable[[], None]] = []
+        with Session(self._writer, expire_on_commit=False) as session:
+            with session.begin():
+                self._batch.open = (session, callbacks)
+                try:
+                    yield
+                finally:
+                    self._batch.open = None
+        for callback in callbacks:
+            callback()
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once what was written is committed: now, or at the end of the batch."""
+        batch = getattr(self._batch, "open", None)
+        if batch is None:
+            callback()
+        else:
+            batch[1].append(callback)
 
     def ensure_schema(self) -> None:
         """Migrate unless the store is already at SCHEMA_HEAD (a cheap look, no Alembic import)."""

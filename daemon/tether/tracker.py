@@ -121,7 +121,7 @@ def recording(store: Store, origin: str, now: float) -> Iterator[Recorder]:
     with store.writing() as session:
         recorder = Recorder(session, origin, now)
         yield recorder
-    recorder.emit()
+    store.after_commit(recorder.emit)  # log lines only for what is durable
 
 
 def track(

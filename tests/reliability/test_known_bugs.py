@@ -120,14 +120,15 @@ def test_a_late_completion_after_a_cancel_is_seen_even_when_the_confirmation_pol
         'first = "0.2s"\nmax_interval = "1s"\nconfirm_window = "2s"\n',
     )
     daemon = install.start_daemon()
-    fake.state.faults = Faults(cancel_then_complete=1.0, cancel_then_complete_after=0.5)
+    # Completed 1.5 s after the cancel: inside the outage, which outlasts the 2 s window.
+    fake.state.faults = Faults(cancel_then_complete=1.0, cancel_then_complete_after=1.5)
     try:
         rid = fake.state.create("o3-pro", background=True, metadata={"fake_run": "60"}).id
         assert install.cli("track", rid).returncode == 0
         wait_for(lambda: fake.state.record(rid).cancels, timeout=20, what="the cancel")
         fake.state.faults.outage_for(4.0)  # every request fails for longer than the confirmation window
         wait_for(lambda: store_statuses(install.store_path)[rid] == "cancelled", timeout=10)
-        # The server says `completed` from 0.5 s after the cancel; tether should come to say so too.
+        # The server says `completed` from 1.5 s after the cancel; tether should come to say so too.
         wait_for(
             lambda: store_statuses(install.store_path)[rid] == "completed",
             timeout=20,
