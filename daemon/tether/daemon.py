@@ -92,6 +92,9 @@ class Active:
     confirm_until: float | None
     facts: tracker.Facts
     next_cancel_at: float | None = None
+    # When the latest look the API answered with a status began: a confirmation window is
+    # over only once a look begun after its end was answered (see `finished`).
+    answered_at: float | None = None
     polling: bool = False
     enforcing: bool = False
     # What the heaps hold for it, so re-scheduling pushes nothing twice.
@@ -128,10 +131,20 @@ class Active:
         self.facts = tracker.facts(row)
 
     def finished(self, now: float) -> bool:
+        """Terminal, no cancel left to send, and any confirmation window after a cancel over.
+
+        The window counts in answers, not wall-clock time: it is over once a look *begun*
+        after its end has been answered. A poll that was late (a backlog of polls, no free
+        connection) or failed slowly (a read timeout longer than what was left of the
+        window) must not close it unseen: the server may have moved to `completed` since.
+        """
         return (
             not is_active(self.status)
             and self.cancel_state != CancelState.PENDING.value
-            and (self.confirm_until is None or now >= self.confirm_until)
+            and (
+                self.confirm_until is None
+                or (now >= self.confirm_until and self.answered_at is not None and self.answered_at >= self.confirm_until)
+            )
         )
 
 
@@ -518,6 +531,8 @@ class Daemon:
         status = observed.get("status")
         if not (isinstance(status, str) and status in API_STATUSES):  # says nothing of the status
             self._extend_confirmation(rec, now + self.config.polling.max_interval)
+        else:
+            rec.answered_at = now
         if changes:
             mark = self._next_mark(rec, now)
             row = await self._store(self._write_observation, rec.id, observed, reason, mark)

@@ -116,12 +116,7 @@ lost_after = 3
 # Invariants violated by bugs reported to the lead and not fixed yet (each has a deterministic
 # reproduction, a strict xfail). When only these
 # are violated the run is marked xfail; every other invariant still fails it.
-KNOWN_BUGS: dict[str, str] = {
-    "a completion after a cancel is seen (confirmation window)": (
-        "BUG: the post-cancel confirmation window runs out unseen when its polls fail or the account is "
-        "paused (test_known_bugs.py::test_a_late_completion_after_a_cancel_is_seen_even_when_the_confirmation_polls_fail)"
-    ),
-}
+KNOWN_BUGS: dict[str, str] = {}
 
 # case -> (policy, limits, weight)
 CASES: dict[str, tuple[str | None, Limits | None, int]] = {
