@@ -300,7 +300,7 @@ def test_a_second_daemon_on_the_same_store_refuses_to_start(tether):
 def test_a_restarted_daemon_takes_up_where_the_killed_one_left(tether, fake):
     tether.write_config(POLICIES)
     daemon = tether.start_daemon()
-    ids = [create(fake, case="runaway", fake_run="60"), create(fake, fake_run="4")]
+    ids = [create(fake, case="runaway", fake_run="60"), create(fake, fake_run="10")]  # still running when tracked
     tether.ok("track", *ids)
     wait_for(lambda: tether.records()[ids[1]]["polls"] >= 1, timeout=45, what="a poll")
     daemon.kill()

@@ -197,6 +197,7 @@ class Daemon:
         self._jobs_lock = threading.Lock()
         self._draining = False
         self._marks: dict[str, PollMark] = {}
+        self._confirmed: dict[str, float] = {}  # confirmation windows seen through, not yet cleared
         self._last_event_id = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._failure: BaseException | None = None
@@ -371,7 +372,6 @@ class Daemon:
             self._adopt(row)
 
     def _read_open_rows(self) -> tuple[list[Any], int]:
-        now = self.clock()
         with self.store.reading() as session:
             beat = session.get(Heartbeat, "daemon")
             cursor = beat.event_cursor if beat is not None else 0
@@ -383,7 +383,7 @@ class Daemon:
                         Response.status.is_(None),
                         Response.status.in_(ACTIVE),
                         Response.cancel_state == CancelState.PENDING.value,
-                        Response.confirm_until > now,
+                        Response.confirm_until.is_not(None),  # a window not confirmed yet, even if over
                     )
                 )
             ).all()
@@ -411,6 +411,8 @@ class Daemon:
         now = self.clock()
         if rec.finished(now) and not (rec.polling or rec.enforcing):
             self.active.pop(rec.id, None)
+            if rec.confirm_until is not None:
+                self._confirmed[rec.id] = rec.confirm_until  # the store forgets it at the next flush
             return
         if rec.next_poll_at is not None and rec.queued_poll != rec.next_poll_at:
             rec.queued_poll = rec.next_poll_at
@@ -811,7 +813,7 @@ class Daemon:
                 row.next_poll_at = rec.now + row.poll_interval
             return [rows.get(rid) for rid in ids]
 
-    def _write_marks(self, marks: dict[str, PollMark]) -> None:
+    def _write_marks(self, marks: dict[str, PollMark], confirmed: dict[str, float]) -> None:
         table = Response.__table__
         statement = (
             update(table)
@@ -829,7 +831,16 @@ class Daemon:
             for rid, m in marks.items()
         ]
         with self.store.writing() as session:
-            session.connection().execute(statement, params)
+            if params:
+                session.connection().execute(statement, params)
+            if confirmed:
+                # A window confirmed is cleared, unless a newer one (a later cancel) replaced it.
+                session.connection().execute(
+                    update(table)
+                    .where(table.c.id == bindparam("b_id"), table.c.confirm_until <= bindparam("b_until"))
+                    .values(confirm_until=None),
+                    [{"b_id": rid, "b_until": until} for rid, until in confirmed.items()],
+                )
 
     def _write_heartbeat(self) -> None:
         with self.store.writing() as session:
@@ -966,10 +977,11 @@ class Daemon:
                 return
 
     async def _flush(self) -> None:
-        if not self._marks:
+        if not (self._marks or self._confirmed):
             return
         marks, self._marks = self._marks, {}
-        await self._store(self._write_marks, marks)
+        confirmed, self._confirmed = self._confirmed, {}
+        await self._store(self._write_marks, marks, confirmed)
 
     async def _heartbeat(self) -> None:
         await self._store(self._write_heartbeat)

@@ -85,13 +85,7 @@ jitter = 0.1
 confirm_window = "{CONFIRM_WINDOW:g}s"
 """
 CASES = {"stuck": Limits(max_queued=2), "runaway": Limits(max_runtime=3), "late": Limits(max_runtime=3), "free": Limits()}
-KNOWN_BUGS: dict[str, str] = {
-    "a completion after a cancel is seen (confirmation window)": (
-        "BUG: a confirmation window that ends while the daemon is down is never confirmed (downtimes here "
-        "are ~2-3 s, the window 2 s) "
-        "(test_known_bugs.py::test_a_late_completion_after_a_cancel_is_seen_when_the_window_ends_while_the_daemon_is_down)"
-    ),
-}
+KNOWN_BUGS: dict[str, str] = {}
 
 
 def plan(rng: random.Random) -> dict:
