@@ -934,3 +934,14 @@ async def test_a_create_that_could_not_connect_is_retried(fake: FakeServer, unus
     assert type(exc) is TransientError and not exc.delivered
     assert "could not connect" in str(exc)
     assert len(observed.requests) == 3
+
+
+def test_the_transport_takes_the_proxy_from_the_environment_and_honours_no_proxy(monkeypatch) -> None:
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "all_proxy", "ALL_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "localhost,.corp.example")
+    transport = AiohttpTransport(max_connections=1)
+    assert transport._proxy(httpx.URL("https://api.openai.com/v1/responses/x")) == "http://proxy.internal:3128"
+    assert transport._proxy(httpx.URL("https://llm.corp.example/v1/responses/x")) is None
+    assert transport._proxy(httpx.URL("http://api.openai.com/v1/responses/x")) is None  # no HTTP_PROXY set

@@ -11,6 +11,7 @@ response is read whole, never streamed.
 from __future__ import annotations
 
 import asyncio
+import urllib.request
 
 import aiohttp
 import httpx
@@ -20,6 +21,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     def __init__(self, max_connections: int) -> None:
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        self._proxies: dict[tuple[str, str], str | None] = {}
 
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -27,7 +29,6 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0),
                 auto_decompress=False,  # httpx decodes the body, as with its own transport
-                trust_env=True,  # HTTPS_PROXY / NO_PROXY, as httpx honours them
                 skip_auto_headers=("User-Agent", "Accept-Encoding"),  # httpx sets its own
             )
             # aiohttp quietly sends an idempotent request again when a kept-alive connection
@@ -36,6 +37,15 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             self._session._retry_connection = False
         return self._session
 
+    def _proxy(self, url: httpx.URL) -> str | None:
+        """HTTP(S)_PROXY / NO_PROXY as httpx honours them, looked up once per host (aiohttp's
+        own `trust_env` reads the environment and ~/.netrc again on every request)."""
+        key = (url.scheme, url.host)
+        if key not in self._proxies:
+            bypass = urllib.request.proxy_bypass(url.host)
+            self._proxies[key] = None if bypass else urllib.request.getproxies().get(url.scheme)
+        return self._proxies[key]
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeout = request.extensions.get("timeout", {})
         body = await request.aread()
@@ -43,6 +53,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             async with self._open().request(
                 request.method,
                 str(request.url),
+                proxy=self._proxy(request.url),
                 headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw],
                 data=body or None,
                 allow_redirects=False,
