@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
 import subprocess
@@ -170,3 +171,50 @@ def test_a_store_in_an_unwritable_place_is_a_clear_error(tmp_path):
         target = str(locked / "sub" / "t.db")
     with pytest.raises(StoreError, match="cannot open store"):
         Store(f"sqlite:///{target}")
+
+
+def test_a_store_on_a_full_disk_is_refused_before_anything_is_opened(tmp_path, monkeypatch):
+    """Opening a WAL store on a full disk can end in SIGBUS inside SQLite (its memory-mapped
+    WAL index is rebuilt there): tether refuses first, with a message naming the store."""
+    from tether import diskspace
+
+    real = os.statvfs(tmp_path)
+    full = os.statvfs_result((real.f_bsize, 4096, 1000, 10, 10, 100, 50, 50, 0, 255))
+    monkeypatch.setattr(diskspace.os, "statvfs", lambda _path: full)
+    db = tmp_path / "store" / "t.db"
+    with pytest.raises(StoreError, match=r"is full: only 40 KiB free.*free some space") as refused:
+        Store(f"sqlite:///{db}")
+    assert str(db) in str(refused.value)
+    assert not db.parent.exists()  # nothing created
+
+
+def test_the_wal_index_gets_its_blocks_ahead_without_changing_its_size(tmp_path):
+    """Writes through SQLite's mapped WAL index must never need a free block (diskspace.py)."""
+    from tether import diskspace
+
+    if diskspace._fallocate() is None:
+        pytest.skip("no fallocate here")
+    store = Store(f"sqlite:///{tmp_path / 't.db'}")
+    store.ensure_schema()
+    with store.engine.connect() as conn:  # a checkout with the index open
+        conn.exec_driver_sql("SELECT 1")
+        with store.engine.connect() as other:  # a second pooled connection: its own first checkout
+            other.exec_driver_sql("SELECT 1")
+    shm = os.stat(f"{tmp_path / 't.db'}-shm")
+    assert shm.st_size == 32 * 1024  # SQLite's view of the file is unchanged
+    if shm.st_blocks * 512 < diskspace.PREALLOCATE_BYTES:
+        pytest.skip("this filesystem ignores FALLOC_FL_KEEP_SIZE")  # tmpfs, overlayfs on some kernels
+    # SQLite's locks on the index survive: another process still sees this one holding the DMS
+    # byte (128) shared, so it will not rebuild the index under us (a second descriptor opened and
+    # closed on the file would have dropped every POSIX lock this process holds on it).
+    probe = (
+        "import fcntl, os, struct, sys\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+        "lock = struct.pack('hhqqi4x', fcntl.F_WRLCK, os.SEEK_SET, 128, 1, 0)\n"
+        "print(struct.unpack('hhqqi4x', fcntl.fcntl(fd, fcntl.F_GETLK, lock))[0])\n"
+    )
+    held = subprocess.run(
+        [sys.executable, "-c", probe, f"{tmp_path / 't.db'}-shm"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    store.dispose()
+    assert held == str(fcntl.F_RDLCK), held

@@ -21,6 +21,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
+from tether.diskspace import free_space_problem, preallocate_on_checkout
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 SCHEMA_HEAD = "0003"  # the newest revision in migrations/versions (a test keeps them equal)
 BUSY_TIMEOUT_MS = 30_000
@@ -35,8 +37,13 @@ class Store:
         self.url = url
         self.sqlite_path = sqlite_path(url)
         if self.sqlite_path is not None:
+            # A full disk: a message now, not SIGBUS inside SQLite later (see diskspace.py).
+            if (problem := free_space_problem(self.sqlite_path)) is not None:
+                raise StoreError(problem)
             create_private_file(self.sqlite_path)
         self.engine = build_engine(url)
+        if self.sqlite_path is not None:
+            preallocate_on_checkout(self.engine, self.sqlite_path)
         self._writer = self.engine.execution_options(tether_immediate=True)
         self._batch = threading.local()
 

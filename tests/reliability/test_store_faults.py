@@ -238,14 +238,13 @@ def test_a_full_disk_stops_the_daemon_with_a_clear_message_and_drops_no_transiti
         kill_all(install)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: on a full disk, after the daemon stopped there, the CLI (and a restarted daemon) die "
-    "of SIGBUS (exit -7, no message): SQLite rebuilds its mmap'd WAL index (-shm) on the full filesystem",
-)
 def test_on_a_full_disk_the_cli_and_a_restarted_daemon_exit_with_a_message(
     tmp_path: Path, fake: FakeServer, loopfs: LoopFS
 ):
+    """Once the daemon has stopped on the full disk, whoever opens the store next is the first
+    connection and rebuilds SQLite's WAL index (`-shm`, mapped into memory) on the full
+    filesystem: that was SIGBUS (exit -7, no message) for the CLI and a restarted daemon alike.
+    tether now looks at the free space before it opens the store and refuses with a message."""
     install = install_on(tmp_path, fake, loopfs.mount)
     daemon = install.start_daemon()
     try:
@@ -254,7 +253,8 @@ def test_on_a_full_disk_the_cli_and_a_restarted_daemon_exit_with_a_message(
         wait_for(lambda: all(store_statuses(install.store_path).get(r) for r in ids), timeout=15)
         loopfs.fill()
         assert daemon.wait(timeout=60) != 0  # stopped by the full disk (the test above)
-        refused = install.cli("track", *create(fake, 2), "--no-verify")
+        later = create(fake, 2)
+        refused = install.cli("track", *later, "--no-verify")
         restarted = subprocess.run(
             [*install_command(install), "run"], env=install.env, capture_output=True, text=True, timeout=60
         )
@@ -266,6 +266,76 @@ def test_on_a_full_disk_the_cli_and_a_restarted_daemon_exit_with_a_message(
     }
     assert refused.returncode == 1 and "full" in refused.stderr.lower(), outcome
     assert restarted.returncode not in (0, -7) and "full" in (restarted.stdout + restarted.stderr).lower(), outcome
+    assert str(install.store_path) in refused.stderr, outcome  # the message names the store
+    assert not check_no_tracebacks([refused.stderr, restarted.stdout + restarted.stderr]), outcome
+
+    # Nothing lost, nothing half done: with space again (the test reads the store only then:
+    # opening it on the full disk is the very fault), it holds every transition the stopped daemon
+    # logged and nothing of the refused command, which now succeeds.
+    (loopfs.mount / "filler").unlink()
+    rows, events = read_store(install.store_path)
+    assert set(ids) <= set(rows) and not set(later) & set(rows)
+    assert not check_lines_are_committed(events, install.all_log_lines()), "a transition was logged but not stored"
+    retried = install.cli("track", *later, "--no-verify")
+    assert retried.returncode == 0, retried.stderr
+    assert set(later) <= set(store_statuses(install.store_path))
+
+
+GROW_WAL_INDEX = r"""
+import os, sqlite3, sys
+from tether.store import Store
+
+db, mount, free_kib = sys.argv[1], sys.argv[2], int(sys.argv[3])
+setup = sqlite3.connect(db)  # 512-byte pages: 4,062 frames (the index's first region) fit on the small disk
+setup.execute("PRAGMA page_size=512")
+setup.execute("PRAGMA journal_mode=WAL")
+setup.execute("CREATE TABLE t(x)")
+setup.close()
+conn = Store(f"sqlite:///{db}").engine.raw_connection()  # tether's engine: its connect and checkout hooks
+cur = conn.cursor()
+cur.execute("PRAGMA wal_autocheckpoint=0")  # the WAL only grows, as it does when readers hold checkpoints back
+cur.execute("BEGIN")
+for _ in range(3975):
+    cur.execute("INSERT INTO t VALUES (?)", (b"x" * 400,))
+cur.execute("COMMIT")  # about 4,050 frames: a few more and the index needs its second 32 KiB region
+with open(os.path.join(mount, "filler"), "wb", buffering=0) as f:
+    for size in (1 << 20, 1 << 16, 1 << 12, 1 << 10, 1):
+        try:
+            while True:
+                f.write(b"\0" * size)
+        except OSError:
+            pass
+    os.fsync(f.fileno())
+    f.truncate(os.fstat(f.fileno()).st_size - free_kib * 1024)
+    os.fsync(f.fileno())
+try:
+    while True:
+        cur.execute("INSERT INTO t VALUES (?)", (b"y",))
+except sqlite3.Error as exc:
+    print("error:", exc, "index bytes:", os.stat(db + "-shm").st_size)
+"""
+
+
+@pytest.mark.parametrize("free_kib", [16, 24, 32])
+def test_a_wal_index_outgrowing_its_region_on_a_nearly_full_disk_is_an_error_not_sigbus(
+    loopfs: LoopFS, free_kib: int
+):
+    """The running daemon's side of the full disk. Every 4,096 frames the WAL index (`-shm`, mapped
+    into memory) needs another 32 KiB region. SQLite grows the file by writing one byte per 4 KiB
+    page; on this filesystem's 1 KiB blocks that leaves holes, and writing the new region through
+    the mapping with 16-32 KiB free (room for the WAL's frames, not for the holes) was SIGBUS:
+    exit -7, no message. tether preallocates the index's blocks (diskspace.py), so the writer gets
+    SQLite's "database or disk is full" and the daemon stops with `daemon.store_failed`."""
+    import sys
+
+    db = loopfs.mount / "grow.db"
+    proc = subprocess.run(
+        [sys.executable, "-c", GROW_WAL_INDEX, str(db), str(loopfs.mount), str(free_kib)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-500:])
+    assert "error: database or disk is full" in proc.stdout, proc.stdout
+    assert int(proc.stdout.split("index bytes:")[1]) > 32 * 1024, "the index never reached its second region"
 
 
 # --- a disk that fails, a power cut -----------------------------------------------------------
