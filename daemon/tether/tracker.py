@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+from sqlalchemy import insert
 from sqlmodel import Session
 
 from tether.accounting import price_unknown_recorded, settle_cost
@@ -58,6 +59,7 @@ class Recorder:
         self.origin = origin
         self.now = now
         self._lines: list[tuple[str, str | None, str | None, str | None, str | None, dict[str, Any]]] = []
+        self._rows: list[dict[str, Any]] = []  # event rows, inserted together (`write`)
 
     def event(
         self,
@@ -73,20 +75,31 @@ class Recorder:
         """Append an event about a response (or, with row None, about a budget)."""
         detail = {"budget": budget, **(detail or {})} if budget is not None else dict(detail or {})
         response_id = row.id if row is not None else None
-        self.session.add(
-            Event(
-                at=self.now,
-                response_id=response_id,
-                budget=budget,
-                kind=kind.value,
-                from_status=from_,
-                to_status=to,
-                reason=reason,
-                detail=detail,
-                origin=self.origin,
-            )
+        self._rows.append(
+            {
+                "at": self.now,
+                "response_id": response_id,
+                "budget": budget,
+                "kind": kind.value,
+                "from_status": from_,
+                "to_status": to,
+                "reason": reason,
+                "detail": detail,
+                "origin": self.origin,
+            }
         )
         self._lines.append((kind.value, response_id, from_, to, reason, detail))
+
+    def recorded(self, response_id: str, kind: EventKind) -> bool:
+        """Is such an event among this transaction's, not written yet?"""
+        return any(r["response_id"] == response_id and r["kind"] == kind.value for r in self._rows)
+
+    def write(self) -> None:
+        """Insert the event rows, in order, in one statement (an ORM object per event costs
+        more than the rest of a transition)."""
+        if self._rows:
+            self.session.execute(insert(Event.__table__), self._rows)
+            self._rows = []
 
     def emit(self) -> None:
         for line in self._lines:
@@ -121,6 +134,7 @@ def recording(store: Store, origin: str, now: float) -> Iterator[Recorder]:
     with store.writing() as session:
         recorder = Recorder(session, origin, now)
         yield recorder
+        recorder.write()
     store.after_commit(recorder.emit)  # log lines only for what is durable
 
 
@@ -289,7 +303,11 @@ def record_outcome(
     )
     details = observed.get("incomplete_details")
     row.incomplete_reason = text_or_none(details.get("reason")) if isinstance(details, dict) else None
-    if settle_cost(rec.session, row, pricing, previous) and not price_unknown_recorded(rec.session, row.id):
+    if (
+        settle_cost(rec.session, row, pricing, previous)
+        and not rec.recorded(row.id, EventKind.PRICE_UNKNOWN)
+        and not price_unknown_recorded(rec.session, row.id)
+    ):
         rec.event(row, EventKind.PRICE_UNKNOWN, detail={"model": row.model})
 
 
