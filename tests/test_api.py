@@ -3,8 +3,8 @@
 Every test talks to a real `FakeServer` on a local port. The server's own record
 (`state.snapshot()`: request counts, fault counts, the headers it saw, the instants of GETs) is
 the oracle for what reached the wire. Where a test needs to see requests from the client's side
-(how many are in flight, which headers were sent) it wraps the real httpx transport in
-`Observed`, which still sends every request over the network.
+(how many are in flight, which headers were sent) it hooks `Observed` into the client's
+aiohttp session (trace hooks): every request still goes over the network.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import httpx
+import aiohttp
 import pytest
 from openai.types.responses import Response
 
@@ -31,12 +31,12 @@ from tether.api import (
     ResponsesClient,
     RetryPolicy,
     TransientError,
+    proxy_for,
     retry_after,
     valid_id,
 )
 from tether.config import AccountConfig, parse_config
 from tether.fakeapi import FakeServer
-from tether.transport import AiohttpTransport
 
 FAST = RetryPolicy(attempts=3, base=0.01, cap=0.05)
 WRONG_KEY = "sk-wrong-fedcba9876543210-WRONG"
@@ -48,36 +48,40 @@ FINISHED = {"model": "o3-pro", "input": "Say hi.", "background": True, "metadata
 # --- helpers -----------------------------------------------------------------------------------
 
 
-class Observed(httpx.AsyncBaseTransport):
-    """The real HTTP transport, with a count of requests in flight and a hook after each exchange
-    (`after(request, response)`, with response None when the transport raised)."""
+class Observed:
+    """aiohttp trace hooks on the client's session: the requests as sent (headers included), how
+    many are in flight, and a hook after each exchange (`after(request, response)`, with
+    response None when the request failed)."""
 
-    def __init__(self, after: Callable[[httpx.Request, httpx.Response | None], None] | None = None) -> None:
-        self.inner = AiohttpTransport(max_connections=32)
+    def __init__(self, after: Callable[[Any, aiohttp.ClientResponse | None], None] | None = None) -> None:
         self.after = after
-        self.requests: list[httpx.Request] = []
+        self.requests: list[Any] = []
         self.sent_at: list[float] = []
         self.answered_at: list[float] = []
         self.in_flight = 0
         self.peak = 0
+        self.config = aiohttp.TraceConfig()
+        self.config.on_request_start.append(self._started)
+        self.config.on_request_end.append(self._ended)
+        self.config.on_request_exception.append(self._failed)
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
+    async def _started(self, session: Any, context: Any, params: Any) -> None:
+        self.requests.append(params)
         self.sent_at.append(time.monotonic())
         self.in_flight += 1
         self.peak = max(self.peak, self.in_flight)
-        response = None
-        try:
-            response = await self.inner.handle_async_request(request)
-            return response
-        finally:
-            self.in_flight -= 1
-            self.answered_at.append(time.monotonic())
-            if self.after is not None:
-                self.after(request, response)
 
-    async def aclose(self) -> None:
-        await self.inner.aclose()
+    async def _ended(self, session: Any, context: Any, params: Any) -> None:
+        self._done(params, params.response)
+
+    async def _failed(self, session: Any, context: Any, params: Any) -> None:
+        self._done(params, None)
+
+    def _done(self, request: Any, response: aiohttp.ClientResponse | None) -> None:
+        self.in_flight -= 1
+        self.answered_at.append(time.monotonic())
+        if self.after is not None:
+            self.after(request, response)
 
 
 class FakeClock:
@@ -126,20 +130,21 @@ MakeClient = Callable[..., ResponsesClient]
 
 @pytest.fixture
 async def make_client(fake: FakeServer) -> AsyncIterator[MakeClient]:
-    """`make_client(key=..., retry=..., transport=..., clock=..., **AccountConfig fields)`."""
+    """`make_client(key=..., retry=..., observed=..., clock=..., **AccountConfig fields)`."""
     clients: list[ResponsesClient] = []
 
     def make(
         *,
         key: str = API_KEY,
         retry: RetryPolicy = FAST,
-        transport: httpx.AsyncBaseTransport | None = None,
+        observed: Observed | None = None,
         clock: Callable[[], float] | None = None,
         **account: Any,
     ) -> ResponsesClient:
         config = AccountConfig(name="default", base_url=fake.base_url, **{"request_timeout": 5.0, **account})
         extra = {"clock": clock} if clock is not None else {}
-        client = ResponsesClient(config, key, retry=retry, transport=transport, rng=random.Random(7), **extra)
+        trace = observed.config if observed is not None else None
+        client = ResponsesClient(config, key, retry=retry, trace=trace, rng=random.Random(7), **extra)
         clients.append(client)
         return client
 
@@ -315,11 +320,11 @@ async def test_a_dropped_connection_is_a_transient_error_retried_up_to_the_attem
 
 
 async def test_a_dropped_connection_once_is_recovered_by_the_retry(fake: FakeServer, make_client: MakeClient) -> None:
-    def heal(request: httpx.Request, response: httpx.Response | None) -> None:
+    def heal(request: Any, response: aiohttp.ClientResponse | None) -> None:
         fake.state.faults.get.drop = 0.0
 
     observed = Observed()
-    client = make_client(transport=observed)
+    client = make_client(observed=observed)
     created = await client.create(RUNNING)
     observed.after = heal
     fake.state.faults.get.drop = 1.0
@@ -386,11 +391,11 @@ async def test_a_rate_limit_429_is_a_transient_error_carrying_retry_after_from_t
 async def test_the_retry_after_a_rate_limit_waits_at_least_retry_after(
     fake: FakeServer, make_client: MakeClient
 ) -> None:
-    def lift_after_first(request: httpx.Request, response: httpx.Response | None) -> None:
+    def lift_after_first(request: Any, response: aiohttp.ClientResponse | None) -> None:
         fake.state.faults.get.rate_limit = 0.0
 
     observed = Observed()
-    client = make_client(transport=observed)  # backoff alone would wait at most cap = 0.05 s
+    client = make_client(observed=observed)  # backoff alone would wait at most cap = 0.05 s
     created = await client.create(RUNNING)
     observed.after = lift_after_first
     fake.state.faults.retry_after = 0.2
@@ -469,7 +474,7 @@ def test_retry_delay_stays_within_half_and_all_of_the_capped_backoff(attempt: in
     ],
 )
 def test_retry_after_is_parsed_from_the_headers(headers: dict[str, str], expected: float | None) -> None:
-    assert retry_after(httpx.Response(429, headers=headers)) == expected
+    assert retry_after(headers) == expected
 
 
 # --- account errors: quota and auth ------------------------------------------------------------
@@ -633,7 +638,7 @@ async def test_organization_and_project_headers_are_sent_when_configured(
     fake: FakeServer, make_client: MakeClient
 ) -> None:
     observed = Observed()
-    client = make_client(organization="org_abc", project="proj_xyz", transport=observed)
+    client = make_client(organization="org_abc", project="proj_xyz", observed=observed)
 
     created = await client.create(RUNNING)
     await client.get(created["id"])
@@ -649,7 +654,7 @@ async def test_only_the_configured_one_of_organization_and_project_is_sent(
     fake: FakeServer, make_client: MakeClient
 ) -> None:
     observed = Observed()
-    client = make_client(project="proj_only", transport=observed)
+    client = make_client(project="proj_only", observed=observed)
 
     await client.create(RUNNING)
 
@@ -661,7 +666,7 @@ async def test_no_organization_or_project_header_is_sent_when_not_configured(
     fake: FakeServer, make_client: MakeClient
 ) -> None:
     observed = Observed()
-    client = make_client(transport=observed)
+    client = make_client(observed=observed)
 
     created = await client.create(RUNNING)
     await client.get(created["id"])
@@ -791,24 +796,37 @@ async def test_a_wrong_key_never_appears_in_the_401_error(fake: FakeServer, make
     assert_key_absent(paused, WRONG_KEY)
 
 
-async def test_the_key_is_redacted_even_when_the_server_echoes_it_in_a_401_message(
-    fake: FakeServer, make_client: MakeClient
-) -> None:
-    def echo_key(request: httpx.Request, response: httpx.Response | None) -> None:
-        # The real 401 from the stand-in, with the presented key echoed in its message, as some
-        # proxies and self-hosted servers answer.
-        if response is not None and response.status_code == 401:
-            presented = request.headers["authorization"].removeprefix("Bearer ")
-            body = {"error": {"message": f"Incorrect API key provided: {presented}.", "type": "invalid_request_error",
-                              "param": None, "code": "invalid_api_key"}}
-            response.stream = httpx.ByteStream(json.dumps(body).encode())
-            response.headers["content-length"] = str(len(json.dumps(body).encode()))
+async def test_the_key_is_redacted_even_when_the_server_echoes_it_in_a_401_message() -> None:
+    async def echo_key(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # A 401 with the presented key echoed in its message, as some proxies and self-hosted
+        # servers answer.
+        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        presented = next(
+            line.split(":", 1)[1].strip().removeprefix("Bearer ")
+            for line in head.split("\r\n")
+            if line.lower().startswith("authorization:")
+        )
+        body = json.dumps({"error": {"message": f"Incorrect API key provided: {presented}.",
+                                     "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}})
+        writer.write(
+            f"HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            f"connection: close\r\n\r\n{body}".encode()
+        )
+        await writer.drain()
+        writer.close()
 
-    client = make_client(key=WRONG_KEY, transport=Observed(after=echo_key))
-
-    exc = await raised(client.get("resp_abc"))
+    server = await asyncio.start_server(echo_key, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = ResponsesClient(AccountConfig(name="default", base_url=f"http://127.0.0.1:{port}/v1"), WRONG_KEY, retry=FAST)
+    try:
+        exc = await raised(client.get("resp_abc"))
+    finally:
+        await client.aclose()
+        server.close()
+        await server.wait_closed()
 
     assert type(exc) is AccountError and exc.status == 401
+    assert "Incorrect API key provided: [redacted]" in exc.message  # the echo did reach the client
     assert_key_absent(exc, WRONG_KEY)
 
 
@@ -820,7 +838,7 @@ async def test_no_more_than_max_concurrency_requests_are_in_flight_at_once(
     limit: int, fake: FakeServer, make_client: MakeClient
 ) -> None:
     observed = Observed()
-    client = make_client(max_concurrency=limit, transport=observed)
+    client = make_client(max_concurrency=limit, observed=observed)
     created = await client.create(RUNNING)
     slow = 0.15
     fake.state.faults.slow_seconds = slow
@@ -843,7 +861,7 @@ async def test_no_more_than_max_concurrency_requests_are_in_flight_at_once(
 async def test_without_a_tight_limit_the_same_requests_overlap(fake: FakeServer, make_client: MakeClient) -> None:
     # The control for the test above: the measurement does see more than 2 in flight.
     observed = Observed()
-    client = make_client(max_concurrency=16, transport=observed)
+    client = make_client(max_concurrency=16, observed=observed)
     created = await client.create(RUNNING)
     fake.state.faults.slow_seconds = 0.15
     fake.state.faults.get.slow = 1.0
@@ -926,7 +944,7 @@ async def test_a_rate_limited_create_is_retried_because_the_server_refused_it_un
 async def test_a_create_that_could_not_connect_is_retried(fake: FakeServer, unused_tcp_port: int) -> None:
     config = AccountConfig(name="default", base_url=f"http://127.0.0.1:{unused_tcp_port}/v1", request_timeout=1.0)
     observed = Observed()
-    client = ResponsesClient(config, API_KEY, retry=RetryPolicy(attempts=3, base=0.01, cap=0.02), transport=observed)
+    client = ResponsesClient(config, API_KEY, retry=RetryPolicy(attempts=3, base=0.01, cap=0.02), trace=observed.config)
     try:
         exc = await raised(client.create({"model": "o3-pro", "input": "x", "background": True}))
     finally:
@@ -936,12 +954,11 @@ async def test_a_create_that_could_not_connect_is_retried(fake: FakeServer, unus
     assert len(observed.requests) == 3
 
 
-def test_the_transport_takes_the_proxy_from_the_environment_and_honours_no_proxy(monkeypatch) -> None:
+def test_the_proxy_is_taken_from_the_environment_and_no_proxy_is_honoured(monkeypatch) -> None:
     for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "all_proxy", "ALL_PROXY", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
     monkeypatch.setenv("NO_PROXY", "localhost,.corp.example")
-    transport = AiohttpTransport(max_connections=1)
-    assert transport._proxy(httpx.URL("https://api.openai.com/v1/responses/x")) == "http://proxy.internal:3128"
-    assert transport._proxy(httpx.URL("https://llm.corp.example/v1/responses/x")) is None
-    assert transport._proxy(httpx.URL("http://api.openai.com/v1/responses/x")) is None  # no HTTP_PROXY set
+    assert proxy_for("https://api.openai.com/v1") == "http://proxy.internal:3128"
+    assert proxy_for("https://llm.corp.example/v1") is None
+    assert proxy_for("http://api.openai.com/v1") is None  # no HTTP_PROXY set

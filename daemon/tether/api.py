@@ -10,6 +10,8 @@ Errors are typed by what the caller should do about them:
 - `RequestRejected`: any other 4xx (on cancel: "not cancellable now").
 
 The API key lives only in the request headers: it never enters an error message.
+
+HTTP is aiohttp, used directly (the stack named httpx; README, "How it is built", says why).
 """
 
 from __future__ import annotations
@@ -19,14 +21,15 @@ import json
 import random
 import re
 import time
-from collections.abc import Callable
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import aiohttp
 
 from tether.config import AccountConfig
-from tether.transport import AiohttpTransport
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,256}")
 QUOTA_CODES = frozenset(
@@ -114,7 +117,7 @@ class ResponsesClient:
         api_key: str,
         *,
         retry: RetryPolicy = RetryPolicy(),
-        transport: httpx.AsyncBaseTransport | None = None,
+        trace: aiohttp.TraceConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
@@ -127,20 +130,36 @@ class ResponsesClient:
         # they never queue behind polls, and a burst of deadlines goes out in parallel.
         priority_slots = max(PRIORITY_MIN, account.max_concurrency)
         self._priority = asyncio.Semaphore(priority_slots)
+        self._connections = account.max_concurrency + priority_slots
         self.paused_until = 0.0
         self._pause = ACCOUNT_PAUSE_FIRST
         self._key = api_key
-        headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
+        self._base = account.base_url.rstrip("/") + "/"
+        self._headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
         if account.organization:
-            headers["OpenAI-Organization"] = account.organization
+            self._headers["OpenAI-Organization"] = account.organization
         if account.project:
-            headers["OpenAI-Project"] = account.project
-        self._http = httpx.AsyncClient(
-            base_url=account.base_url.rstrip("/") + "/",
-            headers=headers,
-            timeout=account.request_timeout,
-            transport=transport or AiohttpTransport(max_connections=account.max_concurrency + priority_slots),
+            self._headers["OpenAI-Project"] = account.project
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=account.request_timeout, sock_read=account.request_timeout
         )
+        self._proxy = proxy_for(self._base)
+        self._trace = trace
+        self._session: aiohttp.ClientSession | None = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:  # made on first use: a session belongs to the running loop
+            self._session = aiohttp.ClientSession(
+                headers=self._headers,
+                connector=aiohttp.TCPConnector(limit=self._connections, limit_per_host=0),
+                timeout=self._timeout,
+                trace_configs=[self._trace] if self._trace else None,
+            )
+            # aiohttp quietly sends an idempotent request again when a kept-alive connection
+            # turns out closed; tether counts and logs its own attempts (RetryPolicy), so one
+            # attempt must be one request.
+            self._session._retry_connection = False
+        return self._session
 
     async def get(
         self, response_id: str, *, retry: RetryPolicy | None = None, priority: bool = False
@@ -159,7 +178,9 @@ class ResponsesClient:
         return max(0.0, self.paused_until - self._clock())
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     async def _call(
         self,
@@ -193,44 +214,52 @@ class ResponsesClient:
                     f"account {self.account.name!r} is paused for {remaining:.0f}s after an auth or quota error",
                     retry_after=remaining,
                 )
+            data = json.dumps(body).encode() if body is not None else None
             try:
-                reply = await self._http.request(method, path, json=body)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                async with self._http().request(
+                    method, self._base + path, data=data, proxy=self._proxy, allow_redirects=False
+                ) as reply:
+                    content = await reply.read()
+                    status, headers, reason = reply.status, reply.headers, reply.reason
+            except (aiohttp.ConnectionTimeoutError, aiohttp.ClientConnectorError) as exc:  # never sent
                 raise TransientError(
                     f"could not connect for {method} /{path}: {type(exc).__name__}", delivered=False
                 ) from None
-            except httpx.TimeoutException as exc:
+            except (aiohttp.SocketTimeoutError, asyncio.TimeoutError) as exc:
                 raise TransientError(f"timeout on {method} /{path}: {type(exc).__name__}") from None
-            except httpx.TransportError as exc:
+            except aiohttp.ClientError as exc:  # dropped, reset or garbled after it was sent
                 raise TransientError(f"connection error on {method} /{path}: {type(exc).__name__}") from None
-        if reply.is_success:
+        if 200 <= status < 300:
             self._pause = ACCOUNT_PAUSE_FIRST
-            return self._parse(reply, method, path)
-        raise self._error(reply, method, path)
+            return self._parse(content, status, headers, method, path)
+        raise self._error(content, status, headers, reason, method, path)
 
-    def _parse(self, reply: httpx.Response, method: str, path: str) -> dict[str, Any]:
+    def _parse(
+        self, content: bytes, status: int, headers: Mapping[str, str], method: str, path: str
+    ) -> dict[str, Any]:
         try:
-            payload = json.loads(reply.content)
+            payload = json.loads(content)
         except ValueError:
             raise TransientError(
-                f"unreadable body on {method} /{path} ({reply.headers.get('content-type', 'no content type')})",
-                status=reply.status_code,
+                f"unreadable body on {method} /{path} ({headers.get('content-type', 'no content type')})",
+                status=status,
             ) from None
         if not isinstance(payload, dict):
-            raise TransientError(f"unexpected body on {method} /{path}: not an object", status=reply.status_code)
+            raise TransientError(f"unexpected body on {method} /{path}: not an object", status=status)
         return payload
 
-    def _error(self, reply: httpx.Response, method: str, path: str) -> APIError:
-        status = reply.status_code
-        err = error_body(reply)
+    def _error(
+        self, content: bytes, status: int, headers: Mapping[str, str], reason: str | None, method: str, path: str
+    ) -> APIError:
+        err = error_body(content)
         code = err.get("code") if isinstance(err.get("code"), str) else None
         # A server or proxy may echo the key back: it never enters our messages.
-        message = str(err.get("message") or reply.reason_phrase or "error")
+        message = str(err.get("message") or reason or "error")
         if self._key:
             message = message.replace(self._key, "[redacted]")
         message = message[:500]
         text = f"HTTP {status} on {method} /{path}: {message}"
-        fields = dict(status=status, code=code, type_=err.get("type"), retry_after=retry_after(reply))
+        fields = dict(status=status, code=code, type_=err.get("type"), retry_after=retry_after(headers))
         if status in (401, 403) or (status == 429 and is_quota(code, err.get("type"))):
             self._pause_account()
             return AccountError(text, **fields)
@@ -247,9 +276,9 @@ class ResponsesClient:
         self._pause = min(self._pause * 2, ACCOUNT_PAUSE_MAX)
 
 
-def error_body(reply: httpx.Response) -> dict[str, Any]:
+def error_body(content: bytes) -> dict[str, Any]:
     try:
-        payload = reply.json()
+        payload = json.loads(content)
     except ValueError:
         return {}
     err = payload.get("error") if isinstance(payload, dict) else None
@@ -261,14 +290,23 @@ def is_quota(code: str | None, type_: Any) -> bool:
     return any(q in text for q in QUOTA_CODES) or "quota" in text or "limit_reached" in text
 
 
-def retry_after(reply: httpx.Response) -> float | None:
-    value = reply.headers.get("retry-after-ms")
+def proxy_for(base_url: str) -> str | None:
+    """HTTP(S)_PROXY / NO_PROXY from the environment, looked up once per account (aiohttp's own
+    `trust_env` reads the environment and ~/.netrc again, on a thread, for every request)."""
+    url = urllib.parse.urlsplit(base_url)
+    if urllib.request.proxy_bypass(url.hostname or ""):
+        return None
+    return urllib.request.getproxies().get(url.scheme)
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("retry-after-ms")
     if value:
         try:
             return float(value) / 1000
         except ValueError:
             pass
-    value = reply.headers.get("retry-after")
+    value = headers.get("retry-after")
     if not value:
         return None
     try:

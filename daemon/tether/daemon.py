@@ -29,7 +29,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import httpx
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import bindparam, func, or_, select, update
 from sqlalchemy.exc import OperationalError
@@ -170,7 +169,6 @@ class Daemon:
         *,
         config_path: str | None = None,
         clock: Callable[[], float] = time.time,
-        transport: httpx.AsyncBaseTransport | None = None,
         notifier: Notifier | None = None,
     ) -> None:
         self.config = config
@@ -180,7 +178,6 @@ class Daemon:
         self.store = store
         self.config_path = config_path
         self.clock = clock
-        self._transport = transport
         self._rng = random.Random()
         self.clients: dict[str, ResponsesClient] = {}
         self.active: dict[str, Active] = {}
@@ -311,7 +308,7 @@ class Daemon:
 
     def _build_clients(self, config: Config) -> dict[str, ResponsesClient]:
         return {
-            name: ResponsesClient(account, account.read_api_key(), transport=self._transport)
+            name: ResponsesClient(account, account.read_api_key())
             for name, account in config.accounts.items()
         }
 
@@ -1007,7 +1004,7 @@ class Daemon:
             try:
                 config = await asyncio.to_thread(load_config, self.config_path)
                 changed = {
-                    name: ResponsesClient(account, account.read_api_key(), transport=self._transport)
+                    name: ResponsesClient(account, account.read_api_key())
                     for name, account in config.accounts.items()
                     if self.config.accounts.get(name) != account
                 }

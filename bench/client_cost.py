@@ -1,0 +1,121 @@
+"""CPU per GET of HTTP clients against the stand-in, in one process: what the daemon's client costs.
+
+    uv run python -m bench.client_cost            # tether's ResponsesClient, raw aiohttp, httpx
+
+The stand-in runs in a subprocess, so the CPU time measured here (`time.process_time`) is the
+client's alone: 4,000 GETs over 100 responses, 16 at a time (tether's default max_concurrency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import httpx
+
+from tether.api import ResponsesClient, RetryPolicy
+from tether.config import AccountConfig
+
+KEY = "sk-bench-client-cost"
+CONCURRENCY = 16
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def create_ids(base: str, n: int) -> list[str]:
+    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {KEY}"}) as client:
+        body = {"model": "o3-pro", "input": "x", "background": True, "metadata": {"fake_run": "86400"}}
+        return [(await client.post(f"{base}/responses", json=body)).json()["id"] for _ in range(n)]
+
+
+async def drive(get: Callable[[str], Awaitable[Any]], ids: list[str], total: int) -> float:
+    """CPU milliseconds per GET."""
+    queue = [ids[i % len(ids)] for i in range(total)]
+
+    async def worker() -> None:
+        while queue:
+            await get(queue.pop())
+
+    cpu = time.process_time()
+    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    return (time.process_time() - cpu) / total * 1000
+
+
+async def tether_client(base: str, ids: list[str], total: int) -> float:
+    client = ResponsesClient(AccountConfig(name="default", base_url=base), KEY, retry=RetryPolicy(attempts=1))
+    try:
+        return await drive(client.get, ids, total)
+    finally:
+        await client.aclose()
+
+
+async def raw_aiohttp(base: str, ids: list[str], total: int) -> float:
+    async with aiohttp.ClientSession(
+        headers={"Authorization": f"Bearer {KEY}"}, connector=aiohttp.TCPConnector(limit=CONCURRENCY)
+    ) as session:
+
+        async def get(rid: str) -> Any:
+            async with session.get(f"{base}/responses/{rid}") as reply:
+                return json.loads(await reply.read())
+
+        return await drive(get, ids, total)
+
+
+async def plain_httpx(base: str, ids: list[str], total: int) -> float:
+    async with httpx.AsyncClient(
+        headers={"Authorization": f"Bearer {KEY}"}, limits=httpx.Limits(max_connections=CONCURRENCY)
+    ) as client:
+
+        async def get(rid: str) -> Any:
+            return (await client.get(f"{base}/responses/{rid}")).json()
+
+        return await drive(get, ids, total)
+
+
+CLIENTS = {"tether": tether_client, "aiohttp": raw_aiohttp, "httpx": plain_httpx}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=4000)
+    args = parser.parse_args()
+    port = free_port()
+    stand = subprocess.Popen(
+        [sys.executable, "-m", "tether.fakeapi", "--port", str(port), "--api-key", KEY],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise SystemExit("the stand-in did not start") from None
+                time.sleep(0.1)
+        ids = asyncio.run(create_ids(base, 100))
+        for name, client in CLIENTS.items():
+            ms = asyncio.run(client(base, ids, args.requests))
+            print(f"{name:8s} {ms:.3f} ms CPU per GET")
+    finally:
+        stand.terminate()
+        stand.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    main()
