@@ -47,9 +47,9 @@ def daemon_calls(fake: FakeServer, rid: str, route: str) -> list[dict]:
 def test_a_cancel_that_fails_once_then_succeeds_logs_the_failure(tmp_path: Path, fake: FakeServer):
     install, daemon = started(tmp_path, fake, '[[policy]]\nname = "p"\nmax_runtime = "6s"\n')
     try:
+        fake.state.faults.force("cancel", "server_error")  # the first cancel gets a 5xx
         rid = fake.state.create("o3-pro", background=True, metadata={"fake_run": "60"}).id
         assert install.cli("track", rid).returncode == 0
-        fake.state.faults.force("cancel", "server_error")  # the next cancel gets a 5xx
         wait_for(lambda: fake.state.record(rid).cancels, timeout=30, what="the cancel to reach the server")
         failed = [c for c in daemon_calls(fake, rid, "cancel") if c["status"] >= 500]
         assert len(failed) == 1
@@ -61,10 +61,10 @@ def test_a_cancel_that_fails_once_then_succeeds_logs_the_failure(tmp_path: Path,
 
 
 def test_a_failed_look_after_a_refused_cancel_is_logged(tmp_path: Path, fake: FakeServer):
-    install, daemon = started(tmp_path, fake, '[[policy]]\nname = "p"\nmax_runtime = "8s"\n')
+    install, daemon = started(tmp_path, fake, '[[policy]]\nname = "p"\nmax_runtime = "12s"\n')
     try:
-        # Finishes at 5 s, before its deadline (8 to 9 s after creation); the first poll sees it running.
-        rid = fake.state.create("o3-pro", background=True, metadata={"fake_run": "5"}).id
+        # Finishes at 8 s, before its deadline (12 to 13 s after creation); the first poll sees it running.
+        rid = fake.state.create("o3-pro", background=True, metadata={"fake_run": "8"}).id
         assert install.cli("track", rid).returncode == 0
         wait_for(lambda: daemon_calls(fake, rid, "get"), timeout=10, what="the daemon's first poll")
         assert time.time() < fake.state.record(rid).finishes_at, "the machine is too slow for this timing"
@@ -160,7 +160,11 @@ def test_a_late_completion_after_a_cancel_is_seen_when_a_confirmation_poll_times
     try:
         rid = fake.state.create("o3-pro", background=True, metadata={"fake_run": "60"}).id
         assert install.cli("track", rid).returncode == 0
-        wait_for(lambda: daemon_calls(fake, rid, "get"), timeout=10, what="the daemon's first poll")
+        wait_for(
+            lambda: [c for c in daemon_calls(fake, rid, "get") if c["status"] is not None],
+            timeout=10,
+            what="the daemon's first poll to be answered",
+        )
         assert not fake.state.record(rid).cancels, "the machine is too slow for this timing"
         # The next GET is the first confirmation poll, window / 8 after the cancel (polls are
         # 10 s apart, and an in_progress response is cancelled at its deadline without a look).
