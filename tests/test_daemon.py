@@ -370,3 +370,22 @@ def test_a_backlog_longer_than_one_pickup_page_is_logged_whole_and_once(tether, 
     wait_for(lambda: len(tracked()) >= len(ids), what="every tracked event of the backlog logged")
     assert tether.stop_daemon(daemon) == 0
     assert sorted(tracked()) == sorted(ids)
+
+
+async def test_a_start_schedules_every_open_response_in_pages(tether, fake, monkeypatch):
+    """At start the open responses are read a page at a time (bounded memory with 100,000 of
+    them): every one is scheduled, across page boundaries, and no finished one."""
+    from tether import daemon as daemon_module
+    from tether.config import load_config
+    from tether.store import Store
+
+    running = [create(fake, fake_run="600") for _ in range(7)]
+    finished = create(fake, fake_run="0")
+    tether.ok("track", *running)
+    wait_for(lambda: server_record(fake, finished)["status"] == "completed", timeout=10)
+    tether.ok("track", finished)
+    monkeypatch.setattr(daemon_module, "LOAD_PAGE", 3)  # pages of 3, 3, 1
+    config = load_config(str(tether.config_path), environ=tether.env)
+    daemon = daemon_module.Daemon(config, Store(config.store.url))
+    await daemon._load()
+    assert set(daemon.active) == set(running)
