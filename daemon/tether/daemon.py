@@ -22,6 +22,7 @@ import os
 import random
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -104,14 +105,15 @@ class Active:
 
     @classmethod
     def from_row(cls, row: Response) -> Active:
+        # The few distinct strings are interned: one copy each for 100,000 records, not one per row.
         return cls(
             id=row.id,
-            account=row.account,
-            status=row.status,
+            account=sys.intern(row.account),
+            status=_interned(row.status),
             deadline_at=row.deadline_at,
             next_poll_at=row.next_poll_at,
             interval=row.poll_interval,
-            cancel_state=row.cancel_state,
+            cancel_state=sys.intern(row.cancel_state),
             cancel_attempts=row.cancel_attempts,
             confirm_until=row.confirm_until,
             facts=tracker.facts(row),
@@ -119,9 +121,9 @@ class Active:
 
     def refresh(self, row: Response) -> None:
         """Take what a write changed, keeping the scheduling state owned here."""
-        self.status = row.status
+        self.status = _interned(row.status)
         self.deadline_at = row.deadline_at
-        self.cancel_state = row.cancel_state
+        self.cancel_state = sys.intern(row.cancel_state)
         self.cancel_attempts = row.cancel_attempts
         self.confirm_until = row.confirm_until
         self.facts = tracker.facts(row)
@@ -1043,6 +1045,10 @@ class Daemon:
         await asyncio.sleep(max(c.account.request_timeout for c in clients))
         for client in clients:
             await client.aclose()
+
+
+def _interned(text: str | None) -> str | None:
+    return sys.intern(text) if text is not None else None
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -271,8 +272,13 @@ Facts = tuple[str | None, float | None, tuple[tuple[str, str], ...]]
 
 
 def facts(row: Response) -> Facts:
-    """What policies and deadlines are decided from: model, created_at, metadata."""
-    return row.model, row.created_at, tuple(sorted(row.meta.items()))
+    """What policies and deadlines are decided from: model, created_at, metadata.
+
+    Strings are interned: the daemon keeps these for every active response, and 100,000 of
+    them share a few models, keys and values."""
+    model = sys.intern(row.model) if row.model is not None else None
+    metadata = tuple(sorted((sys.intern(str(k)), sys.intern(str(v))) for k, v in row.meta.items()))
+    return model, row.created_at, metadata
 
 
 def facts_after(observed: Mapping[str, Any], known: Facts) -> Facts:
