@@ -32,3 +32,34 @@ def test_a_row_never_seen_has_facts_that_any_complete_observation_changes():
     unseen = facts(row)
     assert unseen == (None, None, ())
     assert facts_after({"model": "o3", "created_at": 5, "metadata": {}}, unseen) != unseen
+
+
+@pytest.mark.parametrize(
+    ("stored", "answer", "asked_at", "kept"),
+    [
+        pytest.param("cancelled", "completed", 110.0, "completed", id="a late completion asked after the cancel is taken"),
+        pytest.param("cancelled", "completed", 90.0, "cancelled", id="an answer asked before the stored one is stale"),
+        pytest.param("completed", "cancelled", 90.0, "completed", id="a slow cancel's answer does not undo a completion"),
+        pytest.param("completed", "cancelled", None, "cancelled", id="without a time, the transition table decides"),
+    ],
+)
+def test_a_terminal_status_is_replaced_only_by_an_answer_asked_after_it_was_recorded(
+    tmp_path, stored, answer, asked_at, kept
+):
+    from tether.config import parse_config
+    from tether.pricing import Pricing
+    from tether.store import Store
+    from tether.tracker import observe, recording
+
+    config = parse_config({}, environ={})
+    store = Store(f"sqlite:///{tmp_path / 't.db'}")
+    store.migrate()
+    with store.writing() as session:
+        session.add(Response(id="resp_a", account="default", tracked_at=0.0, status=stored, finished_at=100.0))
+    with recording(store, "cli", 120.0) as rec:
+        row = rec.session.get(Response, "resp_a")
+        changed = observe(rec, row, {"id": "resp_a", "status": answer}, config, Pricing.from_config(config),
+                          reason="cancel", asked_at=asked_at)
+    with store.reading() as session:
+        assert session.get(Response, "resp_a").status == kept
+    assert changed is (kept != stored)

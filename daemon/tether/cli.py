@@ -525,6 +525,7 @@ def cancel(
         finally:
             await client.aclose()
 
+    asked_at = time.time()
     try:
         observed = asyncio.run(send())
     except RequestRejected as exc:  # not cancellable now: record why, then see what it is
@@ -540,7 +541,7 @@ def cancel(
     with tracker.recording(store, "cli", time.time()) as rec:
         row = rec.session.get(Response, response_id)
         if observed is not None:
-            tracker.observe(rec, row, observed, config, Pricing.from_config(config), reason="cancel")
+            tracker.observe(rec, row, observed, config, Pricing.from_config(config), reason="cancel", asked_at=asked_at)
         tracker.cancel_answered(row, config.polling.confirm_window, rec.now)
         row.next_poll_at = rec.now + config.polling.first
     if as_json:

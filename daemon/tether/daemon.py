@@ -663,7 +663,7 @@ class Daemon:
     async def _send_cancels(self, recs: list[Active], op: str) -> None:
         """Send the cancels at once, then record their answers in one transaction."""
         replies = await asyncio.gather(*(self._cancel_one(rec) for rec in recs), return_exceptions=True)
-        answered: list[tuple[Active, dict[str, Any] | None, str]] = []
+        answered: list[tuple[Active, dict[str, Any] | None, str, float]] = []
         for rec, reply in zip(recs, replies):
             if isinstance(reply, BaseException):
                 if not isinstance(reply, (StoreFailure, asyncio.CancelledError)):  # those stop the daemon
@@ -673,29 +673,30 @@ class Daemon:
         if not answered:
             return
         try:
-            rows = await self._store(self._write_cancels_settled, [(rec.id, seen, why) for rec, seen, why in answered])
+            rows = await self._store(self._write_cancels_settled, [(rec.id, *answer) for rec, *answer in answered])
         except StoreFailure:
             return
         except Exception as exc:
-            for rec, _, _ in answered:
+            for rec, *_ in answered:
                 self._cancel_broke(rec, op, exc)
             return
-        for (rec, _, _), row in zip(answered, rows):
+        for (rec, *_), row in zip(answered, rows):
             self._after_cancel(rec, row)
 
     def _cancel_broke(self, rec: Active, op: str, exc: BaseException) -> None:
         log.error("daemon.error", response_id=rec.id, op=op, error=repr(exc))
         rec.next_cancel_at = self.clock() + self.config.polling.max_interval
 
-    async def _cancel_one(self, rec: Active) -> tuple[dict[str, Any] | None, str] | None:
-        """Call cancel; returns (what was seen, reason) to record as the answer, or None
-        when there is no answer (the failure is recorded here and a retry is scheduled)."""
+    async def _cancel_one(self, rec: Active) -> tuple[dict[str, Any] | None, str, float] | None:
+        """Call cancel; returns (what was seen, reason, when it was asked) to record as the
+        answer, or None when there is no answer (the failure is recorded here and a retry is
+        scheduled)."""
         client = self.clients[rec.account]
         now = self.clock()
         if rec.status in TERMINAL:  # it ended on its own while the cancel was pending
-            return None, "cancel"
+            return None, "cancel", now
         try:
-            return await client.cancel(rec.id, retry=NO_RETRY), "cancel"  # retried durably, each failure logged
+            return await client.cancel(rec.id, retry=NO_RETRY), "cancel", now  # retried durably, each failure logged
         except NotFound as exc:
             self._api_error(rec, "cancel", exc)
             row = await self._store(self._write_not_found, rec.id, self._next_mark(rec, now))
@@ -703,7 +704,7 @@ class Daemon:
         except RequestRejected as exc:  # not cancellable now: see what it is instead
             self._api_error(rec, "cancel", exc)
             await self._store(self._write_cancel_failed, rec.id, exc, False)
-            return await self._look_after_refusal(rec, client), "poll"
+            return await self._look_after_refusal(rec, client), "poll", now
         except APIError as exc:
             self._api_error(rec, "cancel", exc)
             row = await self._store(self._write_cancel_failed, rec.id, exc, True)
@@ -737,7 +738,7 @@ class Daemon:
             row = rec.session.get(Response, rid)
             if row is None:
                 return None
-            tracker.observe(rec, row, observed, self.config, self.pricing, reason=reason)
+            tracker.observe(rec, row, observed, self.config, self.pricing, reason=reason, asked_at=mark.last_polled_at)
             apply_mark(row, mark)
             return row
 
@@ -796,17 +797,21 @@ class Daemon:
             tracker.cancel_failed(rec, row, http_status=exc.status, error=exc.message, retry=retry)
             return row
 
-    def _write_cancels_settled(self, items: list[tuple[str, dict[str, Any] | None, str]]) -> list[Response | None]:
-        """Record the answers to cancels: (id, what was seen, reason) each."""
+    def _write_cancels_settled(
+        self, items: list[tuple[str, dict[str, Any] | None, str, float]]
+    ) -> list[Response | None]:
+        """Record the answers to cancels: (id, what was seen, reason, when it was asked) each."""
         with tracker.recording(self.store, "daemon", self.clock()) as rec:
-            ids = [rid for rid, _, _ in items]
+            ids = [rid for rid, *_ in items]
             rows = {row.id: row for row in rec.session.execute(select(Response).where(Response.id.in_(ids))).scalars()}
-            for rid, observed, reason in items:
+            for rid, observed, reason, asked_at in items:
                 row = rows.get(rid)
                 if row is None:
                     continue
                 if observed is not None:
-                    tracker.observe(rec, row, observed, self.config, self.pricing, reason=reason)
+                    tracker.observe(
+                        rec, row, observed, self.config, self.pricing, reason=reason, asked_at=asked_at
+                    )
                 tracker.cancel_answered(row, self.config.polling.confirm_window, rec.now)
                 # The answer just recorded is the first look: confirmation polls (for a late
                 # `completed`) start at an eighth of the window and back off, ~4 in all.

@@ -184,16 +184,34 @@ def track(
 
 
 def observe(
-    rec: Recorder, row: Response, observed: Mapping[str, Any], config: Config, pricing: Pricing, *, reason: str
+    rec: Recorder,
+    row: Response,
+    observed: Mapping[str, Any],
+    config: Config,
+    pricing: Pricing,
+    *,
+    reason: str,
+    asked_at: float | None = None,
 ) -> bool:
-    """Apply a response object from the API; returns True when the status changed."""
+    """Apply a response object from the API; returns True when the status changed.
+
+    `asked_at` is when the request that brought it began. A terminal status recorded after
+    that (from another request: the daemon's poll while the CLI's cancel was in flight, say)
+    is fresher than this answer, which does not replace it.
+    """
     fill_facts(row, observed)
     row.not_found = 0
     status = known_status(observed)
     previous = row.status
     changed = False
     if status is not None and status != row.status:
-        if is_allowed(row.status, status):
+        stale = (
+            asked_at is not None
+            and row.status in TERMINAL
+            and row.finished_at is not None
+            and asked_at < row.finished_at
+        )
+        if is_allowed(row.status, status) and not stale:
             rec.event(row, EventKind.STATUS, from_=row.status, to=status, reason=reason)
             row.status = status
             changed = True
