@@ -143,42 +143,37 @@ def test_a_late_completion_after_a_cancel_is_seen_even_when_the_confirmation_pol
 def test_a_late_completion_after_a_cancel_is_seen_when_a_confirmation_poll_times_out_past_the_window(
     tmp_path: Path, fake: FakeServer
 ):
-    # One confirmation poll falls in the window (`first` 1 s after the cancel, window 2 s), and it
-    # hangs: its read timeout (3 s) ends after the window. A failed poll extended the window only
-    # from the instant it *began*, so the window was over when the timeout came back and the
-    # response was dropped from scheduling without one answer after the cancel. (The chaos run
-    # showed the same with polls that waited for a connection slot, and with a confirmation poll
+    # The first confirmation poll (window / 8 = 1 s after the cancel, window 8 s) hangs: its
+    # read timeout (10 s) ends after the window. A failed poll extended the window only from the
+    # instant it *began*, so the window was over when the timeout came back and the response
+    # was dropped from scheduling without one answer after the cancel. (The chaos run showed
+    # the same with polls that waited for a connection slot, and with a confirmation poll
     # merely late when a pickup of a CLI event re-checked the window.)
     install = Install(root=tmp_path, base_url=fake.base_url)
     install.write_configs(
-        '[[policy]]\nname = "p"\nmax_runtime = "8s"\n',
-        'first = "1s"\nmax_interval = "30s"\nbackoff = 10\njitter = 0\nconfirm_window = "2s"\n',
-        account_extra='request_timeout = "3s"',
+        '[[policy]]\nname = "p"\nmax_runtime = "6s"\n',
+        'first = "1s"\nmax_interval = "30s"\nbackoff = 10\njitter = 0\nconfirm_window = "8s"\n',
+        account_extra='request_timeout = "10s"',
     )
     daemon = install.start_daemon()
     fake.state.faults = Faults(cancel_then_complete=1.0, cancel_then_complete_after=0.5)
     try:
         rid = fake.state.create("o3-pro", background=True, metadata={"fake_run": "60"}).id
         assert install.cli("track", rid).returncode == 0
-        wait_for(
-            lambda: [c for c in daemon_calls(fake, rid, "get") if c["status"] is not None],
-            timeout=10,
-            what="the daemon's first poll to be answered",
-        )
-        assert not fake.state.record(rid).cancels, "the machine is too slow for this timing"
-        # The next GET is the first confirmation poll, window / 8 after the cancel (polls are
-        # 10 s apart, and an in_progress response is cancelled at its deadline without a look).
-        fake.state.faults.force("get", "hang")
         wait_for(lambda: fake.state.record(rid).cancels, timeout=20, what="the cancel")
-        wait_for(
+        cancelled_at = fake.state.record(rid).cancels[0].at
+        fake.state.faults.force("get", "hang")  # the next GET: the first confirmation poll
+        assert time.time() < cancelled_at + 0.8, "the machine is too slow for this timing"
+        hung = wait_for(
             lambda: [c for c in daemon_calls(fake, rid, "get") if c["fault"] == "hang" and c["status"] is not None],
-            timeout=10,
+            timeout=20,
             what="the confirmation poll to time out",
         )
+        assert hung[0]["at"] > cancelled_at, "the poll that hung was not a confirmation poll"
         # The server says `completed` from 0.5 s after the cancel; tether should come to say so too.
         wait_for(
             lambda: store_statuses(install.store_path)[rid] == "completed",
-            timeout=10,
+            timeout=15,
             what="tether to see the completion that followed the cancel",
         )
     finally:
