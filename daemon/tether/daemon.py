@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy import bindparam, func, or_, select, update
 from sqlalchemy.exc import OperationalError
+from sqlmodel import Session
 
 from tether import accounting, logs, tracker
 from tether.api import (
@@ -767,7 +768,7 @@ class Daemon:
         """
         with tracker.recording(self.store, "daemon", self.clock()) as rec:
             ids = [rid for rid, _ in items]
-            rows = {row.id: row for row in rec.session.execute(select(Response).where(Response.id.in_(ids))).scalars()}
+            rows = rows_by_id(rec.session, ids)
             return [self._decide(rec, rows.get(rid), looked) for rid, looked in items]
 
     def _decide(self, rec: tracker.Recorder, row: Response | None, looked: bool) -> tuple[Response | None, bool]:
@@ -803,7 +804,7 @@ class Daemon:
         """Record the answers to cancels: (id, what was seen, reason, when it was asked) each."""
         with tracker.recording(self.store, "daemon", self.clock()) as rec:
             ids = [rid for rid, *_ in items]
-            rows = {row.id: row for row in rec.session.execute(select(Response).where(Response.id.in_(ids))).scalars()}
+            rows = rows_by_id(rec.session, ids)
             for rid, observed, reason, asked_at in items:
                 row = rows.get(rid)
                 if row is None:
@@ -880,7 +881,7 @@ class Daemon:
     def _reapply_policies(self, ids: list[str], cursor: int | None = None) -> list[Response]:
         """Resolve policies again with this daemon's config (and move the event cursor)."""
         with tracker.recording(self.store, "daemon", self.clock()) as rec:
-            rows = list(rec.session.execute(select(Response).where(Response.id.in_(ids))).scalars())
+            rows = list(rows_by_id(rec.session, ids).values())
             for row in rows:
                 tracker.refresh_policy(row, self.config)
             beat = rec.session.get(Heartbeat, "daemon")
@@ -1063,6 +1064,11 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
         future.set_exception(error)
     else:
         future.set_result(result)
+
+
+def rows_by_id(session: Session, ids: list[str]) -> dict[str, Response]:
+    """The rows of these responses (one query), by id; ids not in the store are absent."""
+    return {row.id: row for row in session.execute(select(Response).where(Response.id.in_(ids))).scalars()}
 
 
 def apply_mark(row: Response, mark: PollMark) -> None:
