@@ -11,7 +11,6 @@ import signal
 import time
 from pathlib import Path
 
-import pytest
 
 from conftest import wait_for
 from reliability_kit import Install, kill_all, read_store, store_statuses
@@ -27,10 +26,24 @@ confirm_window = "2s"
 """
 
 
-def started(tmp_path: Path, fake: FakeServer, policy: str) -> tuple[Install, object]:
+# The same, with a confirmation window long enough for its first poll (window / 8) to come
+# 1 s after the cancel.
+SPARSE_POLLING_LONG_CONFIRMATION = SPARSE_POLLING.replace('confirm_window = "2s"', 'confirm_window = "8s"')
+
+
+def started(
+    tmp_path: Path, fake: FakeServer, policy: str, polling: str = SPARSE_POLLING, account_extra: str = ""
+) -> tuple[Install, object]:
     install = Install(root=tmp_path, base_url=fake.base_url)
-    install.write_configs(policy, SPARSE_POLLING)
+    install.write_configs(policy, polling, account_extra=account_extra)
     return install, install.start_daemon()
+
+
+def tracked_running(install: Install, fake: FakeServer) -> str:
+    """A response that runs for a minute, tracked with `tether track`; its id."""
+    rid = fake.state.create("o3-pro", background=True, metadata={"fake_run": "60"}).id
+    assert install.cli("track", rid).returncode == 0
+    return rid
 
 
 def api_errors(install: Install, rid: str, op: str) -> list[dict]:
@@ -48,8 +61,7 @@ def test_a_cancel_that_fails_once_then_succeeds_logs_the_failure(tmp_path: Path,
     install, daemon = started(tmp_path, fake, '[[policy]]\nname = "p"\nmax_runtime = "6s"\n')
     try:
         fake.state.faults.force("cancel", "server_error")  # the first cancel gets a 5xx
-        rid = fake.state.create("o3-pro", background=True, metadata={"fake_run": "60"}).id
-        assert install.cli("track", rid).returncode == 0
+        rid = tracked_running(install, fake)
         wait_for(lambda: fake.state.record(rid).cancels, timeout=30, what="the cancel to reach the server")
         failed = [c for c in daemon_calls(fake, rid, "cancel") if c["status"] >= 500]
         assert len(failed) == 1
@@ -115,17 +127,16 @@ def test_a_failed_look_at_a_max_queued_deadline_does_not_cancel_a_response_that_
 def test_a_late_completion_after_a_cancel_is_seen_even_when_the_confirmation_polls_fail(
     tmp_path: Path, fake: FakeServer
 ):
-    install = Install(root=tmp_path, base_url=fake.base_url)
-    install.write_configs(
+    install, daemon = started(
+        tmp_path,
+        fake,
         '[[policy]]\nname = "p"\nmax_runtime = "3s"\n',
         'first = "0.2s"\nmax_interval = "1s"\nconfirm_window = "2s"\n',
     )
-    daemon = install.start_daemon()
     # Completed 1.5 s after the cancel: inside the outage, which outlasts the 2 s window.
     fake.state.faults = Faults(cancel_then_complete=1.0, cancel_then_complete_after=1.5)
     try:
-        rid = fake.state.create("o3-pro", background=True, metadata={"fake_run": "60"}).id
-        assert install.cli("track", rid).returncode == 0
+        rid = tracked_running(install, fake)
         wait_for(lambda: fake.state.record(rid).cancels, timeout=20, what="the cancel")
         fake.state.faults.outage_for(4.0)  # every request fails for longer than the confirmation window
         wait_for(lambda: store_statuses(install.store_path)[rid] == "cancelled", timeout=10)
@@ -149,17 +160,16 @@ def test_a_late_completion_after_a_cancel_is_seen_when_a_confirmation_poll_times
     # was dropped from scheduling without one answer after the cancel. (The chaos run showed
     # the same with polls that waited for a connection slot, and with a confirmation poll
     # merely late when a pickup of a CLI event re-checked the window.)
-    install = Install(root=tmp_path, base_url=fake.base_url)
-    install.write_configs(
+    install, daemon = started(
+        tmp_path,
+        fake,
         '[[policy]]\nname = "p"\nmax_runtime = "6s"\n',
-        'first = "1s"\nmax_interval = "30s"\nbackoff = 10\njitter = 0\nconfirm_window = "8s"\n',
+        SPARSE_POLLING_LONG_CONFIRMATION,
         account_extra='request_timeout = "10s"',
     )
-    daemon = install.start_daemon()
     fake.state.faults = Faults(cancel_then_complete=1.0, cancel_then_complete_after=0.5)
     try:
-        rid = fake.state.create("o3-pro", background=True, metadata={"fake_run": "60"}).id
-        assert install.cli("track", rid).returncode == 0
+        rid = tracked_running(install, fake)
         wait_for(lambda: fake.state.record(rid).cancels, timeout=20, what="the cancel")
         cancelled_at = fake.state.record(rid).cancels[0].at
         fake.state.faults.force("get", "hang")  # the next GET: the first confirmation poll
@@ -184,16 +194,12 @@ def test_a_late_completion_after_a_cancel_is_seen_when_a_confirmation_poll_times
 def test_a_late_completion_after_a_cancel_is_seen_when_the_window_ends_while_the_daemon_is_down(
     tmp_path: Path, fake: FakeServer
 ):
-    install = Install(root=tmp_path, base_url=fake.base_url)
-    install.write_configs(
-        '[[policy]]\nname = "p"\nmax_runtime = "4s"\n',
-        'first = "1s"\nmax_interval = "30s"\nbackoff = 10\njitter = 0\nconfirm_window = "8s"\n',
+    install, daemon = started(
+        tmp_path, fake, '[[policy]]\nname = "p"\nmax_runtime = "4s"\n', SPARSE_POLLING_LONG_CONFIRMATION
     )
-    daemon = install.start_daemon()
     fake.state.faults = Faults(cancel_then_complete=1.0, cancel_then_complete_after=0.5)
     try:
-        rid = fake.state.create("o3-pro", background=True, metadata={"fake_run": "60"}).id
-        assert install.cli("track", rid).returncode == 0
+        rid = tracked_running(install, fake)
         wait_for(lambda: store_statuses(install.store_path)[rid] == "cancelled", timeout=20, what="the cancel's answer")
         # Killed before its first confirmation poll (window / 8 = 1 s after the cancel), down until
         # the window is over.
