@@ -519,7 +519,8 @@ class Daemon:
             self._schedule(rec)
 
     async def _look(self, rec: Active, reason: str, timeout: float | None = None) -> bool:
-        """GET the response once and apply what it says; False when the API did not answer.
+        """GET the response once and apply what it says; False when the API did not answer
+        or its answer had no status we know (a garbled answer says nothing about the status).
 
         A deadline look is urgent: it takes the client's priority lane and gives up after
         `timeout`, so that a slow API delays the cancel by at most that much.
@@ -542,7 +543,8 @@ class Daemon:
             return False
         changes = self._changes(rec, observed)
         status = observed.get("status")
-        if isinstance(status, str) and status in API_STATUSES:  # a garbled answer says nothing
+        answered = isinstance(status, str) and status in API_STATUSES
+        if answered:
             rec.answered_at = now
         if changes:
             mark = self._next_mark(rec, now)
@@ -551,7 +553,7 @@ class Daemon:
         else:
             self._marks[rec.id] = self._next_mark(rec, now)
             rec.next_poll_at = self._marks[rec.id].next_poll_at
-        return True
+        return answered
 
     def _changes(self, rec: Active, observed: dict[str, Any]) -> bool:
         """Does this observation need a transaction now (not just a batched poll count)?

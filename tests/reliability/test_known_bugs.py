@@ -11,6 +11,7 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 
 from conftest import wait_for
 from reliability_kit import Install, kill_all, read_store, store_statuses
@@ -101,8 +102,11 @@ def test_a_failed_look_after_a_refused_cancel_is_logged(tmp_path: Path, fake: Fa
     )
 
 
+# A failed look, and one answered with a status tether does not know (the chaos run of
+# seed 92460 found that tether took the latter for an answer and cancelled on `queued`).
+@pytest.mark.parametrize("fault", ["server_error", "unknown_status"])
 def test_a_failed_look_at_a_max_queued_deadline_does_not_cancel_a_response_that_started(
-    tmp_path: Path, fake: FakeServer
+    tmp_path: Path, fake: FakeServer, fault: str
 ):
     install, daemon = started(tmp_path, fake, '[[policy]]\nname = "q"\nmax_queued = "8s"\n')
     try:
@@ -113,10 +117,10 @@ def test_a_failed_look_at_a_max_queued_deadline_does_not_cancel_a_response_that_
         wait_for(lambda: daemon_calls(fake, rid, "get"), timeout=10, what="the daemon's first poll")
         record = fake.state.record(rid)
         assert time.time() < record.created_at + 6, "the machine is too slow for this timing"
-        fake.state.faults.get.server_error = 1.0  # every GET fails until after the deadline
+        setattr(fake.state.faults.get, fault, 1.0)  # every GET fails until after the deadline
         deadline = int(record.created_at) + 8
         wait_for(lambda: time.time() > deadline + 3, timeout=20, interval=0.2)
-        fake.state.faults.get.server_error = 0.0
+        setattr(fake.state.faults.get, fault, 0.0)
         cancels = fake.state.record(rid).cancels
     finally:
         install.stop_daemon(daemon)
