@@ -33,9 +33,9 @@ from tether.api import (
     TransientError,
     proxy_for,
     retry_after,
-    valid_id,
 )
 from tether.config import AccountConfig, parse_config
+from tether.ids import valid_id
 from tether.fakeapi import FakeServer
 
 FAST = RetryPolicy(attempts=3, base=0.01, cap=0.05)

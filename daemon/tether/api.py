@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import re
 import time
 import urllib.parse
 import urllib.request
@@ -31,7 +30,6 @@ import aiohttp
 
 from tether.config import AccountConfig
 
-ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,256}")
 QUOTA_CODES = frozenset(
     {"insufficient_quota", "billing_hard_limit_reached", "spend_limit_reached", "usage_limit_reached"}
 )
@@ -102,10 +100,6 @@ class RetryPolicy:
 
 
 NO_RETRY = RetryPolicy(attempts=1)
-
-
-def valid_id(response_id: str) -> bool:
-    return ID_PATTERN.fullmatch(response_id) is not None
 
 
 class ResponsesClient:

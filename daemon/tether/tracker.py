@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -19,7 +20,7 @@ from sqlalchemy import insert
 from sqlmodel import Session
 
 from tether.accounting import price_unknown_recorded, settle_cost
-from tether.config import Config
+from tether.config import Config, PolicyConfig
 from tether.logs import log
 from tether.models import (
     API_STATUSES,
@@ -105,6 +106,10 @@ class Recorder:
     def emit(self) -> None:
         for line in self._lines:
             log_event(*line)
+            # Let another thread have the interpreter between lines: the daemon's event loop,
+            # sending the cancels this transaction decided, goes first, and the lines follow
+            # when it waits for replies.
+            time.sleep(0)
         self._lines.clear()
 
 
@@ -355,6 +360,11 @@ def refresh_policy(row: Response, config: Config) -> None:
         labels=row.labels,
     )
     row.policy = policy.name if policy else None
+    refresh_deadline(row, policy)
+
+
+def refresh_deadline(row: Response, policy: PolicyConfig | None) -> None:
+    """The next deadline `policy` sets, from the row's status and the limits already hit."""
     deadline = next_deadline(policy, row.status, row.created_at, frozenset(row.limits_hit))
     row.deadline_at = deadline.at if deadline else None
     row.deadline_kind = deadline.limit if deadline else None

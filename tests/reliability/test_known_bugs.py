@@ -108,17 +108,17 @@ def test_a_failed_look_after_a_refused_cancel_is_logged(tmp_path: Path, fake: Fa
 def test_a_failed_look_at_a_max_queued_deadline_does_not_cancel_a_response_that_started(
     tmp_path: Path, fake: FakeServer, fault: str
 ):
-    install, daemon = started(tmp_path, fake, '[[policy]]\nname = "q"\nmax_queued = "8s"\n')
+    install, daemon = started(tmp_path, fake, '[[policy]]\nname = "q"\nmax_queued = "14s"\n')
     try:
-        # Queued 6 s (the first poll sees it queued), then runs for a minute; its max_queued
-        # deadline (8 to 9 s after creation) finds it running.
-        rid = fake.state.create("o3-pro", background=True, metadata={"fake_queue": "6", "fake_run": "60"}).id
+        # Queued 12 s (the first poll sees it queued), then runs for a minute; its max_queued
+        # deadline (14 to 15 s after creation) finds it running.
+        rid = fake.state.create("o3-pro", background=True, metadata={"fake_queue": "12", "fake_run": "60"}).id
         assert install.cli("track", rid).returncode == 0
         wait_for(lambda: daemon_calls(fake, rid, "get"), timeout=10, what="the daemon's first poll")
         record = fake.state.record(rid)
-        assert time.time() < record.created_at + 6, "the machine is too slow for this timing"
+        assert time.time() < record.created_at + 12, "the machine is too slow for this timing"
         setattr(fake.state.faults.get, fault, 1.0)  # every GET fails until after the deadline
-        deadline = int(record.created_at) + 8
+        deadline = int(record.created_at) + 14
         wait_for(lambda: time.time() > deadline + 3, timeout=20, interval=0.2)
         setattr(fake.state.faults.get, fault, 0.0)
         cancels = fake.state.record(rid).cancels
