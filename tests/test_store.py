@@ -218,19 +218,3 @@ def test_the_wal_index_gets_its_blocks_ahead_without_changing_its_size(tmp_path)
     ).stdout.strip()
     store.dispose()
     assert held == str(fcntl.F_RDLCK), held
-
-
-
-def test_with_background_checkpoints_commits_leave_the_wal_to_checkpoint(tmp_path):
-    path = tmp_path / "t.db"
-    store = Store(f"sqlite:///{path}", background_checkpoints=True)
-    store.migrate()
-    empty = path.stat().st_size
-    for i in range(300):  # ~1,000 pages: SQLite's automatic checkpoint would have run
-        with store.writing() as session:
-            session.add(Response(id=f"resp_{i}", account="a", tracked_at=0.0, labels={"pad": "x" * 3000}))
-    assert path.stat().st_size == empty, "a commit copied the WAL into the database"
-    store.checkpoint()
-    assert path.stat().st_size > 300 * 3000
-    with store.reading() as session:
-        assert len(session.execute(text("SELECT id FROM responses")).all()) == 300

@@ -33,10 +33,7 @@ class StoreError(Exception):
 
 
 class Store:
-    def __init__(self, url: str, *, background_checkpoints: bool = False) -> None:
-        """`background_checkpoints`: SQLite's commits do not copy the WAL back into the
-        database (its automatic checkpoint, a burst of I/O every ~1,000 pages written, which
-        a commit waits for); the owner calls `checkpoint()` regularly, off its write path."""
+    def __init__(self, url: str) -> None:
         self.url = url
         self.sqlite_path = sqlite_path(url)
         if self.sqlite_path is not None:
@@ -44,7 +41,7 @@ class Store:
             if (problem := free_space_problem(self.sqlite_path)) is not None:
                 raise StoreError(problem)
             create_private_file(self.sqlite_path)
-        self.engine = build_engine(url, autocheckpoint=not background_checkpoints)
+        self.engine = build_engine(url)
         if self.sqlite_path is not None:
             preallocate_on_checkout(self.engine, self.sqlite_path)
         self._writer = self.engine.execution_options(tether_immediate=True)
@@ -71,13 +68,6 @@ class Store:
         with Session(self._writer, expire_on_commit=False) as session:
             with session.begin():
                 yield session
-
-    def checkpoint(self) -> None:
-        """Copy what the WAL holds back into the database, without waiting for (or blocking)
-        readers and writers: SQLite's PASSIVE checkpoint. Nothing to do for other databases."""
-        if self.sqlite_path is not None:
-            with self.engine.connect() as conn:
-                conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
     @contextmanager
     def batch(self) -> Iterator[None]:
@@ -165,7 +155,7 @@ def create_private_file(path: Path) -> None:
         raise StoreError(f"cannot open store {path}: {exc.strerror}") from exc
 
 
-def build_engine(url: str, *, autocheckpoint: bool = True) -> Engine:
+def build_engine(url: str) -> Engine:
     if make_url(url).get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
     engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
@@ -179,8 +169,6 @@ def build_engine(url: str, *, autocheckpoint: bool = True) -> Engine:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        if not autocheckpoint:
-            cursor.execute("PRAGMA wal_autocheckpoint=0")
         cursor.close()
 
     @event.listens_for(engine, "begin")
