@@ -109,7 +109,7 @@ def run(ctx: typer.Context) -> None:
     except ConfigError as exc:
         fail(EXIT_CONFIG, f"invalid configuration: {exc}")
     try:
-        store = Store(config.store.url, background_checkpoints=True)  # the daemon checkpoints
+        store = Store(config.store.url)
         lock = WriterLock(store)
         lock.acquire()  # before migrating: only the one daemon of a store changes its schema
         store.ensure_schema()

@@ -10,8 +10,8 @@ live in the database, so a restart loses nothing):
   deadline, and polls are held back while its cancel is out.
 
 APScheduler runs the periodic jobs: picking up what the CLI wrote, flushing poll
-bookkeeping in batches, the heartbeat and the WAL checkpoint. Store writes run on one
-worker thread so an fsync never stalls the event loop.
+bookkeeping in batches, and the heartbeat. Store writes run on one worker thread so an
+fsync never stalls the event loop.
 """
 
 from __future__ import annotations
@@ -70,7 +70,6 @@ PICKUP_PAGE = 1000  # events read per pass: a long backlog is taken in bounded s
 BUDGET_SETTLE = 0.05  # coalesce a burst of spend changes into one budget evaluation
 FLUSH_EVERY = 1.0  # poll bookkeeping reaches the store at most this late
 HEARTBEAT_EVERY = 5.0
-CHECKPOINT_EVERY = 1.0  # the WAL is copied back into the database this often, off the store thread
 SHUTDOWN_GRACE = 10.0  # in-flight requests may finish this long after SIGTERM
 POLL_SLOTS = 256  # polls in flight at once, over all accounts
 CONFIRM_POLLS_FROM = 8  # the first confirmation poll comes after confirm_window / this
@@ -272,12 +271,7 @@ class Daemon:
     def _scheduler(self) -> AsyncIOScheduler:
         logging.getLogger("apscheduler").setLevel(logging.ERROR)
         scheduler = AsyncIOScheduler(timezone="UTC")
-        jobs = [
-            (self._pickup, PICKUP_EVERY),
-            (self._flush, FLUSH_EVERY),
-            (self._heartbeat, HEARTBEAT_EVERY),
-            (self._checkpoint, CHECKPOINT_EVERY),
-        ]
+        jobs = [(self._pickup, PICKUP_EVERY), (self._flush, FLUSH_EVERY), (self._heartbeat, HEARTBEAT_EVERY)]
         if self.config.log.stats_interval > 0:
             jobs.append((self._log_stats, self.config.log.stats_interval))
         if self.notify.watchdog_interval:
@@ -1050,13 +1044,6 @@ class Daemon:
         marks, self._marks = self._marks, {}
         confirmed, self._confirmed = self._confirmed, {}
         await self._store(self._write_marks, marks, confirmed)
-
-    async def _checkpoint(self) -> None:
-        """On a thread of its own, so that no decision waits behind it (`Store.checkpoint`)."""
-        try:
-            await asyncio.to_thread(self.store.checkpoint)
-        except OperationalError as exc:  # tried again in a second; a write that fails stops the daemon
-            log.warning("daemon.checkpoint_failed", error=str(exc.orig or exc), hint="is the disk full or failing?")
 
     async def _heartbeat(self) -> None:
         await self._store(self._write_heartbeat)
