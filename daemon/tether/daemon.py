@@ -1128,13 +1128,13 @@ def rows_by_id(session: Session, ids: list[str]) -> dict[str, Response]:
     return {row.id: row for row in session.execute(select(Response).where(Response.id.in_(ids))).scalars()}
 
 
-# A deadline decision reads these columns and may change the last seven (`_decide`).
-DECISION_COLUMNS = (
-    Response.id, Response.status, Response.created_at, Response.confirm_until, Response.policy,
+# What a deadline decision (`_decide`) reads, and what it may change and writes back.
+DECISION_READS = (Response.id, Response.status, Response.created_at, Response.confirm_until, Response.policy)
+DECISION_WRITES = (
     Response.deadline_at, Response.deadline_kind, Response.limits_hit,
     Response.cancel_state, Response.cancel_requested_at, Response.cancel_reason, Response.cancel_attempts,
 )
-DECIDED = tuple(column.key for column in DECISION_COLUMNS[-7:])
+DECIDED = tuple(column.key for column in DECISION_WRITES)
 DECIDED_UPDATE = (
     update(Response.__table__)
     .where(Response.__table__.c.id == bindparam("b_id"))
@@ -1145,7 +1145,7 @@ DECIDED_UPDATE = (
 def decision_rows(session: Session, ids: list[str]) -> dict[str, SimpleNamespace]:
     """What a deadline decision needs of these rows, as plain objects with the rows'
     attribute names (the tracker's functions take them like rows); by id."""
-    query = select(*DECISION_COLUMNS).where(Response.id.in_(ids))
+    query = select(*DECISION_READS, *DECISION_WRITES).where(Response.id.in_(ids))
     return {row.id: SimpleNamespace(**row._mapping) for row in session.execute(query)}
 
 
