@@ -120,7 +120,7 @@ class Active:
         return cls(
             id=row.id,
             account=sys.intern(row.account),
-            status=_interned(row.status),
+            status=tracker.interned(row.status),
             deadline_at=row.deadline_at,
             next_poll_at=row.next_poll_at,
             interval=row.poll_interval,
@@ -138,7 +138,7 @@ class Active:
     def refresh_state(self, row: Response | SimpleNamespace) -> None:
         """`refresh` but for the facts (model, created_at, metadata): a deadline decision
         does not change them."""
-        self.status = _interned(row.status)
+        self.status = tracker.interned(row.status)
         self.deadline_at = row.deadline_at
         self.cancel_state = sys.intern(row.cancel_state)
         self.cancel_attempts = row.cancel_attempts
@@ -1106,10 +1106,6 @@ class Daemon:
         await asyncio.sleep(max(c.account.request_timeout for c in clients))
         for client in clients:
             await client.aclose()
-
-
-def _interned(text: str | None) -> str | None:
-    return sys.intern(text) if text is not None else None
 
 
 def _settle(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:

@@ -299,9 +299,13 @@ def facts(row: Response) -> Facts:
 
     Strings are interned: the daemon keeps these for every active response, and 100,000 of
     them share a few models, keys and values."""
-    model = sys.intern(row.model) if row.model is not None else None
+    model = interned(row.model)
     metadata = tuple(sorted((sys.intern(str(k)), sys.intern(str(v))) for k, v in row.meta.items()))
     return model, row.created_at, metadata
+
+
+def interned(text: str | None) -> str | None:
+    return sys.intern(text) if text is not None else None
 
 
 def facts_after(observed: Mapping[str, Any], known: Facts) -> Facts:
