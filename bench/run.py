@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import economy, report
-from bench.procs import Others, loadavg, summary
+from bench.procs import Others, loadavg, percentile, summary
 from bench.stand import LONG_RUN, Stand
 from bench.tether_proc import Polling, Tether
 
@@ -259,6 +259,7 @@ def deadline(work: Path, active: int, spread: float, lead: float) -> dict[str, A
         finally:
             t.kill()
         lags = []
+        by_burst: dict[int, list[float]] = {}
         early = missing = 0
         for record in records:
             due = int(record.created_at) + DEADLINE_AFTER
@@ -268,6 +269,7 @@ def deadline(work: Path, active: int, spread: float, lead: float) -> dict[str, A
             lag = record.cancels[0].at - due
             early += lag < 0
             lags.append(lag)
+            by_burst.setdefault(due, []).append(lag)
         lines = [strip(line) for line in t.stats_lines() if line.get("deadline_cancels")]
     return {
         "active": active,
@@ -278,6 +280,11 @@ def deadline(work: Path, active: int, spread: float, lead: float) -> dict[str, A
         "early": early,
         "lag": summary(lags),
         "lags": sorted(lags),
+        # Per deadline second (a burst): whether the tail is every burst's last cancels or a few slow bursts.
+        "bursts": [
+            {"due": due, "n": len(burst), "first": min(burst), "p50": percentile(sorted(burst), 0.5), "last": max(burst)}
+            for due, burst in sorted(by_burst.items())
+        ],
         "daemon_lag_worst_p99": max((line["deadline_lag_p99"] for line in lines), default=None),
         "daemon_lag_max": max((line["deadline_lag_max"] for line in lines), default=None),
         "stats_lines": lines,
