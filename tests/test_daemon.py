@@ -389,3 +389,34 @@ async def test_a_start_schedules_every_open_response_in_pages(tether, fake, monk
     daemon = daemon_module.Daemon(config, Store(config.store.url))
     await daemon._load()
     assert set(daemon.active) == set(running)
+
+
+def test_a_record_loaded_at_start_equals_one_made_from_the_stored_row(tmp_path):
+    """Start-up builds its records from plain rows (`open_rows`, the metadata as JSON text),
+    everything else from ORM rows: the two must agree, for every kind of open response."""
+    from sqlmodel import select
+
+    from tether.daemon import Active, open_rows
+    from tether.models import Response
+    from tether.store import Store
+
+    store = Store(f"sqlite:///{tmp_path / 't.db'}")
+    store.migrate()
+    rows = [
+        Response(id="resp_a", account="default", tracked_at=1.0, status="in_progress", model="o3-pro",
+                 created_at=10.0, meta={"team": "search", "run": "7"}, next_poll_at=20.0, poll_interval=1.5,
+                 deadline_at=100.0),
+        Response(id="resp_b", account="other", tracked_at=1.0, status="queued", cancel_state="pending",
+                 cancel_attempts=2),
+        Response(id="resp_c", account="default", tracked_at=1.0, status="cancelled", confirm_until=50.0),
+        Response(id="resp_d", account="default", tracked_at=1.0),  # never seen: no status yet
+        Response(id="resp_e", account="default", tracked_at=1.0, status="completed"),  # closed: not loaded
+    ]
+    with store.writing() as session:
+        session.add_all(rows)
+    with store.reading() as session:
+        loaded = [Active.loaded(row) for row in open_rows(session, "")]
+        stored = session.exec(select(Response).where(Response.id != "resp_e").order_by(Response.id)).all()
+        assert loaded == [Active.from_row(row) for row in stored]
+        assert [rec.id for rec in loaded] == ["resp_a", "resp_b", "resp_c", "resp_d"]
+        assert open_rows(session, "resp_b")[0][0] == "resp_c"  # paged by id

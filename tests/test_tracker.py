@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from tether.models import Response
-from tether.tracker import facts, facts_after
+from tether.tracker import facts, facts_after, facts_of
 
-KNOWN = ("o3-pro", 1000.0, (("team", "search"),))
+KNOWN = facts_of("o3-pro", 1000.0, {"team": "search"})
 
 
 @pytest.mark.parametrize(
@@ -15,22 +15,40 @@ KNOWN = ("o3-pro", 1000.0, (("team", "search"),))
     [
         pytest.param({"status": "in_progress"}, KNOWN, id="absent fields change nothing"),
         pytest.param({"model": "o3-pro", "created_at": 1000, "metadata": {"team": "search"}}, KNOWN, id="same facts"),
-        pytest.param({"metadata": {"team": "ads"}}, ("o3-pro", 1000.0, (("team", "ads"),)), id="new metadata"),
-        pytest.param({"metadata": {}}, ("o3-pro", 1000.0, ()), id="metadata emptied"),
-        pytest.param({"model": "o3-pro-2025-06-10"}, ("o3-pro-2025-06-10", 1000.0, (("team", "search"),)), id="model"),
-        pytest.param({"created_at": 999}, ("o3-pro", 999.0, (("team", "search"),)), id="created_at"),
+        pytest.param({"metadata": {"team": "ads"}}, facts_of("o3-pro", 1000.0, {"team": "ads"}), id="new metadata"),
+        pytest.param({"metadata": {}}, facts_of("o3-pro", 1000.0, {}), id="metadata emptied"),
+        pytest.param({"model": "o3-pro-2025-06-10"}, facts_of("o3-pro-2025-06-10", 1000.0, {"team": "search"}), id="model"),
+        pytest.param({"created_at": 999}, facts_of("o3-pro", 999.0, {"team": "search"}), id="created_at"),
         pytest.param({"created_at": True, "model": 7, "metadata": "x"}, KNOWN, id="malformed fields are ignored"),
-        pytest.param({"metadata": {"n": 1}}, ("o3-pro", 1000.0, (("n", "1"),)), id="metadata values become strings"),
+        pytest.param({"metadata": {"n": 1}}, facts_of("o3-pro", 1000.0, {"n": "1"}), id="metadata values become strings"),
     ],
 )
 def test_facts_after_an_observation(observed, expected):
     assert facts_after(observed, KNOWN) == expected
 
 
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        pytest.param({"team": "search", "run": "7"}, id="another key"),
+        pytest.param({"team": "Search"}, id="another value"),
+        pytest.param({"search": "team"}, id="key and value swapped"),
+        pytest.param({"team": "search "}, id="a trailing space"),
+    ],
+)
+def test_any_change_of_metadata_changes_the_facts(metadata):
+    assert facts_after({"metadata": metadata}, KNOWN) != KNOWN
+
+
+def test_the_order_of_metadata_keys_does_not_change_the_facts():
+    known = facts_of("o3-pro", 1000.0, {"team": "search", "run": "7"})
+    assert facts_after({"metadata": {"run": "7", "team": "search"}}, known) == known
+
+
 def test_a_row_never_seen_has_facts_that_any_complete_observation_changes():
     row = Response(id="resp_x", account="default", tracked_at=0.0)
     unseen = facts(row)
-    assert unseen == (None, None, ())
+    assert unseen == facts_of(None, None, {})
     assert facts_after({"model": "o3", "created_at": 5, "metadata": {}}, unseen) != unseen
 
 

@@ -291,17 +291,25 @@ def valid_timestamp(value: Any) -> bool:
     )
 
 
-Facts = tuple[str | None, float | None, tuple[tuple[str, str], ...]]
+Facts = tuple[str | None, float | None, int]  # model, created_at, the metadata's fingerprint
 
 
 def facts(row: Response) -> Facts:
+    return facts_of(row.model, row.created_at, row.meta)
+
+
+def facts_of(model: str | None, created_at: float | None, metadata: Mapping[str, str]) -> Facts:
     """What policies and deadlines are decided from: model, created_at, metadata.
 
-    Strings are interned: the daemon keeps these for every active response, and 100,000 of
-    them share a few models, keys and values."""
-    model = interned(row.model)
-    metadata = tuple(sorted((sys.intern(str(k)), sys.intern(str(v))) for k, v in row.meta.items()))
-    return model, row.created_at, metadata
+    The daemon keeps these for every active response only to notice when an answer changes
+    them, so the metadata is kept as a fingerprint (a hash of its items, in any order), not
+    as its strings: 100,000 responses with metadata of their own would hold ~20 MB of
+    them. Two different metadata would need a 64-bit hash collision to look alike."""
+    return interned(model), created_at, fingerprint(metadata)
+
+
+def fingerprint(metadata: Mapping[str, str]) -> int:
+    return hash(frozenset(metadata.items()))
 
 
 def interned(text: str | None) -> str | None:
@@ -317,7 +325,7 @@ def facts_after(observed: Mapping[str, Any], known: Facts) -> Facts:
     if valid_timestamp(created):
         created_at = float(created)
     if isinstance(observed.get("metadata"), dict):
-        metadata = tuple(sorted((str(k), str(v)) for k, v in observed["metadata"].items()))
+        metadata = fingerprint({str(k): str(v) for k, v in observed["metadata"].items()})
     return model, created_at, metadata
 
 
