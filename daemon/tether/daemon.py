@@ -240,17 +240,10 @@ class Daemon:
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload(), "reload"))
         self.clients = self._build_clients(self.config)
-        # What start-up loads lives as long as the daemon. The cycle collector is off while it
-        # is built (it would go over the growing records again and again), and afterwards,
-        # after one collection, it is left out of the collector's reach (a full collection of
-        # 10,000 records stalled the loop 0.1 to 0.3 s).
-        gc.disable()
-        try:
-            await self._load()
-        finally:
-            gc.collect()
-            gc.freeze()
-            gc.enable()
+        await self._load()
+        # What start-up loaded lives as long as the daemon: the cycle collector need not go
+        # over it again (a full collection of 10,000 records stalled the loop 0.1 to 0.3 s).
+        gc.freeze()
         await self._heartbeat()  # `tether check` is healthy from READY on
         scheduler = self._scheduler()
         scheduler.start()
