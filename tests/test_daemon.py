@@ -7,8 +7,11 @@ tether's store and log, read through the CLI's --json output.
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import time
 from datetime import datetime
+from pathlib import Path
 
 import httpx
 import pytest
@@ -330,6 +333,31 @@ def test_the_daemon_logs_its_figures_in_daemon_stats_lines(tether, fake):
     assert sum(s["polls"] for s in tether.log_lines(daemon) if s["event"] == "daemon.stats") >= 1
     assert line["max_rss_mb"] > 10
     assert tether.stop_daemon(daemon) == 0
+
+
+def test_the_stats_line_reports_the_daemons_own_peak_memory_not_its_parents(tether):
+    """Started by a process holding 300 MB (as by a large supervisor or a benchmark harness),
+    the daemon reports its own peak, not that one's."""
+    tether.write_config(stats_interval="0.3s")
+    launcher = "import os, sys; ballast = b'x' * (300 << 20); os.execv(sys.executable, sys.argv[1:])"
+    log = (tether.root / "daemon-launched.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", launcher, sys.executable, "-m", "tether", "--config", str(tether.config_path), "run"],
+        env=tether.env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    proc.log_path = Path(log.name)  # type: ignore[attr-defined]
+    tether.daemons.append(proc)
+    line = wait_for(
+        lambda: next((line for line in tether.log_lines(proc) if line["event"] == "daemon.stats"), None),
+        timeout=60,
+        what="a daemon.stats line",
+    )
+    status = Path(f"/proc/{proc.pid}/status").read_text()
+    own_peak_mb = round(int(next(row for row in status.splitlines() if row.startswith("VmHWM:")).split()[1]) / 1024, 1)
+    assert 10 < line["max_rss_mb"] <= own_peak_mb < 300
+    assert tether.stop_daemon(proc) == 0
 
 
 def test_events_the_cli_wrote_while_no_daemon_ran_are_logged_once_at_the_next_start(tether, fake):

@@ -34,12 +34,26 @@ class Stats:
             "deadline_cancels": self.cancels,
             **summary("poll_lag", self.poll_lags),
             **summary("deadline_lag", self.deadline_lags),
-            "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "max_rss_mb": peak_rss_mb(),
             "cpu_seconds": round(sum(resource.getrusage(resource.RUSAGE_SELF)[:2]), 3),
         }
         self.polls = self.api_errors = self.cancels = 0
         self.poll_lags, self.deadline_lags = [], []
         return line
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory, from /proc (VmHWM). Not getrusage's ru_maxrss: Linux
+    carries it over fork and exec, so a daemon started by a large process would report that
+    process's peak as its own."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def summary(name: str, values: list[float]) -> dict[str, float | None]:
