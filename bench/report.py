@@ -6,6 +6,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from bench.procs import percentile
+
 START = "<!-- bench:results:start (written by `python -m bench`; edit outside the markers) -->"
 END = "<!-- bench:results:end -->"
 
@@ -141,6 +143,14 @@ def tables(r: dict[str, Any]) -> str:
             f"| {d['cancels_seen_by_server']:,} / {d['deadlines']:,} | {d['early']} | {ms(lag['p50'])} / {ms(lag['p99'])} / {ms(lag['max'])} | "
             f"{ms(d['daemon_lag_worst_p99'])} / {ms(d['daemon_lag_max'])} | {f(d['gets_per_second'], 0)} | {f(d['cpu_share'], 2)} | {f(d.get('others_cores'), 2)} |"
         )
+        bursts = d.get("bursts")
+        if bursts:
+            firsts, lasts = sorted(b["first"] for b in bursts), sorted(b["last"] for b in bursts)
+            parts[-1] += (
+                f"\n\nPer deadline second ({len(bursts)} bursts of {min(b['n'] for b in bursts)}–{max(b['n'] for b in bursts)} "
+                f"cancels): a burst's first cancel reached the server {ms(percentile(firsts, 0.5))} ms after its deadline "
+                f"(median over the bursts), its last {ms(percentile(lasts, 0.5))} ms (median; {ms(lasts[0])} to {ms(lasts[-1])} ms)."
+            )
     e = r.get("economy")
     if e:
         lines = [
