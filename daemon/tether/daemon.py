@@ -6,8 +6,8 @@ live in the database, so a restart loses nothing):
 - polls: each active response's next poll, on the `[polling]` backoff;
 - timers: deadlines and cancel retries. They have their own loop and never wait
   behind polls, so a cancel leaves at its deadline however busy polling is. A deadline
-  is taken up DECISION_LEAD early: its decision is written ahead and commits at the
-  deadline, and polls are held back while its cancel is out.
+  is taken up DECISION_LEAD early: its decision is written and committed ahead, its
+  cancel leaves at the deadline, and polls are held back while the cancel is out.
 
 APScheduler runs the periodic jobs: picking up what the CLI wrote, flushing poll
 bookkeeping in batches, and the heartbeat. Store writes run on one worker thread so an
@@ -75,8 +75,8 @@ SHUTDOWN_GRACE = 10.0  # in-flight requests may finish this long after SIGTERM
 POLL_SLOTS = 256  # polls in flight at once, over all accounts
 CONFIRM_POLLS_FROM = 8  # the first confirmation poll comes after confirm_window / this
 DEADLINE_BATCH = 500  # deadlines due together are decided in transactions of up to this many
-# Deadlines are taken up this long before they fall due: their decisions are written ahead and
-# committed at the deadline, so that the cancels do not wait for the writing.
+# Deadlines are taken up this long before they fall due: their decisions are written and
+# committed ahead, so that at the deadline the cancels wait for nothing.
 DECISION_LEAD = 0.1
 POLLS_HELD_MAX = 0.5  # polls wait at most this long for cancels being sent (`_polls_held`)
 LOOK_TIMEOUT = 0.5  # the look (GET) just before acting on a deadline; then act on what we know
@@ -632,19 +632,20 @@ class Daemon:
 
     async def _enforce(self, recs: list[Active], at: float) -> None:
         """Deadlines falling due at `at`, taken up DECISION_LEAD before: decide them in one
-        transaction that commits at `at`, then send their cancels at once."""
+        transaction, committed ahead, then send their cancels at once at `at`, not before."""
         try:
             # Only what may have left the queue is looked at (`_deadline_look`), at the
             # deadline itself; a burst of in_progress deadlines goes straight to its decisions.
             to_look = [rec for rec in recs if rec.status != "in_progress"]
             if to_look:
-                await asyncio.sleep(max(0.0, at - self.clock()))
+                await self._until(at)
             answers = await asyncio.gather(*(self._deadline_look(rec) for rec in to_look))
             looked = {rec.id for rec, answered in zip(to_look, answers) if answered}
             due = [rec for rec in recs if rec.id in self.active and is_active(rec.status)]
             if not due:
                 return
             decisions = await self._store(self._write_decisions, [(rec.id, rec.id in looked) for rec in due], at)
+            await self._until(at)
             cancels = []
             for rec, (row, cancel) in zip(due, decisions):
                 if row is not None:
@@ -665,6 +666,10 @@ class Daemon:
                     # Not acted on (the status is unknown): look again at the next poll.
                     rec.deadline_at = None
                 self._schedule(rec)
+
+    async def _until(self, at: float) -> None:
+        while (left := at - self.clock()) > 0:
+            await asyncio.sleep(left)
 
     async def _deadline_look(self, rec: Active) -> bool:
         """Look (GET) before acting, where a fresher status could spare the response: a queued
@@ -813,14 +818,13 @@ class Daemon:
 
         The cancels of a burst (every deadline of one second) wait for this transaction, so
         the rows are read and written with two plain statements, not as ORM objects, which
-        cost several times more; and the writing starts ahead of the deadline (`DECISION_LEAD`)
-        and waits for it before it returns, so that the transaction commits at `at`, not before.
+        cost several times more; and it is written and committed ahead of the deadline
+        (`DECISION_LEAD`), its events dated `at`, so that the cancels wait for nothing at `at`.
         """
         with tracker.recording(self.store, "daemon", max(at, self.clock())) as rec:
             rows = decision_rows(rec.session, [rid for rid, _ in items])
             decided = [self._decide(rec, rows.get(rid), looked) for rid, looked in items]
             write_decided(rec.session, [row for row, _ in decided if row is not None])
-        time.sleep(min(DECISION_LEAD, max(0.0, at - self.clock())))
         return decided
 
     def _decide(
