@@ -448,3 +448,25 @@ def test_a_record_loaded_at_start_equals_one_made_from_the_stored_row(tmp_path):
         assert loaded == [Active.from_row(row) for row in stored]
         assert [rec.id for rec in loaded] == ["resp_a", "resp_b", "resp_c", "resp_d"]
         assert open_rows(session, "resp_b")[0][0] == "resp_c"  # paged by id
+
+
+async def test_polls_held_behind_a_hung_cancel_are_freed_again_after_a_later_burst(tmp_path, monkeypatch):
+    """A burst of cancels holds polls back for at most POLLS_HELD_MAX, also when an earlier
+    burst is still out (a hung cancel): that one must not keep polls held after the later
+    burst ends."""
+    import asyncio
+
+    from tether import daemon as daemon_module
+    from tether.config import parse_config
+    from tether.store import Store
+
+    monkeypatch.setattr(daemon_module, "POLLS_HELD_MAX", 0.2)
+    daemon = daemon_module.Daemon(parse_config({}, environ={}), Store(f"sqlite:///{tmp_path / 't.db'}"))
+    hung = daemon._polls_held()
+    hung.__enter__()  # a burst whose cancel never comes back
+    await asyncio.wait_for(daemon._polls_free.wait(), timeout=5)  # its valve frees the polls
+    with daemon._polls_held():  # a later burst, over quickly
+        assert not daemon._polls_free.is_set()
+    await asyncio.wait_for(daemon._polls_free.wait(), timeout=5)
+    hung.__exit__(None, None, None)
+    assert daemon._polls_free.is_set()

@@ -720,16 +720,19 @@ class Daemon:
     def _polls_held(self) -> Iterator[None]:
         """No poll starts while cancels are out, for up to POLLS_HELD_MAX: a burst of cancels
         (every deadline of one second) then has the event loop to itself, and none waits
-        behind a poll's reply. Polls are late by as long, a fraction of a second."""
+        behind a poll's reply. Polls are late by as long, a fraction of a second.
+
+        Each burst's valve frees the polls POLLS_HELD_MAX after it began, whatever other
+        bursts are still out (a hung cancel); it is dropped only when no burst is left."""
         self._sending += 1
         self._polls_free.clear()
-        valve = asyncio.get_running_loop().call_later(POLLS_HELD_MAX, self._polls_free.set)  # a hung cancel
+        valve = asyncio.get_running_loop().call_later(POLLS_HELD_MAX, self._polls_free.set)
         try:
             yield
         finally:
-            valve.cancel()
             self._sending -= 1
             if not self._sending:
+                valve.cancel()
                 self._polls_free.set()
 
     def _cancel_broke(self, rec: Active, op: str, exc: BaseException) -> None:
