@@ -137,6 +137,38 @@ max_runtime = "8s"
     assert tether.stop_daemon(daemon) == 0
 
 
+@pytest.mark.parametrize("fault", ["server_error", "malformed_json"])
+def test_a_failed_look_at_a_max_queued_deadline_is_tried_again_not_left_to_the_next_poll(tether, fake, fault):
+    """The look before a max_queued cancel fails (an error, or an answer with no status):
+    the look is tried again with the cancel's backoff, not given up until the next poll,
+    which here comes 20 s later and sees the same `queued`."""
+    policies = """
+[[policy]]
+name = "stuck"
+match = { metadata = { case = "stuck" } }
+max_queued = "10s"
+"""
+    tether.write_config(policies, polling=SPARSE_POLLING)
+    daemon = tether.start_daemon()
+    rid = create(fake, case="stuck", fake_queue="60")
+    tether.ok("track", rid)
+    gets = lambda: [c for c in fake.state.calls() if c["response_id"] == rid and c["route"] == "get"]  # noqa: E731
+    # track's look, the first poll at pickup and the next 1 s later; the next would be 20 s later
+    wait_for(lambda: len(gets()) >= 3, timeout=15, what="track's look and two polls")
+    fake.state.faults.force("get", fault, times=2)  # the deadline's look, and its first retry
+    wait_for(lambda: server_record(fake, rid)["cancels"], timeout=30, what="the max_queued cancel")
+
+    record = server_record(fake, rid)
+    [cancel] = record["cancels"]
+    failed = [c for c in gets() if c["fault"] == fault]
+    deadline = int(record["created_at"]) + 10
+    assert len(failed) == 2 and all(c["at"] >= deadline for c in failed), failed
+    assert cancel["at"] < deadline + 20  # before the next poll would have looked
+    wait_for(lambda: tether.records()[rid]["status"] == "cancelled", timeout=30, what="status cancelled")
+    assert tether.records()[rid]["cancel_reason"] == "max_queued"
+    assert tether.stop_daemon(daemon) == 0
+
+
 def test_every_status_change_is_one_event_and_one_log_line(tether, fake):
     tether.write_config(POLICIES)
     daemon = tether.start_daemon()

@@ -108,6 +108,8 @@ class Active:
     # When the latest look the API answered with a status began: a confirmation window is
     # over only once a look begun after its end was answered (see `finished`).
     answered_at: float | None = None
+    # Deadline looks that failed in a row: the next is tried with the cancel's backoff.
+    look_failures: int = 0
     polling: bool = False
     enforcing: bool = False
     # What the heaps hold for it, so re-scheduling pushes nothing twice.
@@ -641,6 +643,8 @@ class Daemon:
                 await self._until(at)
             answers = await asyncio.gather(*(self._deadline_look(rec) for rec in to_look))
             looked = {rec.id for rec, answered in zip(to_look, answers) if answered}
+            for rec in to_look:
+                rec.look_failures = 0 if rec.id in looked else rec.look_failures + 1
             due = [rec for rec in recs if rec.id in self.active and is_active(rec.status)]
             if not due:
                 return
@@ -663,9 +667,17 @@ class Daemon:
             for rec in recs:
                 rec.enforcing = False
                 if rec.deadline_at is not None and rec.deadline_at <= max(at, self.clock()):
-                    # Not acted on (the status is unknown): look again at the next poll.
-                    rec.deadline_at = None
+                    # Not acted on: the look failed. A poll that sees the same status again
+                    # writes nothing and would not bring the deadline back, so it is retried
+                    # here (in memory; the stored deadline stays the real one).
+                    rec.deadline_at = self._look_again_at(rec)
                 self._schedule(rec)
+
+    def _look_again_at(self, rec: Active) -> float:
+        """When to retry a deadline whose look failed: the cancel's backoff (1 s, 2 s, 4 s ...
+        up to 60 s), not before the account's pause (a 429's Retry-After) is over."""
+        delay = cancel_retry_delay(rec.look_failures, None, self._rng)
+        return self.clock() + max(delay, self.clients[rec.account].pause_remaining())
 
     async def _until(self, at: float) -> None:
         while (left := at - self.clock()) > 0:

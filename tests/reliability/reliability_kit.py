@@ -574,6 +574,12 @@ def check_cancels(
                         due += timing.request_timeout
                     if "slow" in kinds:
                         due += timing.slow_seconds
+            # A look before the cancel that failed is tried again with the cancel's backoff.
+            failed_looks = 0
+            for c in my_calls:
+                if c["route"] == "get" and base - 0.2 <= c["at"] <= due and faults_of(c) & UNUSABLE_BODY:
+                    due += min(60.0, 2.0**failed_looks) + (timing.retry_after if "rate_limit" in faults_of(c) else 0.0)
+                    failed_looks += 1
             for start, end in sorted([*pauses, *downtimes]):
                 if start <= due and end >= base:
                     due = max(due, end + timing.spec + timing.slack)
