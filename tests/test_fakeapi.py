@@ -310,6 +310,47 @@ def test_many_concurrent_keep_alive_connections_are_served(server):
     assert server.state.requests["get"] == 300
 
 
+def raw_exchange(server, data: bytes) -> bytes:
+    """Send raw bytes on one connection and read until the server closes it."""
+    with socket.create_connection((server.host, server.port), timeout=5) as sock:
+        sock.sendall(data)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+        return received
+
+
+def test_pipelined_requests_are_answered_in_order_on_one_connection(server):
+    ids = [server.state.create("o3-pro", background=True).id for _ in range(3)]
+    auth = f"Authorization: Bearer {KEY}\r\nHost: x\r\n"
+    requests = [f"GET /v1/responses/{rid} HTTP/1.1\r\n{auth}\r\n" for rid in ids]
+    requests.append(f"POST /v1/responses/{ids[0]}/cancel HTTP/1.1\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n")
+    received = raw_exchange(server, "".join(requests).encode())
+
+    replies = received.split(b"HTTP/1.1 ")[1:]
+    assert [reply.split(b" ", 1)[0] for reply in replies] == [b"200"] * 4
+    bodies = [json.loads(reply.split(b"\r\n\r\n", 1)[1]) for reply in replies]
+    assert [body["id"] for body in bodies] == [*ids, ids[0]]
+    assert bodies[-1]["status"] == "cancelled"
+    assert b"connection: close" in replies[-1].lower()  # and the server closed it: recv ended
+
+
+def test_a_request_body_sent_in_chunks_is_read_whole(server):
+    body = json.dumps({"model": "o3-pro", "background": True, "metadata": {"k": "v"}}).encode()
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:10], body[10:])) + b"0\r\n\r\n"
+    head = f"POST /v1/responses HTTP/1.1\r\nAuthorization: Bearer {KEY}\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    received = raw_exchange(server, head.encode() + chunked)
+    assert received.startswith(b"HTTP/1.1 200 OK\r\n"), received[:200]
+    created = Response.model_validate(json.loads(received.split(b"\r\n\r\n", 1)[1]))
+    assert created.metadata == {"k": "v"}
+
+
+def test_bytes_that_are_not_http_close_the_connection_and_the_server_goes_on(server):
+    assert raw_exchange(server, b"\x16\x03\x01 this is not HTTP\r\n\r\n") == b""
+    created = httpx.post(f"{server.base_url}/responses", json={"model": "m", "background": True}, headers={"Authorization": f"Bearer {KEY}"})
+    assert valid_response(created).id in server.state.snapshot()["responses"]
+
+
 def test_stop_is_quick_and_leaves_no_thread_or_port_behind():
     before = set(threading.enumerate())
     srv = FakeServer().start()

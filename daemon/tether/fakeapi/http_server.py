@@ -1,9 +1,9 @@
-"""A small HTTP/1.1 server on asyncio streams and h11.
+"""A small HTTP/1.1 server on asyncio streams and httptools (llhttp, the parser of Node.js).
 
 Just what the fake needs: many keep-alive connections, replies with a body, and dropping a
-connection without answering, which an ASGI app cannot ask of its server. Measured on this
-machine, it serves the fake's GETs as fast as uvicorn running the same handler as a raw ASGI app
-(~6,500/s on one core) and, unlike uvicorn (~0.2 s), stops at once.
+connection without answering, which an ASGI app cannot ask of its server. The requests are
+parsed by httptools; the replies, a status line, a few headers and a body of known length, are
+written here.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ import asyncio
 import http
 import logging
 import socket
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import h11
+import httptools
 
 READ_SIZE = 65536
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ class Request:
     headers: dict[str, str]  # names in lower case
     body: bytes
     client_gone: Callable[[], Awaitable[None]]  # returns once the client closes the connection
+    keep_alive: bool = True
 
 
 @dataclass
@@ -71,63 +73,79 @@ async def serve(sock: socket.socket, handler: Handler, until: asyncio.Event) -> 
 
 
 class _Connection:
+    """One client connection: requests are parsed as their bytes arrive (several at once when
+    the client pipelines them) and answered in order."""
+
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, handler: Handler) -> None:
         self.reader = reader
         self.writer = writer
         self.handler = handler
-        self.h11 = h11.Connection(h11.SERVER)
+        self.parser = httptools.HttpRequestParser(self)
+        self.ready: deque[Request] = deque()
+        self._url = b""
+        self._headers: dict[str, str] = {}
+        self._body = bytearray()
 
     async def serve(self) -> None:
         try:
-            while (request := await self._read_request()) is not None:
+            while (request := await self._next_request()) is not None:
                 reply = await self.handler(request)
                 if reply is DROP:
                     return
-                await self._send(reply)
-                if self.h11.our_state is h11.MUST_CLOSE:
+                await self._send(reply, request.keep_alive)
+                if not request.keep_alive:
                     return
-                self.h11.start_next_cycle()
-        except (ConnectionError, h11.RemoteProtocolError):
+        except (ConnectionError, httptools.HttpParserError):
             return  # the client went away or spoke bad HTTP: nothing to answer
         finally:
             self.writer.close()
 
-    async def _next_event(self) -> object:
-        while (event := self.h11.next_event()) is h11.NEED_DATA:
-            self.h11.receive_data(await self.reader.read(READ_SIZE))
-        return event
-
-    async def _read_request(self) -> Request | None:
-        start = await self._next_event()
-        if not isinstance(start, h11.Request):
-            return None  # the client closed the connection
-        body = bytearray()
-        while isinstance(part := await self._next_event(), h11.Data):
-            body += part.data
-        if not isinstance(part, h11.EndOfMessage):
-            return None
-        return Request(
-            method=start.method.decode(),
-            path=start.target.decode().partition("?")[0],
-            headers={name.decode(): value.decode("latin-1") for name, value in start.headers},
-            body=bytes(body),
-            client_gone=self._client_gone,
-        )
+    async def _next_request(self) -> Request | None:
+        while not self.ready:
+            data = await self.reader.read(READ_SIZE)
+            if not data:
+                return None  # the client closed the connection
+            self.parser.feed_data(data)
+        return self.ready.popleft()
 
     async def _client_gone(self) -> None:
         while data := await self.reader.read(READ_SIZE):
-            self.h11.receive_data(data)  # a pipelined request: h11 keeps it for the next cycle
+            self.parser.feed_data(data)  # a pipelined request: kept for after this one
 
-    async def _send(self, reply: Reply) -> None:
-        headers = [
-            ("content-type", reply.content_type),
-            ("content-length", str(len(reply.body))),
-            *reply.headers.items(),
+    async def _send(self, reply: Reply, keep_alive: bool) -> None:
+        head = [
+            f"HTTP/1.1 {reply.status} {http.HTTPStatus(reply.status).phrase}",
+            f"content-type: {reply.content_type}",
+            f"content-length: {len(reply.body)}",
+            *(f"{name}: {value}" for name, value in reply.headers.items()),
         ]
-        reason = http.HTTPStatus(reply.status).phrase.encode()
-        self.writer.write(
-            self.h11.send(h11.Response(status_code=reply.status, headers=headers, reason=reason))
-            + self.h11.send(h11.Data(data=reply.body))
-            + self.h11.send(h11.EndOfMessage())
-        )
+        if not keep_alive:
+            head.append("connection: close")
+        self.writer.write("\r\n".join(head).encode("latin-1") + b"\r\n\r\n" + reply.body)
         await self.writer.drain()
+
+    # ---- httptools callbacks ----
+
+    def on_message_begin(self) -> None:
+        self._url, self._headers, self._body = b"", {}, bytearray()
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_body(self, body: bytes) -> None:
+        self._body += body
+
+    def on_message_complete(self) -> None:
+        self.ready.append(
+            Request(
+                method=self.parser.get_method().decode(),
+                path=self._url.decode("latin-1").partition("?")[0],
+                headers=self._headers,
+                body=bytes(self._body),
+                client_gone=self._client_gone,
+                keep_alive=self.parser.should_keep_alive(),
+            )
+        )
