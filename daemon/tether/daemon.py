@@ -670,13 +670,14 @@ class Daemon:
                     # Not acted on: the look failed. A poll that sees the same status again
                     # writes nothing and would not bring the deadline back, so it is retried
                     # here (in memory; the stored deadline stays the real one).
-                    rec.deadline_at = self._look_again_at(rec)
+                    rec.deadline_at = self._retry_at(rec, rec.look_failures)
                 self._schedule(rec)
 
-    def _look_again_at(self, rec: Active) -> float:
-        """When to retry a deadline whose look failed: the cancel's backoff (1 s, 2 s, 4 s ...
-        up to 60 s), not before the account's pause (a 429's Retry-After) is over."""
-        delay = cancel_retry_delay(rec.look_failures, None, self._rng)
+    def _retry_at(self, rec: Active, attempts: int, retry_after: float | None = None) -> float:
+        """When to try a failed cancel, or a failed look before one, again: the cancel's
+        backoff (1 s, 2 s, 4 s ... up to 60 s; `Retry-After` a floor), and not before the
+        account's pause is over."""
+        delay = cancel_retry_delay(attempts, retry_after, self._rng)
         return self.clock() + max(delay, self.clients[rec.account].pause_remaining())
 
     async def _until(self, at: float) -> None:
@@ -774,9 +775,7 @@ class Daemon:
             row = await self._store(self._write_cancel_failed, rec.id, exc, True)
             if row is not None:
                 rec.refresh(row)
-            rec.next_cancel_at = self.clock() + max(
-                cancel_retry_delay(rec.cancel_attempts, exc.retry_after, self._rng), client.pause_remaining()
-            )
+            rec.next_cancel_at = self._retry_at(rec, rec.cancel_attempts, exc.retry_after)
         return None
 
     async def _look_after_refusal(self, rec: Active, client: ResponsesClient) -> dict[str, Any] | None:
