@@ -173,7 +173,9 @@ max_queued = "15s"
 def test_every_status_change_is_one_event_and_one_log_line(tether, fake):
     tether.write_config(POLICIES)
     daemon = tether.start_daemon()
-    ids = [create(fake, fake_queue="6", fake_run="1"), create(fake, case="runaway", fake_run="30")]
+    # In progress for 4 s, several of FAST_POLLING's intervals (1 s at most, ±10 %): a window of
+    # one interval could fall between two polls, and tether would rightly record queued -> completed.
+    ids = [create(fake, fake_queue="6", fake_run="4"), create(fake, case="runaway", fake_run="30")]
     tether.ok("track", *ids)
     wait_for(lambda: settled(tether, ids), timeout=45, what="both responses to finish")
     assert tether.stop_daemon(daemon) == 0
