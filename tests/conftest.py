@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -33,6 +34,40 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: floa
         time.sleep(interval)
 
 
+# PostgreSQL tests make a database of their own on this server (as a superuser may). `.ci/run`
+# makes sure one is running and sets TETHER_TEST_POSTGRES_REQUIRED, so there they fail without
+# it; elsewhere they are skipped, and `pytest -ra` says why.
+POSTGRES_ADMIN_URL = os.environ.get("TETHER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A new, empty PostgreSQL database for one test (dropped after it), as a store.url."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    try:
+        admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        if os.environ.get("TETHER_TEST_POSTGRES_REQUIRED"):
+            pytest.fail(f"no PostgreSQL server at {POSTGRES_ADMIN_URL} ({exc}); .ci/postgres starts one")
+        pytest.skip(f"no PostgreSQL server at {POSTGRES_ADMIN_URL}; set TETHER_TEST_POSTGRES to one")
+    name = f"tether_test_{secrets.token_hex(6)}"
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path: Path) -> str:
+    """The same store test on each kind of store."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 't.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
 @pytest.fixture
 def fake() -> Iterator[FakeServer]:
     with FakeServer(api_key=API_KEY) as server:
@@ -48,11 +83,13 @@ confirm_window = "1s"
 
 
 def config_text(
-    store: Path, base_url: str, policies: str = "", polling: str = FAST_POLLING, stats_interval: str = "60s"
+    store: Path | str, base_url: str, policies: str = "", polling: str = FAST_POLLING, stats_interval: str = "60s"
 ) -> str:
+    """A config for the stand-in at `base_url`; `store` is a SQLite file, or a store.url."""
+    url = store if isinstance(store, str) else f"sqlite:///{store}"
     return f"""
 [store]
-url = "sqlite:///{store}"
+url = "{url}"
 
 [log]
 format = "json"
@@ -77,6 +114,7 @@ class Tether:
     root: Path
     base_url: str
     daemons: list[subprocess.Popen] = field(default_factory=list)
+    store_url: str | None = None  # else a SQLite file in `root`
 
     @property
     def config_path(self) -> Path:
@@ -98,7 +136,8 @@ class Tether:
         return env
 
     def write_config(self, policies: str = "", polling: str = FAST_POLLING, stats_interval: str = "60s") -> None:
-        self.config_path.write_text(config_text(self.store_path, self.base_url, policies, polling, stats_interval))
+        store = self.store_url or self.store_path
+        self.config_path.write_text(config_text(store, self.base_url, policies, polling, stats_interval))
 
     def cli(self, *args: str, input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
         return subprocess.run(

@@ -712,18 +712,29 @@ def test_an_invalid_budget_or_price_is_rejected_with_its_key_path(text, message)
         ),
         pytest.param(
             '[store]\nurl = ""',
-            "store.url: expected a URL starting with sqlite:/// or postgresql",
+            "store.url: expected a URL starting with sqlite:///, postgresql:// or postgresql+psycopg://",
             id="an empty store url",
         ),
         pytest.param(
             '[store]\nurl = "mysql://u:pw@h/db"',
-            "store.url: expected a URL starting with sqlite:/// or postgresql",
+            "store.url: expected a URL starting with sqlite:///, postgresql:// or postgresql+psycopg://",
             id="an unsupported store url, not echoed",
         ),
         pytest.param(
             '[store]\nurl = "sqlite://tether.db"',
-            "store.url: expected a URL starting with sqlite:/// or postgresql",
+            "store.url: expected a URL starting with sqlite:///, postgresql:// or postgresql+psycopg://",
             id="a sqlite url with two slashes",
+        ),
+        pytest.param(
+            '[store]\nurl = "postgresql+psycopg2://tether@db/tether"',
+            "store.url: expected a URL starting with sqlite:///, postgresql:// or postgresql+psycopg://",
+            id="a postgresql url naming a driver tether does not use",
+        ),
+        pytest.param(
+            '[store]\nurl = "postgresql://tether:hunter2@db/tether"',
+            "store.url: a password in the URL is a secret in the config file; leave it out and give it "
+            "the way PostgreSQL's client reads one: a password file (PGPASSFILE, ~/.pgpass) or PGPASSWORD",
+            id="a password in a postgresql url, not echoed",
         ),
         pytest.param(
             '[policy]\nname = "p"',

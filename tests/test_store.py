@@ -1,4 +1,6 @@
-"""The store: migrations build exactly the models' schema, the file is private, one writer."""
+"""The store: migrations build exactly the models' schema, the file is private, one writer.
+
+Tests taking `store_url` run on a SQLite file and on a PostgreSQL database (conftest)."""
 
 from __future__ import annotations
 
@@ -17,11 +19,11 @@ from sqlmodel import SQLModel
 
 from tether import models  # noqa: F401
 from tether.models import Response
-from tether.store import Store, StoreError, WriterLock
+from tether.store import Store, StoreError, writer_lock
 
 
-def test_migrations_from_empty_build_exactly_the_models_schema(tmp_path):
-    store = Store(f"sqlite:///{tmp_path / 't.db'}")
+def test_migrations_from_empty_build_exactly_the_models_schema(store_url):
+    store = Store(store_url)
     assert store.migrate() == ["0001", "0002", "0003"]
     with store.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), SQLModel.metadata) == []
@@ -40,8 +42,8 @@ def test_schema_head_names_the_newest_migration(tmp_path):
     assert ScriptDirectory.from_config(cfg).get_current_head() == SCHEMA_HEAD
 
 
-def test_ensure_schema_migrates_a_new_store_and_leaves_a_current_one_alone(tmp_path):
-    store = Store(f"sqlite:///{tmp_path / 't.db'}")
+def test_ensure_schema_migrates_a_new_store_and_leaves_a_current_one_alone(store_url):
+    store = Store(store_url)
     store.ensure_schema()
     assert not store.pending_migrations()
     store.ensure_schema()
@@ -62,28 +64,28 @@ def test_the_store_runs_in_wal_mode_with_full_sync(tmp_path):
         assert conn.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL
 
 
-def test_a_second_writer_lock_on_the_same_store_is_refused_naming_the_holder(tmp_path):
-    url = f"sqlite:///{tmp_path / 't.db'}"
+def test_a_second_writer_lock_on_the_same_store_is_refused_naming_the_holder(store_url):
+    url = store_url
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time; from tether.store import Store, WriterLock; "
-         f"WriterLock(Store({url!r})).acquire(); print('held', flush=True); sys.stdin.read()"],
+         "import sys, time; from tether.store import Store, writer_lock; "
+         f"lock = writer_lock(Store({url!r})); lock.acquire(); print('held', flush=True); sys.stdin.read()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(StoreError, match=f"pid {holder.pid}"):
-            WriterLock(Store(url)).acquire()
+            writer_lock(Store(url)).acquire()
     finally:
         holder.stdin.close()
         holder.wait(timeout=10)
-    lock = WriterLock(Store(url))
+    lock = writer_lock(Store(url))
     lock.acquire()  # free again once the holder is gone
     lock.release()
 
 
-def test_concurrent_writers_wait_for_each_other_instead_of_failing(tmp_path):
-    url = f"sqlite:///{tmp_path / 't.db'}"
+def test_concurrent_writers_wait_for_each_other_instead_of_failing(store_url):
+    url = store_url
     Store(url).migrate()
     errors: list[BaseException] = []
 
@@ -110,8 +112,8 @@ def test_concurrent_writers_wait_for_each_other_instead_of_failing(tmp_path):
         assert session.get(Response, "resp_shared").polls == 100  # no lost update
 
 
-def test_a_batch_commits_its_writes_together_and_a_failing_one_alone_is_rolled_back(tmp_path):
-    url = f"sqlite:///{tmp_path / 't.db'}"
+def test_a_batch_commits_its_writes_together_and_a_failing_one_alone_is_rolled_back(store_url):
+    url = store_url
     store = Store(url)
     store.migrate()
     committed: list[str] = []
@@ -142,8 +144,8 @@ def test_a_batch_commits_its_writes_together_and_a_failing_one_alone_is_rolled_b
     assert ids == {"resp_kept", "resp_also_kept"}
 
 
-def test_a_failed_batch_commit_runs_no_after_commit_callback(tmp_path):
-    store = Store(f"sqlite:///{tmp_path / 't.db'}")
+def test_a_failed_batch_commit_runs_no_after_commit_callback(store_url):
+    store = Store(store_url)
     store.migrate()
     committed: list[str] = []
     with pytest.raises(RuntimeError):

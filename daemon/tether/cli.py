@@ -96,7 +96,7 @@ def main_options(
 def run(ctx: typer.Context) -> None:
     """Run the daemon in the foreground (systemd's ExecStart)."""
     from tether.daemon import Daemon
-    from tether.store import WriterLock
+    from tether.store import writer_lock
 
     context: Context = ctx.obj
     config = context.config()
@@ -110,13 +110,13 @@ def run(ctx: typer.Context) -> None:
         fail(EXIT_CONFIG, f"invalid configuration: {exc}")
     try:
         store = Store(config.store.url)
-        lock = WriterLock(store)
+        lock = writer_lock(store)
         lock.acquire()  # before migrating: only the one daemon of a store changes its schema
         store.ensure_schema()
     except StoreError as exc:
         fail(EXIT_FAILURE, str(exc))
     try:
-        code = asyncio.run(Daemon(config, store, config_path=context.config_path).run())
+        code = asyncio.run(Daemon(config, store, config_path=context.config_path, lock=lock).run())
     finally:
         lock.release()
     raise typer.Exit(code)
@@ -649,5 +649,5 @@ def main() -> None:
         sys.exit(0)
     except SQLAlchemyError as exc:  # a store that cannot be read or written: say so, no traceback
         reason = getattr(exc, "orig", None) or exc
-        err.print(f"tether: the store failed: {reason} (is the disk full, or the file read-only?)")
+        err.print(f"tether: the store failed: {reason} (is the disk full, the file read-only, or its database server down?)")
         sys.exit(EXIT_FAILURE)

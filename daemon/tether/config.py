@@ -21,6 +21,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -631,8 +632,17 @@ def _url(value: Any, key: str) -> str:
 
 def _store_url(value: Any, key: str) -> str:
     # Not echoed: a PostgreSQL URL may carry a password.
-    if not isinstance(value, str) or not value.startswith(("sqlite:///", "postgresql")):
-        raise ConfigError(f"{key}: expected a URL starting with sqlite:/// or postgresql")
+    if not isinstance(value, str) or not value.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://")):
+        raise ConfigError(f"{key}: expected a URL starting with sqlite:///, postgresql:// or postgresql+psycopg://")
+    try:
+        password = urlsplit(value).password
+    except ValueError:
+        raise ConfigError(f"{key}: not a valid URL") from None
+    if password is not None:
+        raise ConfigError(
+            f"{key}: a password in the URL is a secret in the config file; leave it out and give it "
+            "the way PostgreSQL's client reads one: a password file (PGPASSFILE, ~/.pgpass) or PGPASSWORD"
+        )
     return value
 
 

@@ -63,7 +63,7 @@ from tether.budgets import cancel_plan, thresholds_crossed, window_at
 from tether.policies import Act, decide
 from tether.pricing import Pricing
 from tether.schedule import cancel_retry_delay, jittered, next_interval
-from tether.store import Store
+from tether.store import Store, WriterLock
 
 PICKUP_EVERY = 0.5  # newly tracked responses are noticed within a second
 LOAD_PAGE = 5000  # open responses read per step at start
@@ -197,8 +197,10 @@ class Daemon:
         config_path: str | None = None,
         clock: Callable[[], float] = time.time,
         notifier: Notifier | None = None,
+        lock: WriterLock | None = None,
     ) -> None:
         self.config = config
+        self.lock = lock  # the store's single-writer lock, held by the caller
         self.pricing = Pricing.from_config(config)
         self.notify = notifier or Notifier()
         self._reload_note = "config loaded at start"
@@ -369,7 +371,7 @@ class Daemon:
                 log.critical(
                     "daemon.store_failed",
                     error=str(exc.orig) if getattr(exc, "orig", None) else str(exc),
-                    hint="the store cannot be written (disk full, read-only or removed?); stopping",
+                    hint="the store cannot be written (disk full, read-only or removed? its database server down?); stopping",
                 )
             self._stop.set()
             raise StoreFailure(str(exc)) from exc
@@ -1063,6 +1065,15 @@ class Daemon:
         await self._store(self._write_marks, marks, confirmed)
 
     async def _heartbeat(self) -> None:
+        if self.lock is not None and not await asyncio.to_thread(self.lock.held):
+            self._failure = self._failure or StoreFailure("the single-writer lock was lost")
+            log.critical(
+                "daemon.lock_lost",
+                hint="the store's database server ended this daemon's session and its lock (a restart?); "
+                "stopping, so that two daemons never run on one store",
+            )
+            self._stop.set()
+            return
         await self._store(self._write_heartbeat)
         self.notify.status(self._status())
 

@@ -5,19 +5,24 @@ start with BEGIN IMMEDIATE: a deferred transaction that later tries to write can
 at once with SQLITE_BUSY (no busy wait), an immediate one waits on busy_timeout.
 `synchronous=FULL` makes every committed transition durable across power loss; the
 daemon batches its bookkeeping writes so this costs one fsync per batch, not per poll.
+
+PostgreSQL (through psycopg) keeps the same two rules with advisory locks: write
+transactions take turns on one transaction-scoped lock, as SQLite's writers do, and the
+daemon holds a session-scoped one for its whole life (one daemon per database).
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
@@ -25,7 +30,11 @@ from tether.diskspace import free_space_problem, preallocate_on_checkout
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SCHEMA_HEAD = "0003"  # the newest revision in migrations/versions (a test keeps them equal)
-BUSY_TIMEOUT_MS = 30_000
+BUSY_TIMEOUT_MS = 30_000  # how long a writer waits for another's turn before it fails
+# PostgreSQL advisory locks, pg_advisory_lock(PG_LOCKS, what): tether's class id, then what.
+PG_LOCKS = 0x7E7E
+PG_WRITES = 1  # every write transaction: their event ids commit in order (the daemon's feed)
+PG_DAEMON = 2  # the running daemon's own connection
 
 
 class StoreError(Exception):
@@ -96,11 +105,17 @@ class Store:
         """Migrate unless the store is already at SCHEMA_HEAD (a cheap look, no Alembic import)."""
         try:
             with self.engine.connect() as conn:
-                current = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
-        except OperationalError:
-            current = None  # a new store: no version table yet
+                current = None  # a new store: no version table yet
+                if inspect(conn).has_table("alembic_version"):
+                    current = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+        except OperationalError as exc:
+            raise StoreError(f"cannot open the store {self.shown_url}: {reason(exc)}") from None
         if current != SCHEMA_HEAD:
             self.migrate()
+
+    @property
+    def shown_url(self) -> str:
+        return make_url(self.url).render_as_string(hide_password=True)
 
     def migrate(self) -> list[str]:
         """Apply pending Alembic migrations; returns the revisions applied."""
@@ -155,9 +170,15 @@ def create_private_file(path: Path) -> None:
         raise StoreError(f"cannot open store {path}: {exc.strerror}") from exc
 
 
+def reason(exc: OperationalError) -> str:
+    """The driver's own words, on one line."""
+    return " ".join(str(getattr(exc, "orig", None) or exc).split())
+
+
 def build_engine(url: str) -> Engine:
-    if make_url(url).get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql":
+        return postgresql_engine(parsed)
     engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
 
     @event.listens_for(engine, "connect")
@@ -179,17 +200,51 @@ def build_engine(url: str) -> Engine:
     return engine
 
 
-class WriterLock:
-    """At most one daemon per store: an exclusive flock on `<db>.lock`.
+def postgresql_engine(url: URL) -> Engine:
+    try:
+        engine = create_engine(
+            url.set(drivername="postgresql+psycopg"),
+            pool_pre_ping=True,
+            connect_args={"options": f"-c lock_timeout={BUSY_TIMEOUT_MS}"},
+        )
+    except ImportError:
+        raise StoreError(
+            "store.url names a PostgreSQL database, but its driver (psycopg) is not installed: "
+            "install tether with its postgresql extra, e.g. pip install 'tether[postgresql]'"
+        ) from None
+
+    @event.listens_for(engine, "begin")
+    def begin(conn: Connection) -> None:
+        # Writers take turns, as SQLite's BEGIN IMMEDIATE makes them: an event's id is drawn
+        # after every earlier writer has committed, so the daemon, reading the events after
+        # the last id it has seen, cannot skip one committed late with a lower id.
+        if conn.get_execution_options().get("tether_immediate", False):
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PG_LOCKS}, {PG_WRITES})")
+
+    return engine
+
+
+def writer_lock(store: Store) -> WriterLock:
+    """The lock that keeps a store to one daemon."""
+    return FileLock(store.sqlite_path) if store.sqlite_path is not None else AdvisoryLock(store)
+
+
+def refusal(holder: str, where: object) -> StoreError:
+    return StoreError(
+        f"another tether daemon ({holder}) is already running on {where}; "
+        "stop it first, or give this one its own store.url"
+    )
+
+
+class FileLock:
+    """A SQLite store's: an exclusive flock on `<db>.lock`.
 
     The lock file records the holder's pid so the refusal can name it. The kernel
     drops the lock when the process dies, so a crash never leaves a stale lock.
     """
 
-    def __init__(self, store: Store) -> None:
-        if store.sqlite_path is None:
-            raise StoreError("the single-writer lock is only implemented for SQLite stores")
-        self.path = store.sqlite_path.with_name(store.sqlite_path.name + ".lock")
+    def __init__(self, database: Path) -> None:
+        self.path = database.with_name(database.name + ".lock")
         self._fd: int | None = None
 
     def acquire(self) -> None:
@@ -199,15 +254,71 @@ class WriterLock:
         except BlockingIOError:
             holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise StoreError(
-                f"another tether daemon (pid {holder}) is already running on {self.path.with_suffix('')}; "
-                "stop it first, or give this one its own store.url"
-            ) from None
+            raise refusal(f"pid {holder}", self.path.with_suffix("")) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
+
+    def held(self) -> bool:
+        return self._fd is not None
 
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+class AdvisoryLock:
+    """A PostgreSQL store's: a session advisory lock, on a connection of its own.
+
+    The connection's application_name names the holder so the refusal can. The server
+    drops the lock when the connection ends, so a crash never leaves a stale lock.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._conn: Connection | None = None
+
+    def acquire(self) -> None:
+        me = f"{HOLDER_PREFIX}pid {os.getpid()} on {socket.gethostname()}"[:63]
+        try:
+            conn = self.store.engine.connect()
+            conn.detach()  # closing it ends the session (and the lock) instead of pooling it
+            conn.exec_driver_sql("SELECT set_config('application_name', %s, false)", (me,))
+            held = conn.exec_driver_sql(f"SELECT pg_try_advisory_lock({PG_LOCKS}, {PG_DAEMON})").scalar()
+            holder = None if held else conn.exec_driver_sql(HOLDER).scalar()
+            conn.commit()
+        except OperationalError as exc:
+            raise StoreError(f"cannot open the store {self.store.shown_url}: {reason(exc)}") from None
+        if not held:
+            conn.close()
+            raise refusal((holder or "unknown").removeprefix(HOLDER_PREFIX), self.store.shown_url)
+        self._conn = conn
+
+    def held(self) -> bool:
+        """Whether the lock's session is alive: a server restart, or a terminated backend, ends it."""
+        if self._conn is None:
+            return False
+        try:
+            self._conn.exec_driver_sql("SELECT 1")
+            self._conn.commit()
+        except OperationalError:
+            return False
+        return True
+
+    def release(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+# Who holds this database's daemon lock: the application_name AdvisoryLock gives its connection.
+HOLDER_PREFIX = "tether daemon "
+HOLDER = f"""
+SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.granted AND l.classid = {PG_LOCKS} AND l.objid = {PG_DAEMON}
+  AND l.objsubid = 2 AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
+
+
+WriterLock = FileLock | AdvisoryLock
