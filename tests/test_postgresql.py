@@ -83,7 +83,8 @@ def test_writers_take_turns_so_no_event_commits_behind_a_later_one(postgres_url)
     second = threading.Thread(target=write, args=("second",))
     second.start()
     waiting = f"""SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
-                  AND classid = {PG_LOCKS} AND objid = {PG_WRITES}"""
+                  AND classid = {PG_LOCKS} AND objid = {PG_WRITES}
+                  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"""
     with store.engine.connect() as conn:
         wait_for(lambda: conn.exec_driver_sql(waiting).scalar() == 1, what="the second writer waiting its turn")
     assert "second" not in ids  # it has not drawn an id while the first is open
