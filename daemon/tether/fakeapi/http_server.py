@@ -55,6 +55,8 @@ async def serve(sock: socket.socket, handler: Handler, until: asyncio.Event) -> 
         connections.add(task)
         try:
             await _Connection(reader, writer, handler).serve()
+        except asyncio.CancelledError:
+            pass  # the server is stopping (below); asyncio would print the cancellation as an error
         except Exception:
             log.exception("the fake API failed on a request; its connection is closed")
         finally:
