@@ -68,6 +68,19 @@ def store_url(request, tmp_path: Path) -> str:
     return request.getfixturevalue("postgres_url")
 
 
+def create(fake: FakeServer, **metadata: str) -> str:
+    """A background response on the stand-in (metadata `fake_*` sets how it plays out); its id."""
+    import httpx
+
+    reply = httpx.post(
+        f"{fake.base_url}/responses",
+        json={"model": "o3-pro", "input": "x", "background": True, "metadata": metadata},
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    )
+    reply.raise_for_status()
+    return reply.json()["id"]
+
+
 @pytest.fixture
 def fake() -> Iterator[FakeServer]:
     with FakeServer(api_key=API_KEY) as server:

@@ -14,10 +14,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from conftest import API_KEY, Tether, wait_for
+from conftest import API_KEY, Tether, create, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -106,16 +105,6 @@ def cli_all(tether: Tether, *calls: tuple[str, ...]) -> list[subprocess.Complete
         assert_no_secret(result)
         results.append(result)
     return results
-
-
-def create(fake, **metadata: str) -> str:
-    reply = httpx.post(
-        f"{fake.base_url}/responses",
-        json={"model": "o3-pro", "input": "x", "background": True, "metadata": metadata},
-        headers={"Authorization": f"Bearer {API_KEY}"},
-    )
-    reply.raise_for_status()
-    return reply.json()["id"]
 
 
 def server_record(fake, rid: str) -> dict:

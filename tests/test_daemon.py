@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import API_KEY, Tether, wait_for
+from conftest import Tether, create, wait_for
 
 POLICIES = """
 [[policy]]
@@ -39,16 +39,6 @@ action = "warn"
 name = "roomy"
 max_runtime = "60s"
 """
-
-
-def create(fake, **metadata: str) -> str:
-    reply = httpx.post(
-        f"{fake.base_url}/responses",
-        json={"model": "o3-pro", "input": "x", "background": True, "metadata": metadata},
-        headers={"Authorization": f"Bearer {API_KEY}"},
-    )
-    reply.raise_for_status()
-    return reply.json()["id"]
 
 
 def server_record(fake, rid: str) -> dict:

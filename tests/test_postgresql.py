@@ -10,9 +10,7 @@ from __future__ import annotations
 import socket
 import threading
 
-import httpx
-
-from conftest import API_KEY, wait_for
+from conftest import create, wait_for
 from tether.models import Event
 from tether.store import PG_LOCKS, PG_WRITES, Store
 
@@ -22,16 +20,6 @@ name = "runaway"
 match = { metadata = { case = "runaway" } }
 max_runtime = "4s"
 """
-
-
-def create(fake, **metadata: str) -> str:
-    reply = httpx.post(
-        f"{fake.base_url}/responses",
-        json={"model": "o3-pro", "input": "x", "background": True, "metadata": metadata},
-        headers={"Authorization": f"Bearer {API_KEY}"},
-    )
-    reply.raise_for_status()
-    return reply.json()["id"]
 
 
 def test_the_daemon_on_postgresql_picks_up_what_the_cli_tracks_and_cancels_at_the_deadline(tether, fake, postgres_url):

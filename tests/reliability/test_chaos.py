@@ -27,7 +27,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest import wait_for
 from reliability_kit import (
     DAEMON_PROJECT,
     UNUSABLE_BODY,

@@ -189,7 +189,7 @@ def test_crash(tmp_path: Path, fake: FakeServer):
             downtimes.append((kill_at, started_at(daemon)))
 
         ids = list(sims)
-        left = wait_converged(install, fake, ids, settle=CONFIRM_WINDOW + 1, timeout=90)
+        wait_converged(install, fake, ids, settle=CONFIRM_WINDOW + 1, timeout=90)
         alive = daemon.poll() is None
         snapshot = fake.state.snapshot()
         calls = fake.state.calls()

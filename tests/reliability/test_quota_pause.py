@@ -4,7 +4,6 @@ that fell in the pause are acted on as soon as it ends."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from conftest import wait_for
