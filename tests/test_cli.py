@@ -272,6 +272,37 @@ def test_submit_of_a_body_the_api_rejects_exits_2_with_the_api_message_and_track
     assert tether.json("ls") == []
 
 
+@pytest.mark.parametrize("fault", ["server_error", "drop"])
+def test_submit_whose_create_failed_after_it_was_sent_is_not_sent_again_and_says_check_first(tether, fake, fault):
+    fake.state.faults.force("create", fault)
+    result = tether.cli("submit", "-", input=json.dumps({"model": "o3-pro", "input": "x"}))
+    assert result.returncode == 1, result.stderr
+    assert "may have created a response" in result.stderr
+    assert no_traceback(result)
+    assert api_calls(fake, "create") == 1  # a create is never resent once it may have arrived
+    assert tether.json("ls") == []
+
+
+def test_submit_to_an_api_that_cannot_be_reached_says_nothing_was_created(tether):
+    tether.base_url = "http://127.0.0.1:1/v1"  # nothing listens there
+    tether.write_config()
+    result = tether.cli("submit", "-", input=json.dumps({"model": "o3-pro", "input": "x"}))
+    assert result.returncode == 1, result.stderr
+    assert "nothing was created; submit it again later" in result.stderr
+    assert no_traceback(result)
+
+
+def test_submit_refused_unprocessed_with_a_429_is_sent_again_and_tracked_once(tether, fake):
+    fake.state.faults.retry_after = 0.2
+    fake.state.faults.force("create", "rate_limit")
+    result = tether.cli("submit", "-", input=json.dumps({"model": "o3-pro", "input": "x", "metadata": {"fake_run": "60"}}))
+    assert result.returncode == 0, result.stderr
+    assert api_calls(fake, "create") == 2
+    [rid] = fake.state.snapshot()["responses"]
+    assert result.stdout.strip() == rid
+    assert [r["id"] for r in tether.json("ls")] == [rid]
+
+
 # ---- ls ----------------------------------------------------------------------------------
 
 

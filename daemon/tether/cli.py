@@ -348,7 +348,7 @@ def submit(
     body = read_body(file)
     body["background"] = True
     client = client_for(config, account)
-    from tether.api import APIError
+    from tether.api import APIError, TransientError
 
     async def create() -> dict[str, Any]:
         try:
@@ -358,6 +358,12 @@ def submit(
 
     try:
         created = asyncio.run(create())
+    except TransientError as exc:
+        if not exc.delivered:
+            fail(EXIT_FAILURE, f"the API did not take the request ({exc}): nothing was created; submit it again later")
+        fail(EXIT_FAILURE, f"the request failed after it was sent ({exc}): it may have created a response "
+             "whose id tether did not get; make sure it did not before you submit again "
+             "(tether never sends a create twice)")
     except APIError as exc:
         code = EXIT_USAGE if exc.status in (400, 422) else EXIT_FAILURE
         fail(code, f"the API refused the request: {exc}")
