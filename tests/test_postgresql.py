@@ -85,10 +85,11 @@ def test_writers_take_turns_so_no_event_commits_behind_a_later_one(postgres_url)
 def test_a_store_that_cannot_be_reached_is_a_message_naming_it(tether):
     tether.store_url = "postgresql://tether@127.0.0.1:1/tether"
     tether.write_config()
-    result = tether.cli("ls")
-    assert result.returncode == 1
-    assert "cannot open the store postgresql://tether@127.0.0.1:1/tether:" in result.stderr
-    assert "Traceback" not in result.stderr
+    for command in ("ls", "run"):
+        result = tether.cli(command)
+        assert result.returncode == 1, command
+        assert "cannot open the store postgresql://tether@127.0.0.1:1/tether:" in result.stderr, command
+        assert "Traceback" not in result.stderr
 
 
 def test_a_daemon_whose_lock_session_ends_stops_rather_than_run_unlocked(tether, postgres_url):
