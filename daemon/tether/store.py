@@ -109,13 +109,17 @@ class Store:
                 if inspect(conn).has_table("alembic_version"):
                     current = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
         except OperationalError as exc:
-            raise StoreError(f"cannot open the store {self.shown_url}: {reason(exc)}") from None
+            raise self.unreachable(exc) from None
         if current != SCHEMA_HEAD:
             self.migrate()
 
     @property
     def shown_url(self) -> str:
         return make_url(self.url).render_as_string(hide_password=True)
+
+    def unreachable(self, exc: OperationalError) -> StoreError:
+        """The store could not be connected to: its URL (no password) and the driver's words."""
+        return StoreError(f"cannot open the store {self.shown_url}: {reason(exc)}")
 
     def migrate(self) -> list[str]:
         """Apply pending Alembic migrations; returns the revisions applied."""
@@ -289,7 +293,7 @@ class AdvisoryLock:
             holder = None if held else conn.exec_driver_sql(HOLDER).scalar()
             conn.commit()
         except OperationalError as exc:
-            raise StoreError(f"cannot open the store {self.store.shown_url}: {reason(exc)}") from None
+            raise self.store.unreachable(exc) from None
         if not held:
             conn.close()
             raise refusal((holder or "unknown").removeprefix(HOLDER_PREFIX), self.store.shown_url)
