@@ -81,6 +81,11 @@ def create(fake: FakeServer, **metadata: str) -> str:
     return reply.json()["id"]
 
 
+def server_record(fake: FakeServer, rid: str) -> dict:
+    """The stand-in's own record of a response (its status, gets, cancels): the tests' oracle."""
+    return fake.state.snapshot()["responses"][rid]
+
+
 @pytest.fixture
 def fake() -> Iterator[FakeServer]:
     with FakeServer(api_key=API_KEY) as server:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from conftest import API_KEY, Tether, create, wait_for
+from conftest import API_KEY, Tether, create, server_record, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -105,10 +105,6 @@ def cli_all(tether: Tether, *calls: tuple[str, ...]) -> list[subprocess.Complete
         assert_no_secret(result)
         results.append(result)
     return results
-
-
-def server_record(fake, rid: str) -> dict:
-    return fake.state.snapshot()["responses"][rid]
 
 
 def api_calls(fake, route: str) -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import Tether, create, wait_for
+from conftest import Tether, create, server_record, wait_for
 
 POLICIES = """
 [[policy]]
@@ -39,10 +39,6 @@ action = "warn"
 name = "roomy"
 max_runtime = "60s"
 """
-
-
-def server_record(fake, rid: str) -> dict:
-    return fake.state.snapshot()["responses"][rid]
 
 
 def settled(tether: Tether, ids: list[str]) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 import threading
 
-from conftest import create, wait_for
+from conftest import create, server_record, wait_for
 from tether.models import Event
 from tether.store import PG_LOCKS, PG_WRITES, Store
 
@@ -29,13 +29,12 @@ def test_the_daemon_on_postgresql_picks_up_what_the_cli_tracks_and_cancels_at_th
     runaway, quick = create(fake, case="runaway", fake_run="60"), create(fake, fake_run="1")
     tether.ok("track", runaway, quick)
 
-    server = fake.state.snapshot()["responses"]
-    wait_for(lambda: fake.state.snapshot()["responses"][runaway]["cancels"], timeout=30, what="the cancel")
-    [call] = fake.state.snapshot()["responses"][runaway]["cancels"]
-    assert call["at"] >= int(server[runaway]["created_at"]) + 4
+    wait_for(lambda: server_record(fake, runaway)["cancels"], timeout=30, what="the cancel")
+    [call] = server_record(fake, runaway)["cancels"]
+    assert call["at"] >= int(server_record(fake, runaway)["created_at"]) + 4
     wait_for(lambda: {r: tether.records()[r]["status"] for r in (runaway, quick)}
              == {runaway: "cancelled", quick: "completed"}, timeout=30, what="both ended")
-    assert fake.state.snapshot()["responses"][quick]["cancels"] == []
+    assert server_record(fake, quick)["cancels"] == []
     kinds = [e["kind"] for e in tether.json("show", runaway)["events"]]
     assert kinds[:3] == ["tracked", "limit_exceeded", "cancel_requested"] and "status" in kinds
     assert "healthy" in tether.ok("check").stdout
