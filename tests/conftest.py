@@ -133,6 +133,7 @@ class Tether:
     base_url: str
     daemons: list[subprocess.Popen] = field(default_factory=list)
     store_url: str | None = None  # else a SQLite file in `root`
+    extra_env: dict[str, str] = field(default_factory=dict)  # for every command and daemon
 
     @property
     def config_path(self) -> Path:
@@ -151,6 +152,7 @@ class Tether:
             XDG_CONFIG_HOME=str(self.root / "xdg-config"),
             PYTHONUNBUFFERED="1",
         )
+        env.update(self.extra_env)
         return env
 
     def write_config(self, policies: str = "", polling: str = FAST_POLLING, stats_interval: str = "60s") -> None:

@@ -4,7 +4,7 @@ Every test talks to a real `FakeServer` on a local port. The server's own record
 (`state.snapshot()`: request counts, fault counts, the headers it saw, the instants of GETs) is
 the oracle for what reached the wire. Where a test needs to see requests from the client's side
 (how many are in flight, which headers were sent) it hooks `Observed` into the client's
-aiohttp session (trace hooks): every request still goes over the network.
+wire (`wire.Trace`): every request still goes over the network.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import pytest
 from openai.types.responses import Response
 
@@ -48,40 +48,37 @@ FINISHED = {"model": "o3-pro", "input": "Say hi.", "background": True, "metadata
 # --- helpers -----------------------------------------------------------------------------------
 
 
-class Observed:
-    """aiohttp trace hooks on the client's session: the requests as sent (headers included), how
-    many are in flight, and a hook after each exchange (`after(request, response)`, with
-    response None when the request failed)."""
+@dataclass
+class Sent:
+    method: str
+    url: str
+    headers: dict[str, str]
 
-    def __init__(self, after: Callable[[Any, aiohttp.ClientResponse | None], None] | None = None) -> None:
+
+class Observed:
+    """A `wire.Trace` on the client: the requests as sent (headers included), how many are in
+    flight, and a hook after each exchange (`after(request, status)`, with status None when the
+    request failed)."""
+
+    def __init__(self, after: Callable[[Sent, int | None], None] | None = None) -> None:
         self.after = after
-        self.requests: list[Any] = []
+        self.requests: list[Sent] = []
         self.sent_at: list[float] = []
         self.answered_at: list[float] = []
         self.in_flight = 0
         self.peak = 0
-        self.config = aiohttp.TraceConfig()
-        self.config.on_request_start.append(self._started)
-        self.config.on_request_end.append(self._ended)
-        self.config.on_request_exception.append(self._failed)
 
-    async def _started(self, session: Any, context: Any, params: Any) -> None:
-        self.requests.append(params)
+    def started(self, method: str, url: str, headers: Mapping[str, str]) -> None:
+        self.requests.append(Sent(method, url, dict(headers)))
         self.sent_at.append(time.monotonic())
         self.in_flight += 1
         self.peak = max(self.peak, self.in_flight)
 
-    async def _ended(self, session: Any, context: Any, params: Any) -> None:
-        self._done(params, params.response)
-
-    async def _failed(self, session: Any, context: Any, params: Any) -> None:
-        self._done(params, None)
-
-    def _done(self, request: Any, response: aiohttp.ClientResponse | None) -> None:
+    def ended(self, status: int | None) -> None:
         self.in_flight -= 1
         self.answered_at.append(time.monotonic())
         if self.after is not None:
-            self.after(request, response)
+            self.after(self.requests[-1], status)
 
 
 class FakeClock:
@@ -143,8 +140,7 @@ async def make_client(fake: FakeServer) -> AsyncIterator[MakeClient]:
     ) -> ResponsesClient:
         config = AccountConfig(name="default", base_url=fake.base_url, **{"request_timeout": 5.0, **account})
         extra = {"clock": clock} if clock is not None else {}
-        trace = observed.config if observed is not None else None
-        client = ResponsesClient(config, key, retry=retry, trace=trace, rng=random.Random(7), **extra)
+        client = ResponsesClient(config, key, retry=retry, trace=observed, rng=random.Random(7), **extra)
         clients.append(client)
         return client
 
@@ -320,7 +316,7 @@ async def test_a_dropped_connection_is_a_transient_error_retried_up_to_the_attem
 
 
 async def test_a_dropped_connection_once_is_recovered_by_the_retry(fake: FakeServer, make_client: MakeClient) -> None:
-    def heal(request: Any, response: aiohttp.ClientResponse | None) -> None:
+    def heal(request: Sent, status: int | None) -> None:
         fake.state.faults.get.drop = 0.0
 
     observed = Observed()
@@ -391,7 +387,7 @@ async def test_a_rate_limit_429_is_a_transient_error_carrying_retry_after_from_t
 async def test_the_retry_after_a_rate_limit_waits_at_least_retry_after(
     fake: FakeServer, make_client: MakeClient
 ) -> None:
-    def lift_after_first(request: Any, response: aiohttp.ClientResponse | None) -> None:
+    def lift_after_first(request: Sent, status: int | None) -> None:
         fake.state.faults.get.rate_limit = 0.0
 
     observed = Observed()
@@ -944,7 +940,7 @@ async def test_a_rate_limited_create_is_retried_because_the_server_refused_it_un
 async def test_a_create_that_could_not_connect_is_retried(fake: FakeServer, unused_tcp_port: int) -> None:
     config = AccountConfig(name="default", base_url=f"http://127.0.0.1:{unused_tcp_port}/v1", request_timeout=1.0)
     observed = Observed()
-    client = ResponsesClient(config, API_KEY, retry=RetryPolicy(attempts=3, base=0.01, cap=0.02), trace=observed.config)
+    client = ResponsesClient(config, API_KEY, retry=RetryPolicy(attempts=3, base=0.01, cap=0.02), trace=observed)
     try:
         exc = await raised(client.create({"model": "o3-pro", "input": "x", "background": True}))
     finally:

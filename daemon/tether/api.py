@@ -11,7 +11,7 @@ Errors are typed by what the caller should do about them:
 
 The API key lives only in the request headers: it never enters an error message.
 
-HTTP is aiohttp, used directly (the stack named httpx; README, "How it is built", says why).
+HTTP is tether's own (`tether.wire`; the stack named httpx: README, "How it is built", says why).
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
-
+from tether import __version__, wire
 from tether.config import AccountConfig
 
 QUOTA_CODES = frozenset(
@@ -111,7 +110,7 @@ class ResponsesClient:
         api_key: str,
         *,
         retry: RetryPolicy = RetryPolicy(),
-        trace: aiohttp.TraceConfig | None = None,
+        trace: wire.Trace | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
@@ -124,36 +123,23 @@ class ResponsesClient:
         # they never queue behind polls, and a burst of deadlines goes out in parallel.
         priority_slots = max(PRIORITY_MIN, account.max_concurrency)
         self._priority = asyncio.Semaphore(priority_slots)
-        self._connections = account.max_concurrency + priority_slots
         self.paused_until = 0.0
         self._pause = ACCOUNT_PAUSE_FIRST
         self._key = api_key
-        self._base = account.base_url.rstrip("/") + "/"
-        self._headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
+        headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
         if account.organization:
-            self._headers["OpenAI-Organization"] = account.organization
+            headers["OpenAI-Organization"] = account.organization
         if account.project:
-            self._headers["OpenAI-Project"] = account.project
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=account.request_timeout, sock_read=account.request_timeout
+            headers["OpenAI-Project"] = account.project
+        self._origin = wire.Origin(
+            account.base_url,
+            headers,
+            timeout=account.request_timeout,
+            proxy=proxy_for(account.base_url),
+            trace=trace,
+            user_agent=f"tether/{__version__}",
+            max_idle=account.max_concurrency + priority_slots,
         )
-        self._proxy = proxy_for(self._base)
-        self._trace = trace
-        self._session: aiohttp.ClientSession | None = None
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:  # made on first use: a session belongs to the running loop
-            self._session = aiohttp.ClientSession(
-                headers=self._headers,
-                connector=aiohttp.TCPConnector(limit=self._connections, limit_per_host=0),
-                timeout=self._timeout,
-                trace_configs=[self._trace] if self._trace else None,
-            )
-            # aiohttp quietly sends an idempotent request again when a kept-alive connection
-            # turns out closed; tether counts and logs its own attempts (RetryPolicy), so one
-            # attempt must be one request.
-            self._session._retry_connection = False
-        return self._session
 
     async def get(
         self, response_id: str, *, retry: RetryPolicy | None = None, priority: bool = False
@@ -172,9 +158,7 @@ class ResponsesClient:
         return max(0.0, self.paused_until - self._clock())
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        self._origin.close()
 
     async def _call(
         self,
@@ -210,23 +194,17 @@ class ResponsesClient:
                 )
             data = json.dumps(body).encode() if body is not None else None
             try:
-                async with self._http().request(
-                    method, self._base + path, data=data, proxy=self._proxy, allow_redirects=False
-                ) as reply:
-                    content = await reply.read()
-                    status, headers, reason = reply.status, reply.headers, reply.reason
-            except (aiohttp.ConnectionTimeoutError, aiohttp.ClientConnectorError) as exc:  # never sent
-                raise TransientError(
-                    f"could not connect for {method} /{path}: {type(exc).__name__}", delivered=False
-                ) from None
-            except (aiohttp.SocketTimeoutError, asyncio.TimeoutError) as exc:
-                raise TransientError(f"timeout on {method} /{path}: {type(exc).__name__}") from None
-            except aiohttp.ClientError as exc:  # dropped, reset or garbled after it was sent
-                raise TransientError(f"connection error on {method} /{path}: {type(exc).__name__}") from None
-        if 200 <= status < 300:
+                reply = await self._origin.request(method, path, data)
+            except wire.CannotConnect as exc:  # never sent
+                raise TransientError(f"could not connect for {method} /{path}: {exc}", delivered=False) from None
+            except wire.ReplyTimeout as exc:
+                raise TransientError(f"timeout on {method} /{path}: {exc}") from None
+            except wire.Broken as exc:  # dropped, reset or garbled after it was sent
+                raise TransientError(f"connection error on {method} /{path}: {exc}") from None
+        if 200 <= reply.status < 300:
             self._pause = ACCOUNT_PAUSE_FIRST
-            return self._parse(content, status, headers, method, path)
-        raise self._error(content, status, headers, reason, method, path)
+            return self._parse(reply.body, reply.status, reply.headers, method, path)
+        raise self._error(reply.body, reply.status, reply.headers, reply.reason, method, path)
 
     def _parse(
         self, content: bytes, status: int, headers: Mapping[str, str], method: str, path: str
@@ -285,8 +263,7 @@ def is_quota(code: str | None, type_: Any) -> bool:
 
 
 def proxy_for(base_url: str) -> str | None:
-    """HTTP(S)_PROXY / NO_PROXY from the environment, looked up once per account (aiohttp's own
-    `trust_env` reads the environment and ~/.netrc again, on a thread, for every request)."""
+    """HTTP(S)_PROXY / NO_PROXY from the environment, looked up once per account."""
     url = urllib.parse.urlsplit(base_url)
     if urllib.request.proxy_bypass(url.hostname or ""):
         return None

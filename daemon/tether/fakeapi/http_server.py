@@ -12,6 +12,7 @@ import asyncio
 import http
 import logging
 import socket
+import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -45,8 +46,11 @@ DROP = Reply(0, b"")  # close the connection without answering
 Handler = Callable[[Request], Awaitable[Reply]]
 
 
-async def serve(sock: socket.socket, handler: Handler, until: asyncio.Event) -> None:
-    """Serve connections on the listening `sock` until `until` is set, then close them all."""
+async def serve(
+    sock: socket.socket, handler: Handler, until: asyncio.Event, tls: ssl.SSLContext | None = None
+) -> None:
+    """Serve connections on the listening `sock` (over TLS with `tls`) until `until` is set,
+    then close them all."""
     connections: set[asyncio.Task] = set()
 
     async def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -62,7 +66,7 @@ async def serve(sock: socket.socket, handler: Handler, until: asyncio.Event) -> 
         finally:
             connections.discard(task)
 
-    server = await asyncio.start_server(connected, sock=sock)
+    server = await asyncio.start_server(connected, sock=sock, ssl=tls)
     try:
         await until.wait()
     finally:
@@ -144,10 +148,15 @@ class _Connection:
         self.ready.append(
             Request(
                 method=self.parser.get_method().decode(),
-                path=self._url.decode("latin-1").partition("?")[0],
+                path=self._path(),
                 headers=self._headers,
                 body=bytes(self._body),
                 client_gone=self._client_gone,
                 keep_alive=self.parser.should_keep_alive(),
             )
         )
+
+    def _path(self) -> str:
+        if not self._url.startswith(b"/"):  # absolute-form, as sent through a proxy (RFC 9112, 3.2.2)
+            return (httptools.parse_url(self._url).path or b"/").decode("latin-1")
+        return self._url.decode("latin-1").partition("?")[0]

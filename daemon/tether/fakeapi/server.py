@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import threading
 from typing import Any
 
@@ -19,21 +20,30 @@ class FakeServer:
     """The fake Responses API on a local port.
 
     `with FakeServer(run=0.2) as srv:` serves from a background thread and gives
-    `srv.base_url` ("http://127.0.0.1:PORT/v1") and `srv.state`. Keywords beyond the named ones
-    go to `FakeState` (simulation defaults, `id_prefix`, `cancel_finished_status`).
+    `srv.base_url` ("http://127.0.0.1:PORT/v1") and `srv.state`. With `tls` (a server-side
+    SSLContext) it serves HTTPS. Keywords beyond the named ones go to `FakeState` (simulation
+    defaults, `id_prefix`, `cancel_finished_status`).
     """
 
-    def __init__(self, api_key: str | None = "sk-fake", host: str = "127.0.0.1", port: int = 0, **settings: Any) -> None:
+    def __init__(
+        self,
+        api_key: str | None = "sk-fake",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls: ssl.SSLContext | None = None,
+        **settings: Any,
+    ) -> None:
         self.state = FakeState(api_key=api_key, **settings)
         self.host = host
         self.port = port
+        self.tls = tls
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     @property
     def base_url(self) -> str:
@@ -55,7 +65,7 @@ class FakeServer:
         """Serve on the listening `sock` until `until` is set."""
         watch = asyncio.create_task(_watch_loop_lag(self.state, until))
         try:
-            await http_server.serve(sock, FakeAPI(self.state), until)
+            await http_server.serve(sock, FakeAPI(self.state), until, self.tls)
         finally:
             watch.cancel()
 
