@@ -491,3 +491,38 @@ async def test_polls_held_behind_a_hung_cancel_are_freed_again_after_a_later_bur
     await asyncio.wait_for(daemon._polls_free.wait(), timeout=5)
     hung.__exit__(None, None, None)
     assert daemon._polls_free.is_set()
+
+
+async def test_a_deadlines_decisions_overtake_the_store_writes_queued_before_them(tmp_path):
+    """Store writes queued while the store thread is busy commit together; a deadline's
+    decisions (urgent) do not wait behind them: they run next, in a transaction of their own."""
+    import asyncio
+    import threading
+
+    from tether import daemon as daemon_module
+    from tether.config import parse_config
+    from tether.store import Store
+
+    store = Store(f"sqlite:///{tmp_path / 't.db'}")
+    store.migrate()
+    daemon = daemon_module.Daemon(parse_config({}, environ={}), store)
+    running, release = threading.Event(), threading.Event()
+    ran: list[tuple[str, object]] = []  # (job, the session of the transaction it ran in)
+
+    def busy() -> None:
+        running.set()
+        assert release.wait(10)
+
+    def job(name: str) -> None:
+        ran.append((name, store._batch.open[0]))
+
+    first = asyncio.ensure_future(daemon._store(busy))
+    await asyncio.to_thread(running.wait, 10)
+    queued = [asyncio.ensure_future(daemon._store(job, f"write{i}")) for i in range(3)]
+    urgent = asyncio.ensure_future(daemon._store(job, "decisions", urgent=True))
+    await asyncio.sleep(0)  # the four coroutines have queued their jobs behind `busy`
+    release.set()
+    await asyncio.wait_for(asyncio.gather(first, *queued, urgent), 10)
+    assert [name for name, _ in ran] == ["decisions", "write0", "write1", "write2"]
+    sessions = [session for _, session in ran]
+    assert sessions[0] is not sessions[1] and sessions[1] is sessions[2] is sessions[3]

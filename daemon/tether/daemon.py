@@ -223,6 +223,7 @@ class Daemon:
         self._sending = 0
         self._db = ThreadPoolExecutor(1, thread_name_prefix="tether-store")
         self._jobs: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._urgent: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = []
         self._jobs_lock = threading.Lock()
         self._draining = False
         self._marks: dict[str, PollMark] = {}
@@ -349,17 +350,19 @@ class Daemon:
 
     # ---- store access ----------------------------------------------------------
 
-    async def _store(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _store(self, fn: Callable[..., T], *args: Any, urgent: bool = False) -> T:
         """Run a store function on the store thread; a store error stops the daemon.
 
         Group commit: the functions queued while the store thread is busy run together in one
         transaction (one fsync), each in its own savepoint; each caller resumes once that
-        transaction has committed, so what it wrote is durable before it goes on.
+        transaction has committed, so what it wrote is durable before it goes on. Urgent ones
+        (a deadline's decisions) go first, in a transaction of their own: a cancel waits for
+        the transaction already running, not for everything queued behind it.
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         with self._jobs_lock:
-            self._jobs.append((fn, args, future))
+            (self._urgent if urgent else self._jobs).append((fn, args, future))
             start, self._draining = not self._draining, True
         if start:
             self._db.submit(self._run_batches, loop)
@@ -380,7 +383,10 @@ class Daemon:
         """On the store thread: run the queued store functions, a batch per transaction."""
         while True:
             with self._jobs_lock:
-                jobs, self._jobs = self._jobs, []
+                if self._urgent:
+                    jobs, self._urgent = self._urgent, []
+                else:
+                    jobs, self._jobs = self._jobs, []
                 if not jobs:
                     self._draining = False
                     return
@@ -650,7 +656,9 @@ class Daemon:
             due = [rec for rec in recs if rec.id in self.active and is_active(rec.status)]
             if not due:
                 return
-            decisions = await self._store(self._write_decisions, [(rec.id, rec.id in looked) for rec in due], at)
+            decisions = await self._store(
+                self._write_decisions, [(rec.id, rec.id in looked) for rec in due], at, urgent=True
+            )
             await self._until(at)
             cancels = []
             for rec, (row, cancel) in zip(due, decisions):
