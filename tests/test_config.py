@@ -644,6 +644,16 @@ def test_an_invalid_budget_or_price_is_rejected_with_its_key_path(text, message)
             id="a base url without a scheme",
         ),
         pytest.param(
+            '[accounts.default]\nbase_url = "https://"',
+            'accounts.default.base_url: the URL names no host: "https://"',
+            id="a base url without a host",
+        ),
+        pytest.param(
+            '[accounts.default]\nbase_url = "http://localhost:80a0/v1"',
+            'accounts.default.base_url: not a valid URL (its port?): "http://localhost:80a0/v1"',
+            id="a base url with a bad port",
+        ),
+        pytest.param(
             '[accounts.default]\nmax_concurrency = "16"',
             'accounts.default.max_concurrency: expected an integer >= 1, got "16"',
             id="a concurrency given as a string",
