@@ -25,6 +25,7 @@ from conftest import API_KEY
 from tether import wire
 from tether.fakeapi import FakeServer
 
+REFUSED = b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n"
 RUNNING = {"model": "o3-pro", "input": "x", "background": True, "metadata": {"fake_run": "60"}}
 AUTH = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
 
@@ -399,9 +400,9 @@ async def test_https_to_a_server_whose_ca_is_not_trusted_is_refused(
 class Proxy:
     """A forwarding proxy: CONNECT opens a tunnel; a request in absolute-form is passed on, with
     the rest of its connection, to the host it names. Keeps the first head of each connection;
-    with `refuse`, answers 407 to everything."""
+    with `refuse`, answers that to everything."""
 
-    def __init__(self, refuse: bool = False) -> None:
+    def __init__(self, refuse: bytes = b"") -> None:
         self.refuse = refuse
         self.heads: list[str] = []
         self.server: asyncio.Server | None = None
@@ -412,7 +413,8 @@ class Proxy:
             self.heads.append(head.decode("latin-1"))
             method, target, _ = head.split(b"\r\n")[0].decode().split(" ")
             if self.refuse:
-                writer.write(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n")
+                writer.write(self.refuse)
+                await writer.drain()
                 return
             if method == "CONNECT":
                 host, port = target.rsplit(":", 1)
@@ -475,7 +477,7 @@ async def test_http_through_a_proxy_sends_the_absolute_url(origin_to, fake: Fake
 async def test_a_proxy_that_refuses_the_tunnel_is_cannot_connect(
     origin_to, https_fake: FakeServer, trusted: Path
 ) -> None:
-    async with Proxy(refuse=True) as proxy:
+    async with Proxy(refuse=REFUSED) as proxy:
         with pytest.raises(wire.CannotConnect, match="407") as caught:
             await origin_to(https_fake.base_url, proxy=proxy.url()).request("GET", "responses/resp_x")
     assert caught.value.sent is False
@@ -484,7 +486,7 @@ async def test_a_proxy_that_refuses_the_tunnel_is_cannot_connect(
 
 async def test_connect_names_the_default_port(origin_to) -> None:
     # The proxy refuses, so nothing beyond it is needed: what matters is the CONNECT line.
-    async with Proxy(refuse=True) as proxy:
+    async with Proxy(refuse=REFUSED) as proxy:
         with pytest.raises(wire.CannotConnect):
             await origin_to("https://api.openai.com/v1", proxy=proxy.url()).request("GET", "responses/resp_x")
     assert proxy.heads[0].startswith("CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\n")
@@ -511,3 +513,25 @@ async def test_a_connection_in_use_when_the_origin_closes_is_closed_after_its_re
         answer.set()
         assert (await task).body == b"{}"
         await asyncio.wait_for(server.closed.wait(), 5)
+
+
+async def test_a_refusal_with_a_body_is_still_a_refusal(origin_to, https_fake: FakeServer, trusted: Path) -> None:
+    page = b"<html>Access denied by policy</html>"
+    refusal = b"HTTP/1.1 403 Forbidden\r\nContent-Length: %d\r\n\r\n%s" % (len(page), page)
+    async with Proxy(refuse=refusal) as proxy:
+        with pytest.raises(wire.CannotConnect, match="refused to connect to .*: HTTP 403"):
+            await origin_to(https_fake.base_url, proxy=proxy.url()).request("GET", "responses/resp_x")
+
+
+async def test_a_proxy_url_without_a_scheme_is_taken_as_http(origin_to, https_fake: FakeServer, trusted: Path) -> None:
+    async with Proxy() as proxy:
+        origin = origin_to(https_fake.base_url, proxy=proxy.url().removeprefix("http://"))
+        assert (await origin.request("GET", "responses/resp_missing")).status == 404
+    assert proxy.heads[0].startswith("CONNECT ")
+
+
+async def test_a_proxy_spoken_to_over_tls_is_refused_with_what_to_do(origin_to, https_fake: FakeServer) -> None:
+    origin = origin_to(https_fake.base_url, proxy="https://ops:s3cret@proxy.corp:443")
+    with pytest.raises(wire.CannotConnect, match="set HTTPS_PROXY=http://HOST:PORT") as caught:
+        await origin.request("GET", "responses/resp_x")
+    assert "s3cret" not in str(caught.value) and "proxy.corp" in str(caught.value)

@@ -2,14 +2,14 @@
 
 A deadline is a burst: every response whose deadline falls in the same second is cancelled
 at once, and the burst's last cancel leaves as late as the client's CPU per request makes it.
-aiohttp spent about three times the CPU per request of this module (docs/benchmarks.md,
-"Deadline bursts"), so tether speaks HTTP itself, for just what it needs:
+aiohttp spent two and a half times the CPU per request of this module (docs/benchmarks.md,
+*9.* and *10.*), so tether speaks HTTP itself, for just what it needs:
 
 - kept-alive connections to one origin, the most recently used first, closed after KEEPALIVE
   idle (before a server or load balancer would close them under a request);
 - TLS with the system's trust store (OpenSSL's `SSL_CERT_FILE` / `SSL_CERT_DIR` honoured);
-- a proxy from the environment (`proxy_for` in api.py): CONNECT for https, absolute-form for
-  http, Basic credentials taken from the proxy URL;
+- a proxy from the environment (`proxy_for` in api.py), spoken to in plain HTTP: CONNECT for
+  https, absolute-form for http, Basic credentials taken from the proxy URL;
 - replies of known length, chunked or read until close; gzip or deflate bodies;
 - a connect timeout, and a timeout on the wait for each read of the reply.
 
@@ -98,6 +98,8 @@ class Origin:
         self.timeout = timeout
         self._prefix = url.path.rstrip("/") + "/"
         self._target = self._prefix  # what precedes the path on the request line
+        if proxy and "://" not in proxy:  # HTTPS_PROXY=proxy.corp:3128, as curl accepts it
+            proxy = f"http://{proxy}"
         self._proxy = urllib.parse.urlsplit(proxy) if proxy else None
         # Where connections go: the proxy when there is one.
         self._peer = (self._proxy.hostname or "", self._proxy.port or 80) if self._proxy else (self.host, self.port)
@@ -158,6 +160,11 @@ class Origin:
     async def _connect(self) -> _Connection:
         """A new connection; its failures are CannotConnect: the request was not sent."""
         host, port = self._peer
+        if self._proxy is not None and self._proxy.scheme != "http":
+            raise CannotConnect(
+                f"the proxy {self._proxy.scheme}://{host} is not an http:// URL: tether speaks to proxies in plain "
+                "HTTP (CONNECT keeps the API's TLS end to end); set HTTPS_PROXY=http://HOST:PORT"
+            )
         try:
             return await self._open()
         except TimeoutError:
@@ -284,8 +291,6 @@ class _Connection(asyncio.Protocol):
     def _fail(self, exc: WireError) -> None:
         if self._reply is not None and not self._reply.done():
             self._reply.set_exception(exc)
-        if self._tunnel is not None and not self._tunnel.done():
-            self._tunnel.set_exception(CannotConnect(f"the proxy's tunnel failed: {exc}"))
 
     # ---- asyncio.Protocol ----
 
@@ -320,20 +325,23 @@ class _Connection(asyncio.Protocol):
 
     def _tunnel_received(self, data: bytes) -> None:
         assert self._tunnel is not None
+        if self._tunnel.done():  # answered already; tunnel() is about to return or raise
+            return
         self._tunnel_head += data
         end = self._tunnel_head.find(b"\r\n\r\n")
         if end < 0:
             if len(self._tunnel_head) > TUNNEL_HEAD_MAX:
                 self._tunnel.set_exception(CannotConnect("the proxy's answer to CONNECT is not HTTP"))
             return
-        if end + 4 != len(self._tunnel_head):  # the origin cannot speak before our TLS hello
-            self._tunnel.set_exception(CannotConnect("the proxy sent more than an answer to CONNECT"))
-            return
         parts = self._tunnel_head.split(b" ", 2)
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
             self._tunnel.set_exception(CannotConnect("the proxy's answer to CONNECT is not HTTP"))
             return
-        self._tunnel.set_result(int(parts[1]))
+        status = int(parts[1])
+        if 200 <= status < 300 and end + 4 != len(self._tunnel_head):  # before our TLS hello?
+            self._tunnel.set_exception(CannotConnect("the proxy sent more than an answer to CONNECT"))
+            return
+        self._tunnel.set_result(status)  # a refusal's body, if any, is not read
 
     def _read_until_close(self) -> bool:
         return "content-length" not in self._headers and "transfer-encoding" not in self._headers
