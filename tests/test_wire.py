@@ -92,11 +92,34 @@ def replying(*replies: bytes) -> Callable[[Scripted], Script]:
     return script
 
 
+def answering_once(*chunks: bytes) -> Callable[[Scripted], Script]:
+    """A script that answers one request with `chunks`, written one after another, and then
+    closes the connection."""
+
+    def script(server: Scripted) -> Script:
+        async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await server.read_head(reader)
+            for chunk in chunks:
+                writer.write(chunk)
+                await writer.drain()
+
+        return run
+
+    return script
+
+
 async def eventually(condition: Callable[[], bool], within: float = 5.0) -> None:
     deadline = asyncio.get_running_loop().time() + within
     while not condition():
         assert asyncio.get_running_loop().time() < deadline, "the condition did not come true in time"
         await asyncio.sleep(0.005)
+
+
+async def in_flight(origin: wire.Origin, server: Scripted) -> asyncio.Task[wire.Reply]:
+    """A GET started and read by the server, whose reply is still to come."""
+    task = asyncio.create_task(origin.request("GET", "x"))
+    await eventually(lambda: len(server.heads) == 1)
+    return task
 
 
 def ok(body: bytes, *headers: str) -> bytes:
@@ -148,15 +171,7 @@ async def test_a_chunked_reply_is_read_whole(origin_to) -> None:
 
 
 async def test_a_reply_without_a_length_is_read_until_the_server_closes(origin_to) -> None:
-    def script(server: Scripted) -> Script:
-        async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await server.read_head(reader)
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n")
-            await writer.drain()
-            writer.write(b'{"status": "completed"}')
-
-        return run
-
+    script = answering_once(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n", b'{"status": "completed"}')
     async with Scripted(script) as server:
         origin = origin_to(server.url)
         first = await origin.request("GET", "x")
@@ -281,30 +296,14 @@ async def test_a_reply_that_keeps_trickling_in_is_not_timed_out(origin_to) -> No
     ids=["not http", "cut short"],
 )
 async def test_garbage_or_a_reply_cut_short_is_broken_and_sent(origin_to, reply: bytes) -> None:
-    def script(server: Scripted) -> Script:
-        async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await server.read_head(reader)
-            writer.write(reply)
-            await writer.drain()
-
-        return run
-
-    async with Scripted(script) as server:
+    async with Scripted(answering_once(reply)) as server:
         with pytest.raises(wire.Broken) as caught:
             await origin_to(server.url).request("GET", "x")
     assert caught.value.sent is True
 
 
 async def test_an_idle_connection_the_server_closed_is_not_used(origin_to) -> None:
-    def script(server: Scripted) -> Script:
-        async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await server.read_head(reader)
-            writer.write(ok(b"{}"))  # kept alive, then closed by the server while idle
-            await writer.drain()
-
-        return run
-
-    async with Scripted(script) as server:
+    async with Scripted(answering_once(ok(b"{}"))) as server:  # kept alive, then closed while idle
         origin = origin_to(server.url)
         await origin.request("GET", "x")
         await server.closed.wait()
@@ -338,8 +337,7 @@ async def test_a_cancelled_request_closes_its_connection(origin_to) -> None:
 
     async with Scripted(script) as server:
         origin = origin_to(server.url)
-        task = asyncio.create_task(origin.request("GET", "x"))
-        await eventually(lambda: len(server.heads) == 1)
+        task = await in_flight(origin, server)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -507,8 +505,7 @@ async def test_a_connection_in_use_when_the_origin_closes_is_closed_after_its_re
 
     async with Scripted(script) as server:
         origin = origin_to(server.url)
-        task = asyncio.create_task(origin.request("GET", "x"))
-        await eventually(lambda: len(server.heads) == 1)
+        task = await in_flight(origin, server)
         origin.close()
         answer.set()
         assert (await task).body == b"{}"
