@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -23,14 +23,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from tether import accounting, logs, render, tracker
+from tether.api import APIError, NotFound, RequestRejected, ResponsesClient, TransientError
 from tether.config import Config, ConfigError, load_config, parse_duration
 from tether.ids import valid_id
 from tether.models import TERMINAL, Event, Heartbeat, Response, is_active
 from tether.pricing import Pricing
 from tether.store import Store, StoreError, sqlite_path
 
-if TYPE_CHECKING:
-    from tether.api import ResponsesClient
 
 EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFIG = 1, 2, 3, 78
 HEARTBEAT_STALE = 30.0  # seconds without a heartbeat before `tether check` fails
@@ -246,10 +245,6 @@ def check_names(config: Config, policy: str | None, account: str | None) -> str:
 
 
 def client_for(config: Config, account: str) -> ResponsesClient:
-    # tether.api (aiohttp) is imported by the commands that call the API, not at start:
-    # it is a fifth of every command's start-up time.
-    from tether.api import ResponsesClient
-
     try:
         return ResponsesClient(config.accounts[account], config.accounts[account].read_api_key())
     except ConfigError as exc:
@@ -310,7 +305,6 @@ def track(
     ids = list(dict.fromkeys(ids))
     observed: list[dict[str, Any] | None] = [None] * len(ids)
     if not no_verify:
-        from tether.api import NotFound
 
         results = asyncio.run(fetch_all(client_for(config, account), ids))
         missing = [i for i, r in zip(ids, results) if isinstance(r, NotFound)]
@@ -348,7 +342,6 @@ def submit(
     body = read_body(file)
     body["background"] = True
     client = client_for(config, account)
-    from tether.api import APIError, TransientError
 
     async def create() -> dict[str, Any]:
         try:
@@ -534,7 +527,6 @@ def cancel(
         row = rec.session.get(Response, response_id)
         tracker.request_cancel(rec, row, "manual", note=reason)
     client = client_for(config, row.account)
-    from tether.api import APIError, RequestRejected
 
     async def send() -> dict[str, Any]:
         try:
@@ -569,7 +561,6 @@ def cancel(
 
 def look_quietly(config: Config, account: str, rid: str) -> dict[str, Any] | None:
     client = client_for(config, account)
-    from tether.api import APIError
 
     async def get() -> dict[str, Any] | None:
         try:
