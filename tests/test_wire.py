@@ -92,14 +92,16 @@ def replying(*replies: bytes) -> Callable[[Scripted], Script]:
     return script
 
 
-def answering_once(*chunks: bytes) -> Callable[[Scripted], Script]:
-    """A script that answers one request with `chunks`, written one after another, and then
-    closes the connection."""
+def answering_once(*chunks: bytes, gap: float = 0.0) -> Callable[[Scripted], Script]:
+    """A script that answers one request with `chunks`, written one after another (`gap`
+    seconds apart, so that they arrive as separate reads), and then closes the connection."""
 
     def script(server: Scripted) -> Script:
         async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await server.read_head(reader)
-            for chunk in chunks:
+            for n, chunk in enumerate(chunks):
+                if n and gap:
+                    await asyncio.sleep(gap)  # traffic shaping, not a wait for a condition
                 writer.write(chunk)
                 await writer.drain()
 
@@ -178,6 +180,18 @@ async def test_a_reply_without_a_length_is_read_until_the_server_closes(origin_t
         second = await origin.request("GET", "x")
     assert first.body == second.body == b'{"status": "completed"}'
     assert server.connections == 2
+
+
+SPLIT_REPLY = ok(b'{"status": "completed"}', "Content-Type: application/json", "X-Request-Id: req_1")
+
+
+@pytest.mark.parametrize("at", [1, 9, 12, 14, 17, 30, 31, 50, 62, 75, len(SPLIT_REPLY) - 4, len(SPLIT_REPLY) - 1])
+async def test_a_reply_split_anywhere_across_reads_is_read_the_same(origin_to, at: int) -> None:
+    # Within the status line, a header's name or value, between \r and \n, in the body.
+    async with Scripted(answering_once(SPLIT_REPLY[:at], SPLIT_REPLY[at:], gap=0.02)) as server:
+        reply = await origin_to(server.url).request("GET", "x")
+    assert (reply.status, reply.reason, reply.headers["x-request-id"]) == (200, "OK", "req_1")
+    assert reply.body == b'{"status": "completed"}'
 
 
 @pytest.mark.parametrize("encoding", ["gzip", "deflate"])
