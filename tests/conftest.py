@@ -61,6 +61,12 @@ def postgres_url() -> Iterator[str]:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
+def suite_store(request) -> str | None:
+    """A whole suite on each store: None (the installation's own SQLite file) or a PostgreSQL URL."""
+    return None if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
 def store_url(request, tmp_path: Path) -> str:
     """The same store test on each kind of store."""
     if request.param == "sqlite":

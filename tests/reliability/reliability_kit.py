@@ -5,7 +5,8 @@ and the invariant checks.
 Oracles: the stand-in's own record (`FakeState.snapshot()`: each response's status, and the
 cancels that took effect or were refused; `FakeState.calls()`: every API request with its
 arrival time, the fault injected and the HTTP status answered) against tether's store (read
-with sqlite3, read-only queries), its CLI `--json` output and the daemon's JSON log lines.
+with read-only queries: sqlite3 on a SQLite file, psycopg on a PostgreSQL database), its CLI
+`--json` output and the daemon's JSON log lines.
 
 Every check returns a list of violations (strings, each naming a response and what went
 wrong); tests assert the list is empty and record the figures for docs/reliability.md.
@@ -66,6 +67,11 @@ class Install(Tether):
     cli_outputs: list[str] = field(default_factory=list)
 
     @property
+    def store(self) -> Path | str:
+        """What `read_store` reads: the SQLite file, or the PostgreSQL URL when there is one."""
+        return self.store_url or self.store_path
+
+    @property
     def cli_config_path(self) -> Path:
         return self.root / "tether-cli.toml"
 
@@ -75,7 +81,7 @@ class Install(Tether):
             path.write_text(
                 f"""
 [store]
-url = "sqlite:///{self.store_path}"
+url = "{self.store_url or f'sqlite:///{self.store_path}'}"
 
 [log]
 format = "json"
@@ -163,36 +169,43 @@ def kill_all(install: Install) -> None:
 # --- reading tether's store ---------------------------------------------------------------------
 
 
-def read_store(path: Path) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
-    """(responses by id, events oldest first), straight from the SQLite file: exact float times."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
-    conn.row_factory = sqlite3.Row
-    try:
-        rows = {r["id"]: dict(r) for r in conn.execute("SELECT * FROM responses")}
-        events = [dict(e) for e in conn.execute("SELECT * FROM events ORDER BY id")]
-    finally:
-        conn.close()
-    for row in rows.values():
+def query(store: Path | str, sql: str) -> list[dict[str, Any]]:
+    """The rows of a read-only query on tether's store: a SQLite file, or a PostgreSQL URL."""
+    if isinstance(store, Path):
+        conn = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=30)
+        conn.row_factory = sqlite3.Row
+        try:
+            return [dict(row) for row in conn.execute(sql)]
+        finally:
+            conn.close()
+    import psycopg
+    from psycopg.rows import dict_row
+
+    with psycopg.connect(store, row_factory=dict_row, connect_timeout=10) as conn:
+        return list(conn.execute(sql))
+
+
+def read_store(store: Path | str) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """(responses by id, events oldest first), straight from the store: exact float times."""
+    rows = {r["id"]: r for r in query(store, "SELECT * FROM responses")}
+    events = query(store, "SELECT * FROM events ORDER BY id")
+    for row in rows.values():  # JSON columns: text in SQLite, decoded already by psycopg
         for key in ("labels", "metadata", "limits_hit", "error", "usage"):
             if isinstance(row.get(key), str):
                 row[key] = json.loads(row[key])
     for ev in events:
-        ev["detail"] = json.loads(ev["detail"]) if ev["detail"] else {}
+        ev["detail"] = json.loads(ev["detail"]) if isinstance(ev["detail"], str) else ev["detail"] or {}
     return rows, events
 
 
-def store_statuses(path: Path) -> dict[str, str | None]:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
-    try:
-        return dict(conn.execute("SELECT id, status FROM responses"))
-    finally:
-        conn.close()
+def store_statuses(store: Path | str) -> dict[str, str | None]:
+    return {row["id"]: row["status"] for row in query(store, "SELECT id, status FROM responses")}
 
 
 def disagreements(install: Install, fake, ids: Iterable[str]) -> list[str]:
     """What keeps `converged` false: for a failure message."""
     snapshot = fake.state.snapshot()
-    statuses = store_statuses(install.store_path)
+    statuses = store_statuses(install.store)
     return [
         f"{rid}: tether {statuses.get(rid)!r}, server {snapshot['responses'][rid]['status']!r}"
         for rid in ids
@@ -209,7 +222,7 @@ def wait_converged(install: Install, fake, ids: list[str], settle: float, timeou
     while time.monotonic() < deadline:
         if converged(install, fake, ids, settle):
             return []
-        now_statuses = store_statuses(install.store_path)
+        now_statuses = store_statuses(install.store)
         if now_statuses != last:
             last, since = now_statuses, time.monotonic()
         elif time.monotonic() - since > quiet and converged_on_server(fake, ids, settle):
@@ -232,7 +245,7 @@ def converged(install: Install, fake, ids: Iterable[str], settle: float) -> bool
     says what the server says."""
     snapshot = fake.state.snapshot()
     now = snapshot["now"]
-    statuses = store_statuses(install.store_path)
+    statuses = store_statuses(install.store)
     for rid in ids:
         server = snapshot["responses"][rid]
         if server["status"] in ACTIVE or server["finished_at"] is None or now - server["finished_at"] < settle:

@@ -1,7 +1,7 @@
 """The chaos suite: many responses of mixed durations and policies through a fault mix.
 
 The real daemon runs as a subprocess against the stand-in on loopback, with a real SQLite
-store; the CLI tracks responses in waves (half with a look first, half `--no-verify`, some by
+store, and again with a PostgreSQL one (the `suite_store` fixture); the CLI tracks responses in waves (half with a look first, half `--no-verify`, some by
 label) and cancels a few by hand, while the stand-in injects 5xx, 429s, read timeouts, slow
 replies, dropped connections, malformed JSON, HTML bodies, unknown statuses, extra and missing
 fields, cancels that later complete, and outage windows (the long form also a quota 429, which
@@ -179,9 +179,9 @@ def fault_mix(seed: int) -> Faults:
 
 
 @pytest.mark.timeout(max(120, RESPONSES * 0.4))
-def test_chaos(tmp_path: Path, fake: FakeServer):
+def test_chaos(tmp_path: Path, fake: FakeServer, suite_store: str | None):
     rng = random.Random(SEED)
-    install = Install(root=tmp_path, base_url=fake.base_url)
+    install = Install(root=tmp_path, base_url=fake.base_url, store_url=suite_store)
     install.write_configs(
         POLICIES,
         POLLING,
@@ -292,7 +292,7 @@ def test_chaos(tmp_path: Path, fake: FakeServer):
     elapsed = time.time() - started
 
     dump_oracle(tmp_path, snapshot=snapshot, calls=calls, sims=sims)
-    rows, events = read_store(install.store_path)
+    rows, events = read_store(install.store)
     lines = install.all_log_lines()
     limits = {rid: CASES[p["case"]][1] for rid, p in sims.items()}
     pauses = [
@@ -338,7 +338,7 @@ def test_chaos(tmp_path: Path, fake: FakeServer):
         "the CLI lists every response": [] if {r["id"] for r in records} == set(ids) else ["ls --json misses responses"],
     }
     save_figures(
-        f"chaos-{RESPONSES}",
+        f"chaos-{RESPONSES}" + ("-postgresql" if suite_store else ""),
         {
             "responses": len(ids),
             "seed": SEED,

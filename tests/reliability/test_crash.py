@@ -9,7 +9,8 @@ the server has applied it.
 At the end, against the stand-in's own record: no cancel intent is lost (each reaches the
 server, unless the response ended first), no event is recorded twice, no deadline is missed by
 more than the downtime around it (plus the usual allowances), statuses converge, no log line
-tells of an event the store does not hold, and the store passes `PRAGMA integrity_check`.
+tells of an event the store does not hold, and a SQLite store passes `PRAGMA integrity_check`.
+It runs on a SQLite store and on a PostgreSQL one (the `suite_store` fixture).
 
 Short form by default (10 kills). Long form:
 `TETHER_CRASH_KILLS=30 uv run pytest tests/reliability/test_crash.py -n 0 -s`.
@@ -111,9 +112,9 @@ def started_at(proc) -> float:
 
 
 @pytest.mark.timeout(max(120, KILLS * 8))
-def test_crash(tmp_path: Path, fake: FakeServer):
+def test_crash(tmp_path: Path, fake: FakeServer, suite_store: str | None):
     rng = random.Random(SEED)
-    install = Install(root=tmp_path, base_url=fake.base_url)
+    install = Install(root=tmp_path, base_url=fake.base_url, store_url=suite_store)
     install.write_configs(
         POLICIES, POLLING, account_extra=f'request_timeout = "{REQUEST_TIMEOUT:g}s"', stats_interval='"1s"'
     )
@@ -200,7 +201,7 @@ def test_crash(tmp_path: Path, fake: FakeServer):
     elapsed = time.time() - started
 
     dump_oracle(tmp_path, snapshot=snapshot, calls=calls, sims=sims, downtimes=downtimes)
-    rows, events = read_store(install.store_path)
+    rows, events = read_store(install.store)
     lines = install.all_log_lines()
     cancels = check_cancels(
         ids=ids,
@@ -234,9 +235,6 @@ def test_crash(tmp_path: Path, fake: FakeServer):
                 f"(it ran until {ended:.3f}, a cancel could land by {could_land:.3f})"
             )
     logged_unstored = check_lines_are_committed(events, lines)
-    conn = sqlite3.connect(install.store_path)
-    integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
-    conn.close()
     statuses = check_final_statuses(rows, snapshot, ids)
     violations = {
         "no lost cancel intent (each reaches the server)": lost,
@@ -248,13 +246,13 @@ def test_crash(tmp_path: Path, fake: FakeServer):
         "final status equals the server's": statuses[0],
         "a completion after a cancel is seen (confirmation window)": statuses[1],
         "no log line for an event the store does not hold": logged_unstored,
-        "the store passes integrity_check": [] if integrity == "ok" else [integrity],
+        **({} if suite_store else {"the SQLite store passes integrity_check": sqlite_integrity(install.store_path)}),
         "every restart came up, the last stopped with 0": [] if alive and exit_code == 0 else [f"alive={alive} exit={exit_code}"],
         "no tracebacks": check_no_tracebacks([install.raw_logs(), *install.cli_outputs]),
         "the API key appears nowhere": check_secret_absent(install.root, install.cli_outputs),
     }
     save_figures(
-        f"crash-{KILLS}",
+        f"crash-{KILLS}" + ("-postgresql" if suite_store else ""),
         {
             "responses": len(ids),
             "seed": SEED,
@@ -274,3 +272,11 @@ def test_crash(tmp_path: Path, fake: FakeServer):
     )
     assert_clean(violations, KNOWN_BUGS)
 
+
+def sqlite_integrity(path: Path) -> list[str]:
+    conn = sqlite3.connect(path)
+    try:
+        result = conn.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        conn.close()
+    return [] if result == "ok" else [result]

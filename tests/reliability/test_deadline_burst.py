@@ -64,7 +64,7 @@ def test_every_cancel_of_a_burst_of_simultaneous_deadlines_leaves_within_a_secon
     first = {}
     for call in sorted(calls, key=lambda c: c["at"]):
         first.setdefault(call["response_id"], call["at"])
-    _, events = read_store(install.store_path)
+    _, events = read_store(install.store)
     decided = {ev["response_id"]: ev["at"] for ev in events if ev["kind"] == "cancel_requested"}
     lateness = [first[rid] - deadline for rid in ids]
     to_wire = [first[rid] - decided[rid] for rid in ids]

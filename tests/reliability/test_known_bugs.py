@@ -66,7 +66,7 @@ def test_a_cancel_that_fails_once_then_succeeds_logs_the_failure(tmp_path: Path,
         wait_for(lambda: fake.state.record(rid).cancels, timeout=30, what="the cancel to reach the server")
         failed = [c for c in daemon_calls(fake, rid, "cancel") if c["status"] >= 500]
         assert len(failed) == 1
-        wait_for(lambda: store_statuses(install.store_path)[rid] == "cancelled", timeout=10)
+        wait_for(lambda: store_statuses(install.store)[rid] == "cancelled", timeout=10)
     finally:
         install.stop_daemon(daemon)
         kill_all(install)
@@ -92,7 +92,7 @@ def test_a_failed_look_after_a_refused_cancel_is_logged(tmp_path: Path, fake: Fa
             what="the look after the refused cancel",
         )
         fake.state.faults.get.drop = 0.0
-        wait_for(lambda: store_statuses(install.store_path)[rid] == "completed", timeout=30)
+        wait_for(lambda: store_statuses(install.store)[rid] == "completed", timeout=30)
         dropped = [c for c in daemon_calls(fake, rid, "get") if c["fault"] == "drop"]
     finally:
         install.stop_daemon(daemon)
@@ -143,10 +143,10 @@ def test_a_late_completion_after_a_cancel_is_seen_even_when_the_confirmation_pol
         rid = tracked_running(install, fake)
         wait_for(lambda: fake.state.record(rid).cancels, timeout=20, what="the cancel")
         fake.state.faults.outage_for(4.0)  # every request fails for longer than the confirmation window
-        wait_for(lambda: store_statuses(install.store_path)[rid] == "cancelled", timeout=10)
+        wait_for(lambda: store_statuses(install.store)[rid] == "cancelled", timeout=10)
         # The server says `completed` from 1.5 s after the cancel; tether should come to say so too.
         wait_for(
-            lambda: store_statuses(install.store_path)[rid] == "completed",
+            lambda: store_statuses(install.store)[rid] == "completed",
             timeout=20,
             what="tether to see the completion that followed the cancel",
         )
@@ -186,7 +186,7 @@ def test_a_late_completion_after_a_cancel_is_seen_when_a_confirmation_poll_times
         assert hung[0]["at"] > cancelled_at, "the poll that hung was not a confirmation poll"
         # The server says `completed` from 0.5 s after the cancel; tether should come to say so too.
         wait_for(
-            lambda: store_statuses(install.store_path)[rid] == "completed",
+            lambda: store_statuses(install.store)[rid] == "completed",
             timeout=15,
             what="tether to see the completion that followed the cancel",
         )
@@ -204,17 +204,17 @@ def test_a_late_completion_after_a_cancel_is_seen_when_the_window_ends_while_the
     fake.state.faults = Faults(cancel_then_complete=1.0, cancel_then_complete_after=0.5)
     try:
         rid = tracked_running(install, fake)
-        wait_for(lambda: store_statuses(install.store_path)[rid] == "cancelled", timeout=20, what="the cancel's answer")
+        wait_for(lambda: store_statuses(install.store)[rid] == "cancelled", timeout=20, what="the cancel's answer")
         # Killed before its first confirmation poll (window / 8 = 1 s after the cancel), down until
         # the window is over.
         daemon.send_signal(signal.SIGKILL)
         daemon.wait(timeout=10)
         assert not [c for c in daemon_calls(fake, rid, "get") if c["at"] > fake.state.record(rid).cancels[0].at]
-        confirm_until = read_store(install.store_path)[0][rid]["confirm_until"]
+        confirm_until = read_store(install.store)[0][rid]["confirm_until"]
         wait_for(lambda: time.time() > confirm_until + 0.5, timeout=20, interval=0.1, what="the window to end")
         daemon = install.start_daemon()
         wait_for(
-            lambda: store_statuses(install.store_path)[rid] == "completed",
+            lambda: store_statuses(install.store)[rid] == "completed",
             timeout=10,
             what="tether to see the completion that followed the cancel",
         )
