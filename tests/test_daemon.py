@@ -526,3 +526,34 @@ async def test_a_deadlines_decisions_overtake_the_store_writes_queued_before_the
     assert [name for name, _ in ran] == ["decisions", "write0", "write1", "write2"]
     sessions = [session for _, session in ran]
     assert sessions[0] is not sessions[1] and sessions[1] is sessions[2] is sessions[3]
+
+
+async def test_a_periodic_job_cancelled_by_the_schedulers_shutdown_ends_without_a_traceback(tmp_path, caplog):
+    """At SIGTERM the scheduler's shutdown cancels the jobs still running (a pickup waiting for
+    the store, say); APScheduler logs a job that raised, CancelledError included, with its
+    traceback. The chaos suite on PostgreSQL, where a store call takes longer, caught one."""
+    import asyncio
+
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+    from tether import daemon as daemon_module
+    from tether.config import parse_config
+    from tether.store import Store
+
+    daemon = daemon_module.Daemon(parse_config({}, environ={}), Store(f"sqlite:///{tmp_path / 't.db'}"))
+    running, ended = asyncio.Event(), asyncio.Event()
+
+    async def pickup() -> None:  # a job that is still waiting when the scheduler stops
+        running.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            ended.set()
+
+    scheduler = AsyncIOScheduler(timezone="UTC")
+    scheduler.add_job(daemon._guarded(pickup), "interval", seconds=0.05, max_instances=1)
+    scheduler.start()
+    await asyncio.wait_for(running.wait(), 10)
+    scheduler.shutdown(wait=False)
+    await asyncio.wait_for(ended.wait(), 10)  # resumes after the job's task has finished
+    assert not [r for r in caplog.records if r.name.startswith("apscheduler") and r.levelname == "ERROR"]

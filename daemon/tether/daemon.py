@@ -311,6 +311,11 @@ class Daemon:
                 await job()
             except StoreFailure:
                 pass  # already logged; the daemon is stopping
+            except asyncio.CancelledError:
+                # The scheduler's shutdown cancels the jobs still running, and APScheduler would
+                # log that as a failure with a traceback. What the job had handed to the store
+                # thread still commits; `_finish` flushes what is left.
+                pass
             except Exception as exc:  # a periodic job must not die silently
                 log.error("daemon.error", job=job.__name__, error=repr(exc))
 
