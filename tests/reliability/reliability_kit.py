@@ -687,7 +687,8 @@ def stats_summary(lines: list[dict]) -> dict[str, Any]:
 
 
 def dump_oracle(folder: Path, **parts: Any) -> None:
-    """The stand-in's record and the plan, kept next to the store and logs for a post-mortem."""
+    """The stand-in's record and the plan, and what tether stored (a PostgreSQL database is
+    dropped after the test), kept next to the logs for a post-mortem."""
     (folder / "oracle.json").write_text(json.dumps(parts, default=str))
 
 

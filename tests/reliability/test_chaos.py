@@ -291,8 +291,8 @@ def test_chaos(tmp_path: Path, fake: FakeServer, suite_store: str | None):
         kill_all(install)
     elapsed = time.time() - started
 
-    dump_oracle(tmp_path, snapshot=snapshot, calls=calls, sims=sims)
     rows, events = read_store(install.store)
+    dump_oracle(tmp_path, snapshot=snapshot, calls=calls, sims=sims, stored={"responses": rows, "events": events})
     lines = install.all_log_lines()
     limits = {rid: CASES[p["case"]][1] for rid, p in sims.items()}
     pauses = [

@@ -200,8 +200,11 @@ def test_crash(tmp_path: Path, fake: FakeServer, suite_store: str | None):
         kill_all(install)
     elapsed = time.time() - started
 
-    dump_oracle(tmp_path, snapshot=snapshot, calls=calls, sims=sims, downtimes=downtimes)
     rows, events = read_store(install.store)
+    dump_oracle(
+        tmp_path, snapshot=snapshot, calls=calls, sims=sims, downtimes=downtimes,
+        stored={"responses": rows, "events": events},
+    )
     lines = install.all_log_lines()
     cancels = check_cancels(
         ids=ids,
