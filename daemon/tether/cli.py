@@ -305,7 +305,6 @@ def track(
     ids = list(dict.fromkeys(ids))
     observed: list[dict[str, Any] | None] = [None] * len(ids)
     if not no_verify:
-
         results = asyncio.run(fetch_all(client_for(config, account), ids))
         missing = [i for i, r in zip(ids, results) if isinstance(r, NotFound)]
         if missing:

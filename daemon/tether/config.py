@@ -627,9 +627,10 @@ def _url(value: Any, key: str) -> str:
     url = _string(value, key)
     if not url.startswith(("http://", "https://")):
         raise ConfigError(f"{key}: expected an http:// or https:// URL, got {_show(url)}")
+    parts = urlsplit(url)
     try:
-        host, _ = urlsplit(url).hostname, urlsplit(url).port
-    except ValueError:  # a port that is not a number, or out of range
+        host, _ = parts.hostname, parts.port  # .port raises on a port that is not a number
+    except ValueError:
         raise ConfigError(f"{key}: not a valid URL (its port?): {_show(url)}") from None
     if not host:
         raise ConfigError(f"{key}: the URL names no host: {_show(url)}")
