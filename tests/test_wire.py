@@ -541,8 +541,19 @@ async def test_a_proxy_url_without_a_scheme_is_taken_as_http(origin_to, https_fa
     assert proxy.heads[0].startswith("CONNECT ")
 
 
-async def test_a_proxy_spoken_to_over_tls_is_refused_with_what_to_do(origin_to, https_fake: FakeServer) -> None:
-    origin = origin_to(https_fake.base_url, proxy="https://ops:s3cret@proxy.corp:443")
+@pytest.mark.parametrize(
+    "proxy, problem",
+    [
+        ("https://ops:s3cret@proxy.corp:443", "not an http:// URL"),
+        ("http://ops:s3cret@proxy.corp:31x8", "port that is not a number"),
+        ("http://ops:s3cret@:3128", "names no host"),
+    ],
+    ids=["tls to the proxy", "bad port", "no host"],
+)
+async def test_a_proxy_url_that_cannot_be_used_fails_each_request_with_what_to_do(
+    origin_to, https_fake: FakeServer, proxy: str, problem: str
+) -> None:
+    origin = origin_to(https_fake.base_url, proxy=proxy)
     with pytest.raises(wire.CannotConnect, match="set HTTPS_PROXY=http://HOST:PORT") as caught:
         await origin.request("GET", "responses/resp_x")
-    assert "s3cret" not in str(caught.value) and "proxy.corp" in str(caught.value)
+    assert problem in str(caught.value) and "s3cret" not in str(caught.value)

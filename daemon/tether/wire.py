@@ -101,15 +101,18 @@ class Origin:
         if proxy and "://" not in proxy:  # HTTPS_PROXY=proxy.corp:3128, as curl accepts it
             proxy = f"http://{proxy}"
         self._proxy = urllib.parse.urlsplit(proxy) if proxy else None
+        self._proxy_problem = _proxy_problem(self._proxy)  # told at each request: nothing is sent
         # Where connections go: the proxy when there is one.
-        self._peer = (self._proxy.hostname or "", self._proxy.port or 80) if self._proxy else (self.host, self.port)
+        self._peer = (self.host, self.port)
+        if self._proxy is not None and self._proxy_problem is None:
+            self._peer = (self._proxy.hostname or "", self._proxy.port or 80)
         fields = {"Host": authority, "User-Agent": user_agent, "Accept": "application/json",
                   "Accept-Encoding": "gzip, deflate", **headers}
         if self._proxy is not None and not self.tls:
             self._target = f"http://{authority}{self._prefix}"  # absolute-form, to the proxy
             fields.update(_proxy_credentials(self._proxy))
         self._fields = fields
-        self._head = "".join(f"{name}: {value}\r\n" for name, value in fields.items()).encode("latin-1")
+        self._head = "".join(f"{key}: {value}\r\n" for key, value in fields.items()).encode("latin-1")
         self._trace = trace
         self._ssl: ssl.SSLContext | None = None
         self._idle: list[_Connection] = []
@@ -159,12 +162,9 @@ class Origin:
 
     async def _connect(self) -> _Connection:
         """A new connection; its failures are CannotConnect: the request was not sent."""
+        if self._proxy_problem is not None:
+            raise CannotConnect(self._proxy_problem)
         host, port = self._peer
-        if self._proxy is not None and self._proxy.scheme != "http":
-            raise CannotConnect(
-                f"the proxy {self._proxy.scheme}://{host} is not an http:// URL: tether speaks to proxies in plain "
-                "HTTP (CONNECT keeps the API's TLS end to end); set HTTPS_PROXY=http://HOST:PORT"
-            )
         try:
             return await self._open()
         except TimeoutError:
@@ -211,6 +211,25 @@ class Origin:
             self._ssl = ssl.create_default_context()
             self._ssl.set_alpn_protocols(["http/1.1"])
         return self._ssl
+
+
+def _proxy_problem(proxy: urllib.parse.SplitResult | None) -> str | None:
+    """Why this proxy URL cannot be used, without its credentials; None when it can."""
+    if proxy is None:
+        return None
+    shown = f"{proxy.scheme}://{proxy.hostname or ''}"
+    if proxy.scheme != "http":
+        return (
+            f"the proxy {shown} is not an http:// URL: tether speaks to proxies in plain HTTP (CONNECT "
+            "keeps the API's TLS end to end); set HTTPS_PROXY=http://HOST:PORT"
+        )
+    try:
+        proxy.port  # parsed on access: raises on a port that is not a number
+    except ValueError:
+        return f"the proxy URL {shown}:… has a port that is not a number; set HTTPS_PROXY=http://HOST:PORT"
+    if not proxy.hostname:
+        return "the proxy URL names no host; set HTTPS_PROXY=http://HOST:PORT"
+    return None
 
 
 def _proxy_credentials(proxy: urllib.parse.SplitResult) -> dict[str, str]:
