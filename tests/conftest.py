@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 
 from tether.fakeapi import FakeServer
 
@@ -85,6 +87,13 @@ def create(fake: FakeServer, **metadata: str) -> str:
     )
     reply.raise_for_status()
     return reply.json()["id"]
+
+
+def https_stand_in(ca: trustme.CA) -> FakeServer:
+    """A stand-in (not started) serving HTTPS on 127.0.0.1 with a certificate signed by `ca`."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    return FakeServer(api_key=API_KEY, tls=context)
 
 
 def server_record(fake: FakeServer, rid: str) -> dict:

@@ -8,7 +8,6 @@ Most tests need no daemon: the CLI reads and writes the store itself.
 from __future__ import annotations
 
 import json
-import ssl
 import subprocess
 import sys
 import threading
@@ -18,8 +17,7 @@ from typing import Any
 import pytest
 import trustme
 
-from conftest import API_KEY, Tether, create, server_record, wait_for
-from tether.fakeapi import FakeServer
+from conftest import API_KEY, Tether, create, https_stand_in, server_record, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -186,10 +184,8 @@ def test_tracking_while_the_api_is_down_exits_1_and_stores_nothing(tether, fake)
 
 def test_https_works_with_the_ca_named_by_ssl_cert_file_and_an_untrusted_one_is_named(tmp_path):
     ca = trustme.CA()
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(context)
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
-    with FakeServer(api_key=API_KEY, tls=context) as https_fake:
+    with https_stand_in(ca) as https_fake:
         rid = https_fake.state.create("o3-pro", background=True, metadata={"fake_run": "60"}).id
         untrusted = Tether(root=tmp_path, base_url=https_fake.base_url, extra_env={"SSL_CERT_FILE": "/dev/null"})
         untrusted.write_config()

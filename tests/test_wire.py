@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
-import ssl
 import time
 import urllib.parse
 import zlib
@@ -21,7 +20,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from conftest import API_KEY
+from conftest import API_KEY, https_stand_in
 from tether import wire
 from tether.fakeapi import FakeServer
 
@@ -368,26 +367,26 @@ def ca() -> trustme.CA:
     return trustme.CA()
 
 
-@pytest.fixture
-def trusted(ca: trustme.CA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The test CA is the only one trusted, through OpenSSL's SSL_CERT_FILE, as an operator with
-    a private CA would set it."""
-    pem = tmp_path / "ca.pem"
+def trust_only(ca: trustme.CA, pem: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ca` is the only CA trusted, through OpenSSL's SSL_CERT_FILE, as an operator with a
+    private CA would set it."""
     ca.cert_pem.write_to_path(str(pem))
     monkeypatch.setenv("SSL_CERT_FILE", str(pem))
     monkeypatch.delenv("SSL_CERT_DIR", raising=False)
-    return pem
+
+
+@pytest.fixture
+def trusted(ca: trustme.CA, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trust_only(ca, tmp_path / "ca.pem", monkeypatch)
 
 
 @pytest.fixture
 def https_fake(ca: trustme.CA) -> Iterator[FakeServer]:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(context)
-    with FakeServer(api_key=API_KEY, tls=context) as server:
+    with https_stand_in(ca) as server:
         yield server
 
 
-async def test_https_to_a_server_whose_ca_is_trusted(origin_to, https_fake: FakeServer, trusted: Path) -> None:
+async def test_https_to_a_server_whose_ca_is_trusted(origin_to, https_fake: FakeServer, trusted: None) -> None:
     assert https_fake.base_url.startswith("https://")
     origin = origin_to(https_fake.base_url)
     created = await origin.request("POST", "responses", json.dumps(RUNNING).encode())
@@ -400,10 +399,7 @@ async def test_https_to_a_server_whose_ca_is_trusted(origin_to, https_fake: Fake
 async def test_https_to_a_server_whose_ca_is_not_trusted_is_refused(
     origin_to, https_fake: FakeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    other = tmp_path / "other-ca.pem"
-    trustme.CA().cert_pem.write_to_path(str(other))
-    monkeypatch.setenv("SSL_CERT_FILE", str(other))
-    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    trust_only(trustme.CA(), tmp_path / "other-ca.pem", monkeypatch)
     with pytest.raises(wire.CannotConnect, match="not trusted"):
         await origin_to(https_fake.base_url).request("GET", "responses/resp_x")
     assert https_fake.state.snapshot()["requests"].get("get", 0) == 0
@@ -464,7 +460,7 @@ class Proxy:
         return f"http://{credentials}127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
 
 
-async def test_https_through_a_proxy_tunnels_with_connect(origin_to, https_fake: FakeServer, trusted: Path) -> None:
+async def test_https_through_a_proxy_tunnels_with_connect(origin_to, https_fake: FakeServer, trusted: None) -> None:
     async with Proxy() as proxy:
         origin = origin_to(https_fake.base_url, proxy=proxy.url("ops%40corp:s%3Acret@"))
         replies = [await origin.request("GET", "responses/resp_missing") for _ in range(2)]
@@ -487,7 +483,7 @@ async def test_http_through_a_proxy_sends_the_absolute_url(origin_to, fake: Fake
 
 
 async def test_a_proxy_that_refuses_the_tunnel_is_cannot_connect(
-    origin_to, https_fake: FakeServer, trusted: Path
+    origin_to, https_fake: FakeServer, trusted: None
 ) -> None:
     async with Proxy(refuse=REFUSED) as proxy:
         with pytest.raises(wire.CannotConnect, match="407") as caught:
@@ -526,7 +522,7 @@ async def test_a_connection_in_use_when_the_origin_closes_is_closed_after_its_re
         await asyncio.wait_for(server.closed.wait(), 5)
 
 
-async def test_a_refusal_with_a_body_is_still_a_refusal(origin_to, https_fake: FakeServer, trusted: Path) -> None:
+async def test_a_refusal_with_a_body_is_still_a_refusal(origin_to, https_fake: FakeServer, trusted: None) -> None:
     page = b"<html>Access denied by policy</html>"
     refusal = b"HTTP/1.1 403 Forbidden\r\nContent-Length: %d\r\n\r\n%s" % (len(page), page)
     async with Proxy(refuse=refusal) as proxy:
@@ -534,7 +530,7 @@ async def test_a_refusal_with_a_body_is_still_a_refusal(origin_to, https_fake: F
             await origin_to(https_fake.base_url, proxy=proxy.url()).request("GET", "responses/resp_x")
 
 
-async def test_a_proxy_url_without_a_scheme_is_taken_as_http(origin_to, https_fake: FakeServer, trusted: Path) -> None:
+async def test_a_proxy_url_without_a_scheme_is_taken_as_http(origin_to, https_fake: FakeServer, trusted: None) -> None:
     async with Proxy() as proxy:
         origin = origin_to(https_fake.base_url, proxy=proxy.url().removeprefix("http://"))
         assert (await origin.request("GET", "responses/resp_missing")).status == 404
