@@ -41,6 +41,16 @@ max_runtime = "60s"
 """
 
 
+def bare_daemon(tmp_path: Path):
+    """A Daemon with the default config on a SQLite file of its own, not running: for the tests
+    of one of its mechanisms."""
+    from tether.config import parse_config
+    from tether.daemon import Daemon
+    from tether.store import Store
+
+    return Daemon(parse_config({}, environ={}), Store(f"sqlite:///{tmp_path / 't.db'}"))
+
+
 def settled(tether: Tether, ids: list[str]) -> bool:
     records = tether.records()
     return all(records[i]["status"] not in ("queued", "in_progress", None) for i in ids)
@@ -478,11 +488,9 @@ async def test_polls_held_behind_a_hung_cancel_are_freed_again_after_a_later_bur
     import asyncio
 
     from tether import daemon as daemon_module
-    from tether.config import parse_config
-    from tether.store import Store
 
     monkeypatch.setattr(daemon_module, "POLLS_HELD_MAX", 0.2)
-    daemon = daemon_module.Daemon(parse_config({}, environ={}), Store(f"sqlite:///{tmp_path / 't.db'}"))
+    daemon = bare_daemon(tmp_path)
     hung = daemon._polls_held()
     hung.__enter__()  # a burst whose cancel never comes back
     await asyncio.wait_for(daemon._polls_free.wait(), timeout=5)  # its valve frees the polls
@@ -499,13 +507,9 @@ async def test_a_deadlines_decisions_overtake_the_store_writes_queued_before_the
     import asyncio
     import threading
 
-    from tether import daemon as daemon_module
-    from tether.config import parse_config
-    from tether.store import Store
-
-    store = Store(f"sqlite:///{tmp_path / 't.db'}")
+    daemon = bare_daemon(tmp_path)
+    store = daemon.store
     store.migrate()
-    daemon = daemon_module.Daemon(parse_config({}, environ={}), store)
     running, release = threading.Event(), threading.Event()
     ran: list[tuple[str, object]] = []  # (job, the session of the transaction it ran in)
 
@@ -536,11 +540,7 @@ async def test_a_periodic_job_cancelled_by_the_schedulers_shutdown_ends_without_
 
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-    from tether import daemon as daemon_module
-    from tether.config import parse_config
-    from tether.store import Store
-
-    daemon = daemon_module.Daemon(parse_config({}, environ={}), Store(f"sqlite:///{tmp_path / 't.db'}"))
+    daemon = bare_daemon(tmp_path)
     running, ended = asyncio.Event(), asyncio.Event()
 
     async def pickup() -> None:  # a job that is still waiting when the scheduler stops
