@@ -115,11 +115,16 @@ confirm_window = "1s"
 """
 
 
+def store_url_of(store: Path | str) -> str:
+    """The store.url of a store given as a SQLite file or as a URL."""
+    return store if isinstance(store, str) else f"sqlite:///{store}"
+
+
 def config_text(
     store: Path | str, base_url: str, policies: str = "", polling: str = FAST_POLLING, stats_interval: str = "60s"
 ) -> str:
     """A config for the stand-in at `base_url`; `store` is a SQLite file, or a store.url."""
-    url = store if isinstance(store, str) else f"sqlite:///{store}"
+    url = store_url_of(store)
     return f"""
 [store]
 url = "{url}"
@@ -155,6 +160,11 @@ class Tether:
         return self.root / "tether.toml"
 
     @property
+    def store(self) -> Path | str:
+        """The store: the SQLite file in `root`, or `store_url` when there is one."""
+        return self.store_url or self.store_path
+
+    @property
     def store_path(self) -> Path:
         return self.root / "tether.db"
 
@@ -171,8 +181,7 @@ class Tether:
         return env
 
     def write_config(self, policies: str = "", polling: str = FAST_POLLING, stats_interval: str = "60s") -> None:
-        store = self.store_url or self.store_path
-        self.config_path.write_text(config_text(store, self.base_url, policies, polling, stats_interval))
+        self.config_path.write_text(config_text(self.store, self.base_url, policies, polling, stats_interval))
 
     def cli(self, *args: str, input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
         return subprocess.run(

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from conftest import API_KEY, Tether, wait_for
+from conftest import API_KEY, Tether, store_url_of, wait_for
 
 DAEMON_PROJECT = "proj_daemon"
 CLI_PROJECT = "proj_cli"
@@ -67,11 +67,6 @@ class Install(Tether):
     cli_outputs: list[str] = field(default_factory=list)
 
     @property
-    def store(self) -> Path | str:
-        """What `read_store` reads: the SQLite file, or the PostgreSQL URL when there is one."""
-        return self.store_url or self.store_path
-
-    @property
     def cli_config_path(self) -> Path:
         return self.root / "tether-cli.toml"
 
@@ -81,7 +76,7 @@ class Install(Tether):
             path.write_text(
                 f"""
 [store]
-url = "{self.store_url or f'sqlite:///{self.store_path}'}"
+url = "{store_url_of(self.store)}"
 
 [log]
 format = "json"
