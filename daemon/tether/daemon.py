@@ -82,6 +82,7 @@ POLLS_HELD_MAX = 0.5  # polls wait at most this long for cancels being sent (`_p
 LOOK_TIMEOUT = 0.5  # the look (GET) just before acting on a deadline; then act on what we know
 
 T = TypeVar("T")
+StoreJob = tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]  # fn, args, its caller's future
 # What Active.loaded reads, in its order; the metadata as its JSON text (parsed there).
 SCHEDULING_COLUMNS = (
     Response.id, Response.account, Response.status, Response.deadline_at, Response.next_poll_at,
@@ -222,8 +223,8 @@ class Daemon:
         self._polls_free.set()
         self._sending = 0
         self._db = ThreadPoolExecutor(1, thread_name_prefix="tether-store")
-        self._jobs: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = []
-        self._urgent: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._jobs: list[StoreJob] = []
+        self._urgent: list[StoreJob] = []  # run before `_jobs` (`_store`)
         self._jobs_lock = threading.Lock()
         self._draining = False
         self._marks: dict[str, PollMark] = {}
