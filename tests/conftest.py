@@ -225,8 +225,11 @@ class Tether:
         return proc.wait(timeout=30)
 
     def log_lines(self, proc: subprocess.Popen) -> list[dict[str, Any]]:
+        """The daemon's JSON log lines written so far, whole lines only: the daemon may be in
+        the middle of writing the last one."""
+        text = proc.log_path.read_text()  # type: ignore[attr-defined]
         lines = []
-        for line in proc.log_path.read_text().splitlines():  # type: ignore[attr-defined]
+        for line in text[: text.rfind("\n") + 1].splitlines():
             line = line.strip()
             if line.startswith("{"):
                 lines.append(json.loads(line))
