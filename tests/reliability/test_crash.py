@@ -18,6 +18,7 @@ Short form by default (10 kills). Long form:
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import sqlite3
@@ -101,14 +102,16 @@ def plan(rng: random.Random) -> dict:
 
 
 def started_at(proc) -> float:
-    """The instant the daemon said it was ready (its `daemon.started` line)."""
-    for line in proc.log_path.read_text().splitlines():
-        if '"daemon.started"' in line:
-            import json
+    """The instant the daemon said it was ready (its `daemon.started` line, once written whole)."""
 
-            stamp = json.loads(line)["timestamp"]
-            return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
-    raise AssertionError("no daemon.started line")
+    def stamp() -> float | None:
+        for line in proc.log_path.read_text().splitlines(keepends=True):
+            if '"daemon.started"' in line and line.endswith("\n"):
+                at = json.loads(line)["timestamp"]
+                return datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp()
+        return None
+
+    return wait_for(stamp, timeout=10, what="a whole daemon.started line")
 
 
 @pytest.mark.timeout(max(120, KILLS * 8))
