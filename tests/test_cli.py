@@ -509,20 +509,27 @@ def test_cancel_of_an_untracked_id_exits_3_and_sends_nothing(tether, fake):
 
 
 def test_the_repository_example_config_passes_check_config(tether):
-    result = run(tether, "--config", "config/tether.toml", "check-config", cwd=REPO)
-    assert result.returncode == 0, result.stderr
-    assert "configuration OK" in result.stdout
-    for policy in ("deep-research", "warn-only", "everything-else"):
-        assert policy in result.stdout
-
-
-def test_check_config_json_lists_accounts_and_policies(tether):
     result = run(tether, "--config", "config/tether.toml", "check-config", "--json", cwd=REPO)
     assert result.returncode == 0, result.stderr
     checked = json.loads(result.stdout)
     assert [a["name"] for a in checked["accounts"]] == ["default"]
     assert checked["accounts"][0]["base_url"] == "https://api.openai.com/v1"
-    assert [p["name"] for p in checked["policies"]] == ["deep-research", "warn-only", "everything-else"]
+    assert checked["policies"] == []  # its policies are examples, commented out
+
+
+def test_check_config_lists_accounts_and_policies(tether):
+    tether.write_config(
+        '[[policy]]\nname = "deep-research"\nmax_runtime = "45m"\n\n'
+        '[[policy]]\nname = "warn-only"\nmax_runtime = "1h30m"\naction = "warn"\n'
+    )
+    result = tether.ok("check-config")
+    assert "configuration OK" in result.stdout
+    for policy in ("deep-research", "warn-only"):
+        assert policy in result.stdout
+    checked = json.loads(tether.ok("check-config", "--json").stdout)
+    assert [a["name"] for a in checked["accounts"]] == ["default"]
+    assert checked["accounts"][0]["base_url"] == tether.base_url
+    assert [p["name"] for p in checked["policies"]] == ["deep-research", "warn-only"]
     assert checked["policies"][0]["max_runtime"] == 45 * 60
     assert checked["policies"][1]["action"] == "warn"
 

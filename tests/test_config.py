@@ -1,4 +1,5 @@
 import dataclasses
+import re
 import tomllib
 from pathlib import Path
 
@@ -234,16 +235,27 @@ def test_a_loaded_config_cannot_be_changed():
         cfg.policies[0].match.metadata["team"] = "b"  # type: ignore[index]
 
 
-def test_the_example_config_is_accepted():
+def test_the_example_config_is_accepted_and_acts_on_nothing():
+    """Copied as it is (the deploy steps do), the example must change nothing about anyone's responses."""
     cfg = load_config(str(EXAMPLE), environ={})
     assert cfg.path == EXAMPLE
+    assert cfg.accounts["default"].key_source() == "env OPENAI_API_KEY"
+    assert (cfg.policies, cfg.budgets, cfg.prices, cfg.service_tiers) == ((), (), {}, {})
+
+
+def turned_on(example: str) -> str:
+    """The example with its commented-out settings on: a bare `#` before a table or a key is removed."""
+    return re.sub(r"(?m)^#(?=\[|[a-z_]+ = )", "", example)
+
+
+def test_the_example_settings_are_valid_once_turned_on():
+    cfg = parse(turned_on(EXAMPLE.read_text()))
     assert [policy.name for policy in cfg.policies] == ["deep-research", "warn-only", "everything-else"]
     deep, warn, rest = cfg.policies
     assert deep.match == Match(model=("o3-deep-research*", "o4-mini-deep-research*"), metadata={"team": "search"})
     assert (deep.max_queued, deep.max_runtime, deep.action, deep.reserve_usd) == (600.0, 2700.0, "cancel", 2.0)
     assert warn.action == "warn"
     assert (rest.match, rest.max_runtime, rest.action) == (Match(), 7200.0, "cancel")
-    assert cfg.accounts["default"].key_source() == "env OPENAI_API_KEY"
     assert [budget.name for budget in cfg.budgets] == ["search-daily", "all-rolling-24h"]
     daily, rolling = cfg.budgets
     assert daily == config.BudgetConfig(

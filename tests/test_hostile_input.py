@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -41,7 +42,9 @@ from tether.pricing import Pricing
 from tether.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
-EXAMPLE = tomllib.loads((REPO / "config" / "tether.toml").read_text())
+# the example config with its commented-out settings turned on (a bare `#` removed), so that
+# random values land in policies, prices and budgets too
+EXAMPLE = tomllib.loads(re.sub(r"(?m)^#(?=\[|[a-z_]+ = )", "", (REPO / "config" / "tether.toml").read_text()))
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 runner = CliRunner()
 
