@@ -22,11 +22,11 @@ from rich.table import Table
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from tether import accounting, logs, render, tracker
-from tether.api import APIError, NotFound, RequestRejected, ResponsesClient, TransientError
+from tether import accounting, cancelling, logs, render, tracker
+from tether.api import APIError, NotFound, ResponsesClient, TransientError
 from tether.config import Config, ConfigError, load_config, parse_duration
 from tether.ids import valid_id
-from tether.models import TERMINAL, Event, Heartbeat, Response, is_active
+from tether.models import TERMINAL, CancelState, Event, Heartbeat, Response, is_active
 from tether.pricing import Pricing
 from tether.store import Store, StoreError, sqlite_path
 
@@ -521,55 +521,32 @@ def cancel(
     if row.status in TERMINAL or row.status == "lost":
         out.print(f"{row.id} is already {row.status}; nothing to cancel")
         return
-    now = time.time()
-    with tracker.recording(store, "cli", now) as rec:
+    with tracker.recording(store, "cli", time.time()) as rec:
         row = rec.session.get(Response, response_id)
         tracker.request_cancel(rec, row, "manual", note=reason)
     client = client_for(config, row.account)
 
-    async def send() -> dict[str, Any]:
+    async def send() -> cancelling.Outcome:
         try:
-            return await client.cancel(row.id)
+            return await cancelling.send(client, row.id, row.status, time.time(), retry=None)
         finally:
             await client.aclose()
 
-    asked_at = time.time()
-    try:
-        observed = asyncio.run(send())
-    except RequestRejected as exc:  # not cancellable now: record why, then see what it is
-        with tracker.recording(store, "cli", time.time()) as rec:
-            row = rec.session.get(Response, response_id)
-            tracker.cancel_failed(rec, row, http_status=exc.status, error=exc.message, retry=False)
-        observed = look_quietly(config, row.account, response_id)
-    except APIError as exc:
-        with tracker.recording(store, "cli", time.time()) as rec:
-            row = rec.session.get(Response, response_id)
-            tracker.cancel_failed(rec, row, http_status=exc.status, error=exc.message, retry=True)
-        fail(EXIT_FAILURE, f"cancel of {response_id} failed: {exc}; it is recorded and a running daemon retries it")
+    outcome = asyncio.run(send())
     with tracker.recording(store, "cli", time.time()) as rec:
         row = rec.session.get(Response, response_id)
-        if observed is not None:
-            tracker.observe(rec, row, observed, config, Pricing.from_config(config), reason="cancel", asked_at=asked_at)
-        tracker.cancel_answered(row, config.polling.confirm_window, rec.now)
-        row.next_poll_at = rec.now + config.polling.first
+        if outcome.answered:
+            cancelling.settle(rec, row, outcome, config, Pricing.from_config(config))
+        else:
+            cancelling.record_failure(rec, row, outcome.failed, config)
+    if not outcome.answered:
+        if row.cancel_state == CancelState.PENDING.value:
+            fail(EXIT_FAILURE, f"cancel of {response_id} failed: {outcome.failed}; it is recorded and a running daemon retries it")
+        fail(EXIT_FAILURE, f"cancel of {response_id} failed: {outcome.failed}; it is now {row.status}: nothing left to cancel")
     if as_json:
         print(render.dumps(render.record(row)))
     else:
         out.print(f"cancel sent: {row.id} is {row.status}")
-
-
-def look_quietly(config: Config, account: str, rid: str) -> dict[str, Any] | None:
-    client = client_for(config, account)
-
-    async def get() -> dict[str, Any] | None:
-        try:
-            return await client.get(rid)
-        except APIError:
-            return None  # the daemon's confirmation polls will find out
-        finally:
-            await client.aclose()
-
-    return asyncio.run(get())
 
 
 @app.command()
