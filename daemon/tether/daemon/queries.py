@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Sequence
+from collections import namedtuple
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +31,9 @@ SCHEDULING_COLUMNS = (
     Response.poll_interval, Response.cancel_state, Response.cancel_attempts, Response.confirm_until,
     Response.model, Response.created_at, cast(Response.meta, Text).label("meta"),
 )
+# One of them as a named tuple, read by name (`Active.loaded`) as fast as by position: a
+# SQLAlchemy row's attribute lookup made loading 100,000 records take half as long again.
+ScheduledRow = namedtuple("ScheduledRow", [column.key for column in SCHEDULING_COLUMNS])
 # What a deadline decision (`Queries.decide`) reads, and what it may change and writes back.
 DECISION_READS = (Response.id, Response.status, Response.created_at, Response.confirm_until, Response.policy)
 DECISION_WRITES = (
@@ -59,7 +62,7 @@ class Queries:
             beat = session.get(Heartbeat, "daemon")
             return beat.event_cursor if beat is not None else 0
 
-    def read_open_rows(self, after: str) -> Sequence[Any]:
+    def read_open_rows(self, after: str) -> list[ScheduledRow]:
         with self.state.store.reading() as session:
             return open_rows(session, after)
 
@@ -224,11 +227,11 @@ def rows_by_id(session: Session, ids: list[str]) -> dict[str, Response]:
     return {row.id: row for row in session.execute(select(Response).where(Response.id.in_(ids))).scalars()}
 
 
-def open_rows(session: Session, after: str) -> Sequence[Any]:
+def open_rows(session: Session, after: str) -> list[ScheduledRow]:
     """The next page of open responses (by id, after `after`), as rows of SCHEDULING_COLUMNS:
     only what scheduling needs, as plain rows, not ORM objects, so 100,000 load in a
     fraction of the time and memory."""
-    return (
+    rows = (
         session.connection()
         .execute(
             select(*SCHEDULING_COLUMNS)
@@ -246,6 +249,7 @@ def open_rows(session: Session, after: str) -> Sequence[Any]:
         )
         .all()
     )
+    return [ScheduledRow._make(row) for row in rows]
 
 
 def decision_rows(session: Session, ids: list[str]) -> dict[str, SimpleNamespace]:

@@ -45,8 +45,8 @@ class Active:
 
     @classmethod
     def loaded(cls, row: Any) -> Active:
-        """From a row of `queries.SCHEDULING_COLUMNS`: a plain row, no ORM object (start-up
-        reads 100,000), with the metadata as its JSON text."""
+        """From a `queries.ScheduledRow`: a plain row, no ORM object (start-up reads 100,000),
+        with the metadata as its JSON text."""
         return cls.of(row, tracker.facts_of(row.model, row.created_at, json.loads(row.meta)))
 
     @classmethod
