@@ -1,6 +1,6 @@
-"""The `tether` command line (SPEC §4) through real subprocesses, against the stand-in API.
+"""The `tether` command line (docs/cli.md) through real subprocesses, against the stand-in API.
 
-Oracles: exit codes and JSON shapes from SPEC §4, the stand-in's own record of every call
+Oracles: exit codes and JSON shapes from docs/cli.md, the stand-in's own record of every call
 (`fake.state.snapshot()`), and tether's store read back through `ls/show/log --json`.
 Most tests need no daemon: the CLI reads and writes the store itself.
 """
