@@ -130,7 +130,7 @@ class FakeAPI:
     async def _handle(self, request: web.BaseRequest) -> web.Response:
         path = request.rel_url.raw_path  # an absolute-form target (through a proxy) is made relative
         if path.startswith("/_fake/"):
-            return await self._admin(request.method, path, request)
+            return await self._admin(request, path)
         route, response_id = _route(request.method, path)
         headers = request.headers
         self.state.count_request(route, headers.get("openai-organization"), headers.get("openai-project"))
@@ -161,8 +161,8 @@ class FakeAPI:
             record = self.state.cancel(response_id)
         return self._garbled(route, response_object(record, time.time()), call, forced)
 
-    async def _admin(self, method: str, path: str, request: web.BaseRequest) -> web.Response:
-        body = await request.read()
+    async def _admin(self, request: web.BaseRequest, path: str) -> web.Response:
+        method, body = request.method, await request.read()
         if (method, path) == ("GET", "/_fake/state"):
             return json_reply(200, self.state.snapshot())
         if (method, path) == ("POST", "/_fake/faults"):
