@@ -28,7 +28,7 @@ from tether.config import Config, ConfigError, load_config, parse_duration
 from tether.ids import valid_id
 from tether.models import TERMINAL, Event, Heartbeat, Response, is_active
 from tether.pricing import Pricing
-from tether.store import Store, StoreError, sqlite_path
+from tether.store import Store, StoreError, sqlite_path, write_problem
 
 
 EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFIG = 1, 2, 3, 78
@@ -155,6 +155,11 @@ def check_config(
         for b in config.budgets
     ]
     warnings += after_the_fact_warnings(config)
+    try:
+        if (problem := write_problem(config.store.url)) is not None:
+            warnings.append(f"warning: {problem} (the daemon cannot run on this store as it is)")
+    except StoreError as exc:
+        warnings.append(f"warning: {exc}")
     source = str(config.path) if config.path else None
     if as_json:
         shape = {"config": source, "store": config.store.url, "accounts": accounts, "policies": policies,

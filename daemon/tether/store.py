@@ -13,6 +13,7 @@ daemon holds a session-scoped one for its whole life (one daemon per database).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import socket
@@ -26,7 +27,7 @@ from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
-from tether.diskspace import free_space_problem, preallocate_on_checkout
+from tether.diskspace import free_space_problem, preallocate_on_checkout, read_only_message, read_only_problem
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SCHEMA_HEAD = "0003"  # the newest revision in migrations/versions (a test keeps them equal)
@@ -47,7 +48,7 @@ class Store:
         self.sqlite_path = sqlite_path(url)
         if self.sqlite_path is not None:
             # A full disk: a message now, not SIGBUS inside SQLite later (see diskspace.py).
-            if (problem := free_space_problem(self.sqlite_path)) is not None:
+            if (problem := sqlite_write_problem(self.sqlite_path)) is not None:
                 raise StoreError(problem)
             create_private_file(self.sqlite_path)
         self.engine = build_engine(url)
@@ -164,6 +165,25 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database)
 
 
+def sqlite_write_problem(path: Path) -> str | None:
+    """Why a SQLite store at `path` cannot be written, without opening it; None when it can."""
+    return read_only_problem(path) or free_space_problem(path)
+
+
+def write_problem(url: str) -> str | None:
+    """Why the store at `url` cannot be written, looked at without opening or creating it;
+    None when nothing says so. A PostgreSQL store is not looked at (that needs its server)."""
+    path = sqlite_path(url)
+    if path is None:
+        return None
+    if (problem := sqlite_write_problem(path)) is not None:
+        return problem
+    existing = path if path.exists() else next((p for p in path.parents if p.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK):
+        return f"the store {path} cannot be written by this user ({existing} is not writable)"
+    return None
+
+
 def create_private_file(path: Path) -> None:
     """Create the database (and its folder) readable by its owner only."""
     try:
@@ -171,6 +191,8 @@ def create_private_file(path: Path) -> None:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         os.close(fd)
     except OSError as exc:
+        if exc.errno == errno.EROFS:
+            raise StoreError(read_only_message(path)) from exc
         raise StoreError(f"cannot open store {path}: {exc.strerror}") from exc
 
 
