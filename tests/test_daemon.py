@@ -319,7 +319,9 @@ def test_the_daemon_stops_cleanly_with_exit_0(tether, fake, sig):
     tether.ok("track", rid)
     wait_for(lambda: tether.records()[rid]["polls"] >= 1, timeout=45, what="a poll")
     assert tether.stop_daemon(daemon, sig) == 0
-    assert tether.log_lines(daemon)[-1]["event"] == "daemon.stopping"
+    events = [line["event"] for line in tether.log_lines(daemon)]
+    assert events[-2:] == ["daemon.stopping", "daemon.stopped"], events[-5:]
+    assert tether.log_lines(daemon)[-1]["exit_code"] == 0
 
 
 def test_a_second_daemon_on_the_same_store_refuses_to_start(tether):

@@ -274,15 +274,17 @@ class Daemon:
         scheduler.shutdown(wait=False)
         for task in [stopped, *loops]:
             task.cancel()
-        await self._drain()
-        await self._finish()
         for task in loops:
             if task in done and not task.cancelled() and task.exception() is not None:
                 self._failure = self._failure or task.exception()
+        await self._drain()
+        await self._finish()
+        code = 0
         if self._failure is not None:
             log.error("daemon.failed", error=str(self._failure))
-            return 1
-        return 0
+            code = 1
+        log.info("daemon.stopped", exit_code=code)  # the last line: everything is written by now
+        return code
 
     def _scheduler(self) -> AsyncIOScheduler:
         logging.getLogger("apscheduler").setLevel(logging.ERROR)
@@ -336,6 +338,8 @@ class Daemon:
     async def _finish(self) -> None:
         try:
             await self._flush()
+            if self._failure is None:  # a failed daemon says nothing more (its lock may be another's)
+                await self._store(self._write_stopped)
         except StoreFailure:
             pass
         for client in self.clients.values():
@@ -949,6 +953,11 @@ class Daemon:
                     event_cursor=self._last_event_id,
                 )
             )
+
+    def _write_stopped(self) -> None:
+        """Mark the heartbeat stopped: `tether check` then says so at once, not when it goes stale."""
+        with self.store.writing() as session:
+            session.execute(update(Heartbeat).where(Heartbeat.name == "daemon").values(stopped_at=self.clock()))
 
     def _read_events_by_others(self, after: int) -> tuple[list[Event], int]:
         """The next page of events others wrote after `after`, and the id to resume from."""

@@ -30,7 +30,7 @@ from sqlmodel import Session
 from tether.diskspace import free_space_problem, preallocate_on_checkout, read_only_message, read_only_problem
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-SCHEMA_HEAD = "0003"  # the newest revision in migrations/versions (a test keeps them equal)
+SCHEMA_HEAD = "0004"  # the newest revision in migrations/versions (a test keeps them equal)
 BUSY_TIMEOUT_MS = 30_000  # how long a writer waits for another's turn before it fails
 # PostgreSQL advisory locks, pg_advisory_lock(PG_LOCKS, what): tether's class id, then what.
 PG_LOCKS = 0x7E7E
@@ -288,6 +288,23 @@ class FileLock:
     def held(self) -> bool:
         return self._fd is not None
 
+    def in_use(self) -> bool | None:
+        """Whether a process (a running daemon) holds the lock: taken for an instant and let go
+        if it is free. None when this user cannot open the lock file."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False  # no daemon has ever run on this store
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing the descriptor drops the lock if it was taken here
+        return False
+
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
@@ -331,6 +348,15 @@ class AdvisoryLock:
         except OperationalError:
             return False
         return True
+
+    def in_use(self) -> bool | None:
+        """Whether a session (a running daemon) holds the lock, as pg_locks shows it: looked
+        at, not taken. None when the server cannot be asked."""
+        try:
+            with self.store.engine.connect() as conn:
+                return conn.exec_driver_sql(HOLDER).scalar() is not None
+        except OperationalError:
+            return None
 
     def release(self) -> None:
         if self._conn is not None:
