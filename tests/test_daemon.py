@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import Tether, create, server_record, wait_for
+from conftest import FAST_POLLING, Tether, create, server_record, wait_for
 
 POLICIES = """
 [[policy]]
@@ -365,6 +365,27 @@ def test_the_daemon_logs_its_figures_in_daemon_stats_lines(tether, fake):
     assert 0 <= line["deadline_lag_max"] < 1.0
     assert sum(s["polls"] for s in tether.log_lines(daemon) if s["event"] == "daemon.stats") >= 1
     assert line["max_rss_mb"] > 10
+    assert tether.stop_daemon(daemon) == 0
+
+
+def test_the_stats_line_counts_as_active_what_ls_active_shows_and_cancelled_ones_as_confirming(tether, fake):
+    """After a cancel the daemon keeps polling the response for confirm_window (a late `completed`),
+    but it is finished: `active` is what `tether ls --active` shows, and it is counted apart."""
+    long_confirm = FAST_POLLING.replace('confirm_window = "1s"', 'confirm_window = "60s"')
+    tether.write_config(POLICIES, polling=long_confirm, stats_interval="0.3s")
+    daemon = tether.start_daemon()
+    runaway, running = create(fake, case="runaway", fake_run="60"), create(fake, fake_run="60")
+    tether.ok("track", runaway, running)
+    wait_for(lambda: tether.records()[runaway]["status"] == "cancelled", timeout=45, what="the deadline cancel")
+    shown = {r["id"] for r in tether.json("ls", "--active")}
+    count_from = len(tether.log_lines(daemon))
+    line = wait_for(
+        lambda: [x for x in tether.log_lines(daemon)[count_from:] if x["event"] == "daemon.stats"],
+        timeout=30,
+        what="a daemon.stats line after the cancel",
+    )[0]
+    assert shown == {running}
+    assert (line["active"], line["confirming"]) == (1, 1), line
     assert tether.stop_daemon(daemon) == 0
 
 

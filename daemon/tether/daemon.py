@@ -257,7 +257,7 @@ class Daemon:
             "daemon.started",
             pid=os.getpid(),
             store=self.store.url,
-            active=len(self.active),
+            active=self._counts()[0],
             accounts=list(self.config.accounts),
             policies=[p.name for p in self.config.policies],
         )
@@ -269,7 +269,7 @@ class Daemon:
         ]
         stopped = asyncio.create_task(self._stop.wait(), name="stop")
         done, _ = await asyncio.wait([stopped, *loops], return_when=asyncio.FIRST_COMPLETED)
-        log.info("daemon.stopping", active=len(self.active), in_flight=len(self._tasks))
+        log.info("daemon.stopping", active=self._counts()[0], in_flight=len(self._tasks))
         self.notify.stopping()
         scheduler.shutdown(wait=False)
         for task in [stopped, *loops]:
@@ -1098,18 +1098,28 @@ class Daemon:
             self._stop.set()
             return
         await self._store(self._write_heartbeat)
-        self.notify.status(self._status())
+        if self.notify.enabled:  # the status line counts every record: only for systemd
+            self.notify.status(self._status())
 
     async def _log_stats(self) -> None:
         now = time.monotonic()
-        log.info("daemon.stats", **self.stats.take(now - self._stats_since, len(self.active)))
+        log.info("daemon.stats", **self.stats.take(now - self._stats_since, *self._counts()))
         self._stats_since = now
+
+    def _counts(self) -> tuple[int, int]:
+        """(active, confirming): what `tether ls --active` shows (queued, in_progress or not seen
+        yet), and the finished ones still watched: a confirmation window after a cancel, or a
+        cancel not yet answered."""
+        active = sum(1 for rec in self.active.values() if is_active(rec.status))
+        return active, len(self.active) - active
 
     async def _watchdog(self) -> None:
         self.notify.watchdog()
 
     def _status(self) -> str:
-        return f"tracking {len(self.active)} active responses; {self._reload_note}"
+        active, confirming = self._counts()
+        watched = f" ({confirming} finished, confirming)" if confirming else ""
+        return f"tracking {active} active responses{watched}; {self._reload_note}"
 
     # ---- reload ----------------------------------------------------------------
 
@@ -1145,7 +1155,7 @@ class Daemon:
                 config=str(config.path) if config.path else None,
                 accounts=list(config.accounts),
                 policies=[p.name for p in config.policies],
-                active=len(self.active),
+                active=self._counts()[0],
             )
             self._budget_wake.set()
             self._reload_note = f"config reloaded at {time.strftime('%H:%M:%S')}"
