@@ -6,6 +6,7 @@ tether's store and log, read through the CLI's --json output.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -215,6 +216,51 @@ def test_a_response_tracked_after_its_deadline_is_cancelled_at_once(tether, fake
     assert call["at"] - tracked_at < 1.0  # picked up within a second, then acted on at once
     wait_for(lambda: tether.records()[rid]["status"] == "cancelled", timeout=45, what="status cancelled")
     assert tether.records()[rid]["cancel_reason"] == "max_runtime"
+    assert tether.stop_daemon(daemon) == 0
+
+
+def test_an_overrun_that_ended_while_no_daemon_ran_is_recorded_at_the_next_start_without_a_cancel(tether, fake):
+    """Tracked in_progress, past its max_runtime deadline and finished while no daemon ran: the
+    daemon's first look finds it finished, and records the limit as exceeded (too late to act:
+    no cancel), with `warned` under a warn policy. One that ended before its deadline is not."""
+    policies = """
+[[policy]]
+name = "watch"
+match = { metadata = { case = "watch" } }
+max_runtime = "3s"
+action = "warn"
+
+[[policy]]
+name = "runaway"
+match = { metadata = { case = "runaway" } }
+max_runtime = "3s"
+
+[[policy]]
+name = "roomy"
+max_runtime = "10s"
+"""
+    tether.write_config(policies)
+    watched, runaway, roomy = (create(fake, case=case, fake_run="6") for case in ("watch", "runaway", "roomy"))
+    tracked = tether.ok("track", watched, runaway, roomy, "--json").stdout.splitlines()
+    assert [json.loads(line)["status"] for line in tracked] == ["in_progress"] * 3
+    wait_for(lambda: all(server_record(fake, r)["status"] == "completed" for r in (watched, runaway, roomy)),
+             timeout=30, what="all three to finish on the server")
+    daemon = tether.start_daemon()
+    wait_for(lambda: settled(tether, [watched, runaway, roomy]), timeout=30, what="the daemon to see them finished")
+
+    def events(rid: str) -> list[dict]:
+        return [e for e in tether.json("show", rid)["events"] if e["kind"] not in ("tracked", "status", "price_unknown")]
+
+    for rid, policy, action in ((watched, "watch", "warn"), (runaway, "runaway", "cancel")):
+        [limit, *rest] = events(rid)
+        assert (limit["kind"], limit["reason"]) == ("limit_exceeded", "max_runtime"), limit
+        assert limit["detail"]["finished_before_action"] is True
+        assert (limit["detail"]["policy"], limit["detail"]["action"]) == (policy, action)
+        created = int(server_record(fake, rid)["created_at"])
+        assert datetime.fromisoformat(limit["detail"]["deadline_at"]).timestamp() == created + 3
+        assert [e["kind"] for e in rest] == (["warned"] if action == "warn" else [])
+        assert server_record(fake, rid)["cancels"] == []
+    assert events(roomy) == [] and server_record(fake, roomy)["cancels"] == []
     assert tether.stop_daemon(daemon) == 0
 
 
