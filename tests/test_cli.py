@@ -8,6 +8,7 @@ Most tests need no daemon: the CLI reads and writes the store itself.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -620,6 +621,27 @@ def test_check_passes_while_a_daemon_runs(tether):
     assert result.returncode == 0, result.stderr
     assert f"pid {daemon.pid}" in result.stdout
     assert tether.stop_daemon(daemon) == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_check_says_unhealthy_at_once_when_the_daemon_has_stopped_or_died(tether, suite_store, sig):
+    """The heartbeat is at most 5 s old when the daemon goes, far from stale (30 s): a clean stop
+    is read from the store, a death from the single-writer lock being free."""
+    tether.store_url = suite_store
+    tether.write_config()
+    daemon = tether.start_daemon()
+    assert tether.cli("check").returncode == 0
+    tether.stop_daemon(daemon, sig)
+    result = tether.cli("check")
+    assert result.returncode == 1, result.stdout
+    assert "unhealthy" in result.stderr and f"pid {daemon.pid}" in result.stderr and no_traceback(result)
+    if sig == signal.SIGTERM:
+        assert "stopped at" in result.stderr
+    else:
+        assert "not running: its lock on the store is free" in result.stderr
+    again = tether.start_daemon()  # a new daemon is healthy at once, whatever the last one left
+    assert tether.cli("check").returncode == 0
+    assert tether.stop_daemon(again) == 0
 
 
 # ---- secrets -----------------------------------------------------------------------------

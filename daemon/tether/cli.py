@@ -28,7 +28,7 @@ from tether.config import Config, ConfigError, load_config, parse_duration
 from tether.ids import valid_id
 from tether.models import TERMINAL, Event, Heartbeat, Response, is_active
 from tether.pricing import Pricing
-from tether.store import Store, StoreError, sqlite_path
+from tether.store import Store, StoreError, sqlite_path, write_problem
 
 
 EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFIG = 1, 2, 3, 78
@@ -155,6 +155,11 @@ def check_config(
         for b in config.budgets
     ]
     warnings += after_the_fact_warnings(config)
+    try:
+        if (problem := write_problem(config.store.url)) is not None:
+            warnings.append(f"warning: {problem} (the daemon cannot run on this store as it is)")
+    except StoreError as exc:
+        warnings.append(f"warning: {exc}")
     source = str(config.path) if config.path else None
     if as_json:
         shape = {"config": source, "store": config.store.url, "accounts": accounts, "policies": policies,
@@ -594,7 +599,9 @@ def budget(ctx: typer.Context, as_json: JsonFlag = False) -> None:
 
 @app.command()
 def check(ctx: typer.Context) -> None:
-    """Health probe: exit 0 when the store is readable and the daemon's heartbeat is fresh."""
+    """Health probe: exit 0 when a daemon runs on the store (its lock is held) and its heartbeat is fresh."""
+    from tether.store import writer_lock
+
     context: Context = ctx.obj
     config = context.config()
     path = sqlite_path(config.store.url)
@@ -604,16 +611,26 @@ def check(ctx: typer.Context) -> None:
         store = Store(config.store.url)
         with store.reading() as session:
             beat = session.get(Heartbeat, "daemon")
+        running = writer_lock(store).in_use()
     except OperationalError as exc:
         fail(EXIT_FAILURE, f"unhealthy: store {config.store.url} is not readable: {exc.orig}")
     except StoreError as exc:
         fail(EXIT_FAILURE, f"unhealthy: {exc}")
     if beat is None:
         fail(EXIT_FAILURE, "unhealthy: no daemon has ever run on this store")
+    daemon = f"pid {beat.pid} on {beat.host}"
+    if beat.stopped_at is not None:
+        fail(EXIT_FAILURE, f"unhealthy: the daemon ({daemon}) stopped at {render.iso(beat.stopped_at)}; none is running")
+    if running is False:
+        fail(
+            EXIT_FAILURE,
+            f"unhealthy: the daemon is not running: its lock on the store is free ({daemon} did not stop cleanly; "
+            f"its last heartbeat was {time.time() - beat.beat_at:.0f}s ago)",
+        )
     age = time.time() - beat.beat_at
     if age > HEARTBEAT_STALE:
-        fail(EXIT_FAILURE, f"unhealthy: the daemon's last heartbeat was {age:.0f}s ago (pid {beat.pid} on {beat.host})")
-    out.print(f"healthy: daemon pid {beat.pid} on {beat.host}, heartbeat {age:.1f}s ago")
+        fail(EXIT_FAILURE, f"unhealthy: the daemon's last heartbeat was {age:.0f}s ago ({daemon})")
+    out.print(f"healthy: daemon {daemon}, heartbeat {age:.1f}s ago")
 
 
 @db_app.command("upgrade")

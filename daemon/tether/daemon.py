@@ -257,7 +257,7 @@ class Daemon:
             "daemon.started",
             pid=os.getpid(),
             store=self.store.url,
-            active=len(self.active),
+            active=self._counts()[0],
             accounts=list(self.config.accounts),
             policies=[p.name for p in self.config.policies],
         )
@@ -269,20 +269,22 @@ class Daemon:
         ]
         stopped = asyncio.create_task(self._stop.wait(), name="stop")
         done, _ = await asyncio.wait([stopped, *loops], return_when=asyncio.FIRST_COMPLETED)
-        log.info("daemon.stopping", active=len(self.active), in_flight=len(self._tasks))
+        log.info("daemon.stopping", active=self._counts()[0], in_flight=len(self._tasks))
         self.notify.stopping()
         scheduler.shutdown(wait=False)
         for task in [stopped, *loops]:
             task.cancel()
-        await self._drain()
-        await self._finish()
         for task in loops:
             if task in done and not task.cancelled() and task.exception() is not None:
                 self._failure = self._failure or task.exception()
+        await self._drain()
+        await self._finish()
+        code = 0
         if self._failure is not None:
             log.error("daemon.failed", error=str(self._failure))
-            return 1
-        return 0
+            code = 1
+        log.info("daemon.stopped", exit_code=code)  # the last line: everything is written by now
+        return code
 
     def _scheduler(self) -> AsyncIOScheduler:
         logging.getLogger("apscheduler").setLevel(logging.ERROR)
@@ -336,6 +338,8 @@ class Daemon:
     async def _finish(self) -> None:
         try:
             await self._flush()
+            if self._failure is None:  # a failed daemon says nothing more (its lock may be another's)
+                await self._store(self._write_stopped)
         except StoreFailure:
             pass
         for client in self.clients.values():
@@ -652,7 +656,9 @@ class Daemon:
         try:
             # Only what may have left the queue is looked at (`_deadline_look`), at the
             # deadline itself; a burst of in_progress deadlines goes straight to its decisions.
-            to_look = [rec for rec in recs if rec.status != "in_progress"]
+            # But a deadline that passed before this daemon started was not watched: an
+            # in_progress seen then may have ended since, and is looked at too.
+            to_look = [rec for rec in recs if rec.status != "in_progress" or at < self._started_at]
             if to_look:
                 await self._until(at)
             answers = await asyncio.gather(*(self._deadline_look(rec) for rec in to_look))
@@ -950,6 +956,11 @@ class Daemon:
                 )
             )
 
+    def _write_stopped(self) -> None:
+        """Mark the heartbeat stopped: `tether check` then says so at once, not when it goes stale."""
+        with self.store.writing() as session:
+            session.execute(update(Heartbeat).where(Heartbeat.name == "daemon").values(stopped_at=self.clock()))
+
     def _read_events_by_others(self, after: int) -> tuple[list[Event], int]:
         """The next page of events others wrote after `after`, and the id to resume from."""
         with self.store.reading() as session:
@@ -1089,18 +1100,28 @@ class Daemon:
             self._stop.set()
             return
         await self._store(self._write_heartbeat)
-        self.notify.status(self._status())
+        if self.notify.enabled:  # the status line counts every record: only for systemd
+            self.notify.status(self._status())
 
     async def _log_stats(self) -> None:
         now = time.monotonic()
-        log.info("daemon.stats", **self.stats.take(now - self._stats_since, len(self.active)))
+        log.info("daemon.stats", **self.stats.take(now - self._stats_since, *self._counts()))
         self._stats_since = now
+
+    def _counts(self) -> tuple[int, int]:
+        """(active, confirming): what `tether ls --active` shows (queued, in_progress or not seen
+        yet), and the finished ones still watched: a confirmation window after a cancel, or a
+        cancel not yet answered."""
+        active = sum(1 for rec in self.active.values() if is_active(rec.status))
+        return active, len(self.active) - active
 
     async def _watchdog(self) -> None:
         self.notify.watchdog()
 
     def _status(self) -> str:
-        return f"tracking {len(self.active)} active responses; {self._reload_note}"
+        active, confirming = self._counts()
+        watched = f" ({confirming} finished, confirming)" if confirming else ""
+        return f"tracking {active} active responses{watched}; {self._reload_note}"
 
     # ---- reload ----------------------------------------------------------------
 
@@ -1136,7 +1157,7 @@ class Daemon:
                 config=str(config.path) if config.path else None,
                 accounts=list(config.accounts),
                 policies=[p.name for p in config.policies],
-                active=len(self.active),
+                active=self._counts()[0],
             )
             self._budget_wake.set()
             self._reload_note = f"config reloaded at {time.strftime('%H:%M:%S')}"
