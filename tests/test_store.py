@@ -84,6 +84,19 @@ def test_a_second_writer_lock_on_the_same_store_is_refused_naming_the_holder(sto
     lock.release()
 
 
+def test_a_start_that_meets_the_health_probe_on_the_lock_file_is_not_refused(tmp_path):
+    """`tether check` takes a SQLite store's lock file for an instant; a daemon starting in that
+    instant waits it out instead of taking the probe for another daemon."""
+    store = Store(f"sqlite:///{tmp_path / 't.db'}")
+    lock = writer_lock(store)
+    fd = os.open(lock.path, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the probe, holding it for 50 ms
+    threading.Timer(0.05, os.close, (fd,)).start()
+    lock.acquire()
+    assert lock.held()
+    lock.release()
+
+
 def test_concurrent_writers_wait_for_each_other_instead_of_failing(store_url):
     url = store_url
     Store(url).migrate()

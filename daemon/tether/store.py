@@ -18,6 +18,7 @@ import fcntl
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,6 +37,7 @@ BUSY_TIMEOUT_MS = 30_000  # how long a writer waits for another's turn before it
 PG_LOCKS = 0x7E7E
 PG_WRITES = 1  # every write transaction: their event ids commit in order (the daemon's feed)
 PG_DAEMON = 2  # the running daemon's own connection
+LOCK_PROBE_GRACE = 0.2  # a busy SQLite lock file is tried again this long (see FileLock.acquire)
 
 
 class StoreError(Exception):
@@ -275,12 +277,20 @@ class FileLock:
 
     def acquire(self) -> None:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise refusal(f"pid {holder}", self.path.with_suffix("")) from None
+        # `tether check` takes the lock for an instant (`in_use`): a start that meets it tries
+        # again for a moment instead of taking the probe for another daemon.
+        give_up = time.monotonic() + LOCK_PROBE_GRACE
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < give_up:
+                    time.sleep(0.02)
+                    continue
+                holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise refusal(f"pid {holder}", self.path.with_suffix("")) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
