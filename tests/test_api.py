@@ -3,8 +3,8 @@
 Every test talks to a real `FakeServer` on a local port. The server's own record
 (`state.snapshot()`: request counts, fault counts, the headers it saw, the instants of GETs) is
 the oracle for what reached the wire. Where a test needs to see requests from the client's side
-(how many are in flight, which headers were sent) it hooks `Observed` into the client's
-wire (`wire.Trace`): every request still goes over the network.
+(how many are in flight, which headers were sent) it passes `Observed`'s httpx2 event hooks to
+the client: every request still goes over the network.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import httpx2
 import pytest
 from openai.types.responses import Response
 
@@ -31,7 +32,6 @@ from tether.api import (
     ResponsesClient,
     RetryPolicy,
     TransientError,
-    proxy_for,
     retry_after,
 )
 from tether.config import AccountConfig, parse_config
@@ -56,29 +56,37 @@ class Sent:
 
 
 class Observed:
-    """A `wire.Trace` on the client: the requests as sent (headers included), how many are in
-    flight, and a hook after each exchange (`after(request, status)`, with status None when the
-    request failed)."""
+    """httpx2 event hooks on the client: the requests as sent (headers included), how many are
+    in flight (from sending to the reply's head), and a hook after each reply's head
+    (`after(request, status)`); `before(request)` runs as each request is about to be sent."""
 
-    def __init__(self, after: Callable[[Sent, int | None], None] | None = None) -> None:
-        self.after = after
+    def __init__(self) -> None:
+        self.after: Callable[[Sent, int], None] | None = None
+        self.before: Callable[[Sent], None] | None = None
         self.requests: list[Sent] = []
         self.sent_at: list[float] = []
         self.answered_at: list[float] = []
         self.in_flight = 0
         self.peak = 0
 
-    def started(self, method: str, url: str, headers: Mapping[str, str]) -> None:
-        self.requests.append(Sent(method, url, dict(headers)))
+    @property
+    def hooks(self) -> dict[str, list[Callable[[Any], Awaitable[None]]]]:
+        return {"request": [self._request], "response": [self._response]}
+
+    async def _request(self, request: httpx2.Request) -> None:
+        sent = Sent(request.method, str(request.url), {k.lower(): v for k, v in request.headers.items()})
+        self.requests.append(sent)
         self.sent_at.append(time.monotonic())
         self.in_flight += 1
         self.peak = max(self.peak, self.in_flight)
+        if self.before is not None:
+            self.before(sent)
 
-    def ended(self, status: int | None) -> None:
+    async def _response(self, response: httpx2.Response) -> None:
         self.in_flight -= 1
         self.answered_at.append(time.monotonic())
         if self.after is not None:
-            self.after(self.requests[-1], status)
+            self.after(self.requests[-1], response.status_code)
 
 
 class FakeClock:
@@ -140,7 +148,8 @@ async def make_client(fake: FakeServer) -> AsyncIterator[MakeClient]:
     ) -> ResponsesClient:
         config = AccountConfig(name="default", base_url=fake.base_url, **{"request_timeout": 5.0, **account})
         extra = {"clock": clock} if clock is not None else {}
-        client = ResponsesClient(config, key, retry=retry, trace=observed, rng=random.Random(7), **extra)
+        hooks = observed.hooks if observed is not None else None
+        client = ResponsesClient(config, key, retry=retry, event_hooks=hooks, rng=random.Random(7), **extra)
         clients.append(client)
         return client
 
@@ -316,13 +325,17 @@ async def test_a_dropped_connection_is_a_transient_error_retried_up_to_the_attem
 
 
 async def test_a_dropped_connection_once_is_recovered_by_the_retry(fake: FakeServer, make_client: MakeClient) -> None:
-    def heal(request: Sent, status: int | None) -> None:
-        fake.state.faults.get.drop = 0.0
+    gets: list[Sent] = []
+
+    def heal_at_the_retry(request: Sent) -> None:
+        gets.append(request)
+        if len(gets) == 2:
+            fake.state.faults.get.drop = 0.0
 
     observed = Observed()
     client = make_client(observed=observed)
     created = await client.create(RUNNING)
-    observed.after = heal
+    observed.before = heal_at_the_retry
     fake.state.faults.get.drop = 1.0
 
     got = await client.get(created["id"])
@@ -387,7 +400,7 @@ async def test_a_rate_limit_429_is_a_transient_error_carrying_retry_after_from_t
 async def test_the_retry_after_a_rate_limit_waits_at_least_retry_after(
     fake: FakeServer, make_client: MakeClient
 ) -> None:
-    def lift_after_first(request: Sent, status: int | None) -> None:
+    def lift_after_first(request: Sent, status: int) -> None:
         fake.state.faults.get.rate_limit = 0.0
 
     observed = Observed()
@@ -940,7 +953,9 @@ async def test_a_rate_limited_create_is_retried_because_the_server_refused_it_un
 async def test_a_create_that_could_not_connect_is_retried(fake: FakeServer, unused_tcp_port: int) -> None:
     config = AccountConfig(name="default", base_url=f"http://127.0.0.1:{unused_tcp_port}/v1", request_timeout=1.0)
     observed = Observed()
-    client = ResponsesClient(config, API_KEY, retry=RetryPolicy(attempts=3, base=0.01, cap=0.02), trace=observed)
+    client = ResponsesClient(
+        config, API_KEY, retry=RetryPolicy(attempts=3, base=0.01, cap=0.02), event_hooks=observed.hooks
+    )
     try:
         exc = await raised(client.create({"model": "o3-pro", "input": "x", "background": True}))
     finally:
@@ -948,13 +963,3 @@ async def test_a_create_that_could_not_connect_is_retried(fake: FakeServer, unus
     assert type(exc) is TransientError and not exc.delivered
     assert "could not connect" in str(exc)
     assert len(observed.requests) == 3
-
-
-def test_the_proxy_is_taken_from_the_environment_and_no_proxy_is_honoured(monkeypatch) -> None:
-    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "all_proxy", "ALL_PROXY", "no_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
-    monkeypatch.setenv("NO_PROXY", "localhost,.corp.example")
-    assert proxy_for("https://api.openai.com/v1") == "http://proxy.internal:3128"
-    assert proxy_for("https://llm.corp.example/v1") is None
-    assert proxy_for("http://api.openai.com/v1") is None  # no HTTP_PROXY set
