@@ -23,6 +23,7 @@ from openai.types.responses import Response
 
 from conftest import API_KEY
 from tether.api import (
+    NO_RETRY,
     RETRY_AFTER_MAX,
     AccountError,
     AccountPaused,
@@ -963,3 +964,176 @@ async def test_a_create_that_could_not_connect_is_retried(fake: FakeServer, unus
     assert type(exc) is TransientError and not exc.delivered
     assert "could not connect" in str(exc)
     assert len(observed.requests) == 3
+
+
+# --- servers of a test's own: drops, over-long and stalled replies --------------------------------
+
+
+Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Scripted"], Awaitable[None]]
+
+
+class Scripted:
+    """A server on a local port whose every connection runs `serve(reader, writer, self)`; it
+    keeps the request lines read with `read_request` and counts connections that ended."""
+
+    def __init__(self, serve: Serve) -> None:
+        self.serve = serve
+        self.requests: list[str] = []
+        self.ended = 0
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    async def read_request(self, reader: asyncio.StreamReader) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        self.requests.append(head.split(b"\r\n")[0].decode())
+        length = next(
+            (int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0
+        )
+        await reader.readexactly(length)
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
+        try:
+            await self.serve(reader, writer, self)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+            self.ended += 1
+
+    async def __aenter__(self) -> Scripted:
+        self.server = await asyncio.start_server(self._connection, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/v1"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+def reply(body: bytes, *head: str) -> bytes:
+    fields = "".join(f"{line}\r\n" for line in head) or f"Content-Length: {len(body)}\r\n"
+    return f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{fields}\r\n".encode() + body
+
+
+@pytest.fixture
+async def client_to() -> AsyncIterator[Callable[..., ResponsesClient]]:
+    clients: list[ResponsesClient] = []
+
+    def make(url: str, retry: RetryPolicy = RetryPolicy(attempts=3, base=0.01, cap=0.02), **account: Any) -> ResponsesClient:
+        config = AccountConfig(name="default", base_url=url, **{"request_timeout": 5.0, **account})
+        clients.append(ResponsesClient(config, API_KEY, retry=retry))
+        return clients[-1]
+
+    yield make
+    for client in clients:
+        await client.aclose()
+
+
+async def test_a_create_dropped_after_it_was_read_is_may_have_been_created_and_sent_once(client_to) -> None:
+    # The first request (a GET) is answered and its connection kept alive; the create then
+    # goes on that connection, is read, and the connection is closed without an answer.
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Scripted) -> None:
+        await server.read_request(reader)
+        writer.write(reply(b'{"id": "resp_1", "status": "queued"}'))
+        await writer.drain()
+        await server.read_request(reader)
+
+    async with Scripted(serve) as server:
+        client = client_to(server.url)
+        assert (await client.get("resp_1"))["id"] == "resp_1"
+        exc = await raised(client.create({"model": "o3-pro", "input": "x", "background": True}))
+        await eventually(lambda: server.ended == 1)
+
+    assert type(exc) is TransientError and exc.delivered  # `tether submit`: "may have created a response"
+    assert "connection error on POST /responses" in str(exc)
+    assert server.requests == ["GET /v1/responses/resp_1 HTTP/1.1", "POST /v1/responses HTTP/1.1"]
+
+
+async def test_a_create_on_a_fresh_connection_dropped_after_it_was_read_is_sent_once(client_to) -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Scripted) -> None:
+        await server.read_request(reader)
+
+    async with Scripted(serve) as server:
+        exc = await raised(client_to(server.url).create({"model": "o3-pro", "input": "x", "background": True}))
+
+    assert type(exc) is TransientError and exc.delivered
+    assert server.requests == ["POST /v1/responses HTTP/1.1"]
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+async def test_a_reply_longer_than_max_reply_bytes_is_a_transient_error_not_read_whole(client_to, framing: str) -> None:
+    bound = 64 * 1024
+    sent: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Scripted) -> None:
+        await server.read_request(reader)
+        piece = b"x" * 65536
+        total = 1024 * len(piece)  # 64 MiB, unless the client hangs up first
+        if framing == "chunked":
+            writer.write(reply(b"", "Transfer-Encoding: chunked"))
+            piece = b"%x\r\n%s\r\n" % (len(piece), piece)
+        else:
+            writer.write(reply(b"", f"Content-Length: {total}"))
+        sent.append(0)
+        for _ in range(1024):
+            writer.write(piece)
+            await writer.drain()
+            sent[-1] += len(piece)
+
+    async with Scripted(serve) as server:
+        exc = await raised(client_to(server.url, max_reply_bytes=bound).get("resp_1"))
+        await eventually(lambda: server.ended == 3)
+
+    assert type(exc) is TransientError and exc.delivered and exc.status == 200
+    assert "longer than max_reply_bytes (65536 bytes)" in str(exc)
+    assert len(server.requests) == 3  # retried as any transient error of a GET
+    assert max(sent) < 16 * 1024 * 1024  # the client hung up long before the 64 MiB were sent
+
+
+async def test_a_reply_at_max_reply_bytes_is_read(client_to) -> None:
+    body = json.dumps({"id": "resp_1", "pad": "x" * (4096 - 27)}).encode()
+    assert len(body) == 4096
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Scripted) -> None:
+        await server.read_request(reader)
+        writer.write(reply(body))
+        await writer.drain()
+
+    async with Scripted(serve) as server:
+        assert (await client_to(server.url, max_reply_bytes=4096).get("resp_1"))["id"] == "resp_1"
+
+
+@pytest.mark.parametrize("pace", ["stalls", "trickles"])
+async def test_a_reply_that_stalls_or_trickles_is_cut_at_the_request_timeout(client_to, pace: str) -> None:
+    body = b'{"id": "resp_1"}' + b" " * 1000
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Scripted) -> None:
+        await server.read_request(reader)
+        writer.write(reply(b"", f"Content-Length: {len(body)}") + body[:10])
+        await writer.drain()
+        for byte in body[10:] if pace == "trickles" else []:
+            await asyncio.sleep(0.05)  # traffic shaping: a byte each 50 ms, well under the timeout
+            writer.write(bytes([byte]))
+            await writer.drain()
+        await reader.read()  # stalls until the client hangs up
+
+    async with Scripted(serve) as server:
+        client = client_to(server.url, retry=NO_RETRY, request_timeout=0.5)
+        started = time.monotonic()
+        exc = await raised(client.get("resp_1"))
+        elapsed = time.monotonic() - started
+
+    assert type(exc) is TransientError and exc.delivered
+    assert "timeout on GET /responses/resp_1" in str(exc)
+    assert 0.45 <= elapsed < 1.5
+
+
+async def eventually(condition: Callable[[], bool], within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "the condition did not come true in time"
+        await asyncio.sleep(0.005)
