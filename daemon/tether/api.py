@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -180,6 +181,7 @@ class ResponsesClient:
                     max_connections=connections, max_keepalive_connections=connections, keepalive_expiry=KEEPALIVE
                 ),
                 event_hooks={name: list(hooks) for name, hooks in (event_hooks or {}).items()},
+                verify=trust_store(),
             )
         except httpx2.InvalidURL as exc:  # a proxy URL from the environment (the base URL is checked in config)
             self._http = HttpClient(trust_env=False)  # never used: each request fails with what to set
@@ -331,6 +333,16 @@ def error_body(content: bytes) -> dict[str, Any]:
 def is_quota(code: str | None, type_: Any) -> bool:
     text = f"{code or ''} {type_ or ''}"
     return any(q in text for q in QUOTA_CODES) or "quota" in text or "limit_reached" in text
+
+
+def trust_store() -> ssl.SSLContext:
+    """httpx2's: SSL_CERT_FILE or SSL_CERT_DIR, else the system's. A file or folder there that
+    holds no certificate trusts nothing (as OpenSSL takes it): each connection then fails
+    naming the host whose certificate is not trusted, rather than every client at its start."""
+    try:
+        return httpx2.create_ssl_context()
+    except (ssl.SSLError, OSError):
+        return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 
 
 def transport_error(exc: httpx2.RequestError | aiohttp.ClientError, method: str, path: str) -> TransientError:
