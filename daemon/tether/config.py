@@ -88,6 +88,7 @@ class AccountConfig:
     project: str | None = None
     max_concurrency: int = 16
     request_timeout: float = 30.0
+    max_reply_bytes: int = 8 * 1024 * 1024  # a reply longer than this is an error, not read whole
 
     def key_source(self) -> str:
         if self.api_key_env:
@@ -701,6 +702,7 @@ _ACCOUNT_FIELDS = {
     "project": _string,
     "max_concurrency": _integer(1),
     "request_timeout": _positive_duration,
+    "max_reply_bytes": _integer(1024),
 }
 _POLLING_FIELDS = {
     "first": parse_duration,
