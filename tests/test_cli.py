@@ -414,12 +414,13 @@ def test_show_of_an_unknown_id_exits_3_and_of_a_malformed_one_2(tether, fake, ri
     assert rid in result.stderr and result.stdout == ""
 
 
-def test_show_prints_labels_literally_even_when_they_look_like_markup(tether, fake):
-    tether.ok("track", "resp_markup", "--no-verify", "--label", "a=[/]", "--label", "b=[red]x")
+def test_show_prints_labels_literally_even_when_they_look_like_markup_or_emoji_codes(tether, fake):
+    tether.ok("track", "resp_markup", "--no-verify", "--label", "a=[/]", "--label", "b=[red]x", "--label", "c=:smile:")
     result = tether.cli("show", "resp_markup")
     assert result.returncode == 0, result.stderr[-500:]
     assert no_traceback(result)
-    assert "[/]" in result.stdout and "[red]x" in result.stdout
+    [labels] = [line.split(None, 1)[1] for line in result.stdout.splitlines() if line.strip().startswith("labels ")]
+    assert labels.strip() == "a=[/], b=[red]x, c=:smile:"
 
 
 def test_show_prints_money_labels_and_times_as_people_read_them(tether, fake):

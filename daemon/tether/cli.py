@@ -42,10 +42,12 @@ app = typer.Typer(
 db_app = typer.Typer(help="Store maintenance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
-# markup=False: response metadata, labels and config values are data, never rich markup.
+# markup=False, emoji=False: response metadata, labels and config values are data, never
+# rich markup or :emoji: codes.
 # Off a terminal (a pipe, a log) tables get room instead of rich's 80-column default.
-out = Console(soft_wrap=True, markup=False, highlight=False, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, soft_wrap=True, markup=False, highlight=False, width=None if sys.stderr.isatty() else 200)
+out = Console(soft_wrap=True, markup=False, emoji=False, highlight=False, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, soft_wrap=True, markup=False, emoji=False, highlight=False,
+              width=None if sys.stderr.isatty() else 200)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
