@@ -1,6 +1,10 @@
-"""CPU per GET of HTTP clients against the stand-in, in one process: what the daemon's client costs.
+"""CPU per GET of httpx2 on its two transports against the stand-in, in one process.
 
-    uv run python -m bench.client_cost            # tether's ResponsesClient, raw aiohttp, httpx
+    uv run python -m bench.client_cost            # httpx2's own transport, httpx2 over aiohttp, tether's client
+
+The first two are a bare `httpx2.AsyncClient` on its default transport (httpcore2) and on
+aiohttp (`httpx-aiohttp`); the third is tether's `ResponsesClient` (headers, limits, error
+mapping, a bounded read) on the transport it uses.
 
 The stand-in runs in a subprocess, so the CPU time measured here (`time.process_time`) is the
 client's alone: 4,000 GETs over 100 responses, 16 at a time (tether's default max_concurrency).
@@ -10,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import socket
 import subprocess
 import sys
@@ -18,8 +21,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
-import httpx
+import httpx2
+from httpx_aiohttp.httpx2 import Httpx2AiohttpClient
 
 from tether.api import ResponsesClient, RetryPolicy
 from tether.config import AccountConfig
@@ -35,7 +38,7 @@ def free_port() -> int:
 
 
 async def create_ids(base: str, n: int) -> list[str]:
-    async with httpx.AsyncClient(headers={"Authorization": f"Bearer {KEY}"}) as client:
+    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {KEY}"}) as client:
         body = {"model": "o3-pro", "input": "x", "background": True, "metadata": {"fake_run": "86400"}}
         return [(await client.post(f"{base}/responses", json=body)).json()["id"] for _ in range(n)]
 
@@ -61,22 +64,8 @@ async def tether_client(base: str, ids: list[str], total: int) -> float:
         await client.aclose()
 
 
-async def raw_aiohttp(base: str, ids: list[str], total: int) -> float:
-    async with aiohttp.ClientSession(
-        headers={"Authorization": f"Bearer {KEY}"}, connector=aiohttp.TCPConnector(limit=CONCURRENCY)
-    ) as session:
-
-        async def get(rid: str) -> Any:
-            async with session.get(f"{base}/responses/{rid}") as reply:
-                return json.loads(await reply.read())
-
-        return await drive(get, ids, total)
-
-
-async def plain_httpx(base: str, ids: list[str], total: int) -> float:
-    async with httpx.AsyncClient(
-        headers={"Authorization": f"Bearer {KEY}"}, limits=httpx.Limits(max_connections=CONCURRENCY)
-    ) as client:
+async def plain(client: httpx2.AsyncClient, base: str, ids: list[str], total: int) -> float:
+    async with client:
 
         async def get(rid: str) -> Any:
             return (await client.get(f"{base}/responses/{rid}")).json()
@@ -84,7 +73,19 @@ async def plain_httpx(base: str, ids: list[str], total: int) -> float:
         return await drive(get, ids, total)
 
 
-CLIENTS = {"tether": tether_client, "aiohttp": raw_aiohttp, "httpx": plain_httpx}
+def options() -> dict[str, Any]:
+    return {"headers": {"Authorization": f"Bearer {KEY}"}, "limits": httpx2.Limits(max_connections=CONCURRENCY)}
+
+
+async def httpx2_default(base: str, ids: list[str], total: int) -> float:
+    return await plain(httpx2.AsyncClient(**options()), base, ids, total)
+
+
+async def httpx2_aiohttp(base: str, ids: list[str], total: int) -> float:
+    return await plain(Httpx2AiohttpClient(**options()), base, ids, total)
+
+
+CLIENTS = {"httpx2": httpx2_default, "httpx2+aiohttp": httpx2_aiohttp, "tether": tether_client}
 
 
 def main() -> None:
@@ -111,7 +112,7 @@ def main() -> None:
         ids = asyncio.run(create_ids(base, 100))
         for name, client in CLIENTS.items():
             ms = asyncio.run(client(base, ids, args.requests))
-            print(f"{name:8s} {ms:.3f} ms CPU per GET")
+            print(f"{name:15s} {ms:.3f} ms CPU per GET")
     finally:
         stand.terminate()
         stand.wait(timeout=10)

@@ -3,8 +3,8 @@
 Every test talks to a real `FakeServer` on a local port. The server's own record
 (`state.snapshot()`: request counts, fault counts, the headers it saw, the instants of GETs) is
 the oracle for what reached the wire. Where a test needs to see requests from the client's side
-(how many are in flight, which headers were sent) it hooks `Observed` into the client's
-wire (`wire.Trace`): every request still goes over the network.
+(how many are in flight, which headers were sent) it passes `Observed`'s httpx2 event hooks to
+the client: every request still goes over the network.
 """
 
 from __future__ import annotations
@@ -17,11 +17,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import httpx2
 import pytest
 from openai.types.responses import Response
 
 from conftest import API_KEY
 from tether.api import (
+    NO_RETRY,
     RETRY_AFTER_MAX,
     AccountError,
     AccountPaused,
@@ -31,7 +33,6 @@ from tether.api import (
     ResponsesClient,
     RetryPolicy,
     TransientError,
-    proxy_for,
     retry_after,
 )
 from tether.config import AccountConfig, parse_config
@@ -56,29 +57,37 @@ class Sent:
 
 
 class Observed:
-    """A `wire.Trace` on the client: the requests as sent (headers included), how many are in
-    flight, and a hook after each exchange (`after(request, status)`, with status None when the
-    request failed)."""
+    """httpx2 event hooks on the client: the requests as sent (headers included), how many are
+    in flight (from sending to the reply's head), and a hook after each reply's head
+    (`after(request, status)`); `before(request)` runs as each request is about to be sent."""
 
-    def __init__(self, after: Callable[[Sent, int | None], None] | None = None) -> None:
-        self.after = after
+    def __init__(self) -> None:
+        self.after: Callable[[Sent, int], None] | None = None
+        self.before: Callable[[Sent], None] | None = None
         self.requests: list[Sent] = []
         self.sent_at: list[float] = []
         self.answered_at: list[float] = []
         self.in_flight = 0
         self.peak = 0
 
-    def started(self, method: str, url: str, headers: Mapping[str, str]) -> None:
-        self.requests.append(Sent(method, url, dict(headers)))
+    @property
+    def hooks(self) -> dict[str, list[Callable[[Any], Awaitable[None]]]]:
+        return {"request": [self._request], "response": [self._response]}
+
+    async def _request(self, request: httpx2.Request) -> None:
+        sent = Sent(request.method, str(request.url), {k.lower(): v for k, v in request.headers.items()})
+        self.requests.append(sent)
         self.sent_at.append(time.monotonic())
         self.in_flight += 1
         self.peak = max(self.peak, self.in_flight)
+        if self.before is not None:
+            self.before(sent)
 
-    def ended(self, status: int | None) -> None:
+    async def _response(self, response: httpx2.Response) -> None:
         self.in_flight -= 1
         self.answered_at.append(time.monotonic())
         if self.after is not None:
-            self.after(self.requests[-1], status)
+            self.after(self.requests[-1], response.status_code)
 
 
 class FakeClock:
@@ -140,7 +149,8 @@ async def make_client(fake: FakeServer) -> AsyncIterator[MakeClient]:
     ) -> ResponsesClient:
         config = AccountConfig(name="default", base_url=fake.base_url, **{"request_timeout": 5.0, **account})
         extra = {"clock": clock} if clock is not None else {}
-        client = ResponsesClient(config, key, retry=retry, trace=observed, rng=random.Random(7), **extra)
+        hooks = observed.hooks if observed is not None else None
+        client = ResponsesClient(config, key, retry=retry, event_hooks=hooks, rng=random.Random(7), **extra)
         clients.append(client)
         return client
 
@@ -316,13 +326,17 @@ async def test_a_dropped_connection_is_a_transient_error_retried_up_to_the_attem
 
 
 async def test_a_dropped_connection_once_is_recovered_by_the_retry(fake: FakeServer, make_client: MakeClient) -> None:
-    def heal(request: Sent, status: int | None) -> None:
-        fake.state.faults.get.drop = 0.0
+    gets: list[Sent] = []
+
+    def heal_at_the_retry(request: Sent) -> None:
+        gets.append(request)
+        if len(gets) == 2:
+            fake.state.faults.get.drop = 0.0
 
     observed = Observed()
     client = make_client(observed=observed)
     created = await client.create(RUNNING)
-    observed.after = heal
+    observed.before = heal_at_the_retry
     fake.state.faults.get.drop = 1.0
 
     got = await client.get(created["id"])
@@ -387,7 +401,7 @@ async def test_a_rate_limit_429_is_a_transient_error_carrying_retry_after_from_t
 async def test_the_retry_after_a_rate_limit_waits_at_least_retry_after(
     fake: FakeServer, make_client: MakeClient
 ) -> None:
-    def lift_after_first(request: Sent, status: int | None) -> None:
+    def lift_after_first(request: Sent, status: int) -> None:
         fake.state.faults.get.rate_limit = 0.0
 
     observed = Observed()
@@ -940,7 +954,9 @@ async def test_a_rate_limited_create_is_retried_because_the_server_refused_it_un
 async def test_a_create_that_could_not_connect_is_retried(fake: FakeServer, unused_tcp_port: int) -> None:
     config = AccountConfig(name="default", base_url=f"http://127.0.0.1:{unused_tcp_port}/v1", request_timeout=1.0)
     observed = Observed()
-    client = ResponsesClient(config, API_KEY, retry=RetryPolicy(attempts=3, base=0.01, cap=0.02), trace=observed)
+    client = ResponsesClient(
+        config, API_KEY, retry=RetryPolicy(attempts=3, base=0.01, cap=0.02), event_hooks=observed.hooks
+    )
     try:
         exc = await raised(client.create({"model": "o3-pro", "input": "x", "background": True}))
     finally:
@@ -950,11 +966,174 @@ async def test_a_create_that_could_not_connect_is_retried(fake: FakeServer, unus
     assert len(observed.requests) == 3
 
 
-def test_the_proxy_is_taken_from_the_environment_and_no_proxy_is_honoured(monkeypatch) -> None:
-    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "all_proxy", "ALL_PROXY", "no_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
-    monkeypatch.setenv("NO_PROXY", "localhost,.corp.example")
-    assert proxy_for("https://api.openai.com/v1") == "http://proxy.internal:3128"
-    assert proxy_for("https://llm.corp.example/v1") is None
-    assert proxy_for("http://api.openai.com/v1") is None  # no HTTP_PROXY set
+# --- servers of a test's own: drops, over-long and stalled replies --------------------------------
+
+
+Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Scripted"], Awaitable[None]]
+
+
+class Scripted:
+    """A server on a local port whose every connection runs `serve(reader, writer, self)`; it
+    keeps the request lines read with `read_request` and counts connections that ended."""
+
+    def __init__(self, serve: Serve) -> None:
+        self.serve = serve
+        self.requests: list[str] = []
+        self.ended = 0
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    async def read_request(self, reader: asyncio.StreamReader) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        self.requests.append(head.split(b"\r\n")[0].decode())
+        length = next(
+            (int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0
+        )
+        await reader.readexactly(length)
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
+        try:
+            await self.serve(reader, writer, self)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+            self.ended += 1
+
+    async def __aenter__(self) -> Scripted:
+        self.server = await asyncio.start_server(self._connection, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/v1"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+def reply(body: bytes, *head: str) -> bytes:
+    fields = "".join(f"{line}\r\n" for line in head) or f"Content-Length: {len(body)}\r\n"
+    return f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{fields}\r\n".encode() + body
+
+
+@pytest.fixture
+async def client_to() -> AsyncIterator[Callable[..., ResponsesClient]]:
+    clients: list[ResponsesClient] = []
+
+    def make(url: str, retry: RetryPolicy = RetryPolicy(attempts=3, base=0.01, cap=0.02), **account: Any) -> ResponsesClient:
+        config = AccountConfig(name="default", base_url=url, **{"request_timeout": 5.0, **account})
+        clients.append(ResponsesClient(config, API_KEY, retry=retry))
+        return clients[-1]
+
+    yield make
+    for client in clients:
+        await client.aclose()
+
+
+async def test_a_create_dropped_after_it_was_read_is_may_have_been_created_and_sent_once(client_to) -> None:
+    # The first request (a GET) is answered and its connection kept alive; the create then
+    # goes on that connection, is read, and the connection is closed without an answer.
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Scripted) -> None:
+        await server.read_request(reader)
+        writer.write(reply(b'{"id": "resp_1", "status": "queued"}'))
+        await writer.drain()
+        await server.read_request(reader)
+
+    async with Scripted(serve) as server:
+        client = client_to(server.url)
+        assert (await client.get("resp_1"))["id"] == "resp_1"
+        exc = await raised(client.create({"model": "o3-pro", "input": "x", "background": True}))
+        await eventually(lambda: server.ended == 1)
+
+    assert type(exc) is TransientError and exc.delivered  # `tether submit`: "may have created a response"
+    assert "connection error on POST /responses" in str(exc)
+    assert server.requests == ["GET /v1/responses/resp_1 HTTP/1.1", "POST /v1/responses HTTP/1.1"]
+
+
+async def test_a_create_on_a_fresh_connection_dropped_after_it_was_read_is_sent_once(client_to) -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Scripted) -> None:
+        await server.read_request(reader)
+
+    async with Scripted(serve) as server:
+        exc = await raised(client_to(server.url).create({"model": "o3-pro", "input": "x", "background": True}))
+
+    assert type(exc) is TransientError and exc.delivered
+    assert server.requests == ["POST /v1/responses HTTP/1.1"]
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+async def test_a_reply_longer_than_max_reply_bytes_is_a_transient_error_not_read_whole(client_to, framing: str) -> None:
+    bound = 64 * 1024
+    sent: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Scripted) -> None:
+        await server.read_request(reader)
+        piece = b"x" * 65536
+        total = 1024 * len(piece)  # 64 MiB, unless the client hangs up first
+        if framing == "chunked":
+            writer.write(reply(b"", "Transfer-Encoding: chunked"))
+            piece = b"%x\r\n%s\r\n" % (len(piece), piece)
+        else:
+            writer.write(reply(b"", f"Content-Length: {total}"))
+        sent.append(0)
+        for _ in range(1024):
+            writer.write(piece)
+            await writer.drain()
+            sent[-1] += len(piece)
+
+    async with Scripted(serve) as server:
+        exc = await raised(client_to(server.url, max_reply_bytes=bound).get("resp_1"))
+        await eventually(lambda: server.ended == 3)
+
+    assert type(exc) is TransientError and exc.delivered and exc.status == 200
+    assert "longer than max_reply_bytes (65536 bytes)" in str(exc)
+    assert len(server.requests) == 3  # retried as any transient error of a GET
+    assert max(sent) < 16 * 1024 * 1024  # the client hung up long before the 64 MiB were sent
+
+
+async def test_a_reply_at_max_reply_bytes_is_read(client_to) -> None:
+    body = json.dumps({"id": "resp_1", "pad": "x" * (4096 - 27)}).encode()
+    assert len(body) == 4096
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Scripted) -> None:
+        await server.read_request(reader)
+        writer.write(reply(body))
+        await writer.drain()
+
+    async with Scripted(serve) as server:
+        assert (await client_to(server.url, max_reply_bytes=4096).get("resp_1"))["id"] == "resp_1"
+
+
+@pytest.mark.parametrize("pace", ["stalls", "trickles"])
+async def test_a_reply_that_stalls_or_trickles_is_cut_at_the_request_timeout(client_to, pace: str) -> None:
+    body = b'{"id": "resp_1"}' + b" " * 1000
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Scripted) -> None:
+        await server.read_request(reader)
+        writer.write(reply(b"", f"Content-Length: {len(body)}") + body[:10])
+        await writer.drain()
+        for byte in body[10:] if pace == "trickles" else []:
+            await asyncio.sleep(0.05)  # traffic shaping: a byte each 50 ms, well under the timeout
+            writer.write(bytes([byte]))
+            await writer.drain()
+        await reader.read()  # stalls until the client hangs up
+
+    async with Scripted(serve) as server:
+        client = client_to(server.url, retry=NO_RETRY, request_timeout=0.5)
+        started = time.monotonic()
+        exc = await raised(client.get("resp_1"))
+        elapsed = time.monotonic() - started
+
+    assert type(exc) is TransientError and exc.delivered
+    assert "timeout on GET /responses/resp_1" in str(exc)
+    assert 0.45 <= elapsed < 1.5
+
+
+async def eventually(condition: Callable[[], bool], within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "the condition did not come true in time"
+        await asyncio.sleep(0.005)

@@ -146,7 +146,7 @@ def test_without_settings_every_default_applies():
         first=1.0, max_interval=60.0, backoff=1.5, jitter=0.1, confirm_window=60.0, lost_after=3
     )
     account = cfg.accounts["default"]
-    assert (account.max_concurrency, account.request_timeout) == (16, 30.0)
+    assert (account.max_concurrency, account.request_timeout, account.max_reply_bytes) == (16, 30.0, 8388608)
 
 
 def test_every_setting_of_a_full_file_is_read():
@@ -164,6 +164,7 @@ def test_every_setting_of_a_full_file_is_read():
         project = "proj_1"
         max_concurrency = 4
         request_timeout = "1m"
+        max_reply_bytes = 1048576
         [polling]
         first = "2s"
         max_interval = "5m"
@@ -190,6 +191,7 @@ def test_every_setting_of_a_full_file_is_read():
         project="proj_1",
         max_concurrency=4,
         request_timeout=60.0,
+        max_reply_bytes=1048576,
     )
     assert cfg.polling == config.PollingConfig(
         first=2.0, max_interval=300.0, backoff=2.0, jitter=0.0, confirm_window=90.0, lost_after=5
@@ -612,7 +614,7 @@ def test_an_invalid_budget_or_price_is_rejected_with_its_key_path(text, message)
         pytest.param(
             '[accounts.default]\nkey_env = "X"',
             "accounts.default.key_env: unknown key (known: base_url, api_key_env, api_key_file, api_key_credential, "
-            "organization, project, max_concurrency, request_timeout)",
+            "organization, project, max_concurrency, request_timeout, max_reply_bytes)",
             id="an unknown account key",
         ),
         pytest.param(
@@ -679,6 +681,16 @@ def test_an_invalid_budget_or_price_is_rejected_with_its_key_path(text, message)
             "[accounts.default]\nmax_concurrency = true",
             "accounts.default.max_concurrency: expected an integer >= 1, got true",
             id="a concurrency given as a boolean",
+        ),
+        pytest.param(
+            "[accounts.default]\nmax_reply_bytes = 100",
+            "accounts.default.max_reply_bytes: expected an integer >= 1024, got 100",
+            id="a reply bound under 1 KiB",
+        ),
+        pytest.param(
+            '[accounts.default]\nmax_reply_bytes = "8MiB"',
+            'accounts.default.max_reply_bytes: expected an integer >= 1024, got "8MiB"',
+            id="a reply bound that is not an integer",
         ),
         pytest.param(
             '[accounts.default]\nrequest_timeout = "0s"',

@@ -6,6 +6,7 @@ tether's store and log, read through the CLI's --json output.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import Tether, create, server_record, wait_for
+from conftest import FAST_POLLING, Tether, create, server_record, wait_for
 
 POLICIES = """
 [[policy]]
@@ -218,6 +219,51 @@ def test_a_response_tracked_after_its_deadline_is_cancelled_at_once(tether, fake
     assert tether.stop_daemon(daemon) == 0
 
 
+def test_an_overrun_that_ended_while_no_daemon_ran_is_recorded_at_the_next_start_without_a_cancel(tether, fake):
+    """Tracked in_progress, past its max_runtime deadline and finished while no daemon ran: the
+    daemon's first look finds it finished, and records the limit as exceeded (too late to act:
+    no cancel), with `warned` under a warn policy. One that ended before its deadline is not."""
+    policies = """
+[[policy]]
+name = "watch"
+match = { metadata = { case = "watch" } }
+max_runtime = "3s"
+action = "warn"
+
+[[policy]]
+name = "runaway"
+match = { metadata = { case = "runaway" } }
+max_runtime = "3s"
+
+[[policy]]
+name = "roomy"
+max_runtime = "10s"
+"""
+    tether.write_config(policies)
+    watched, runaway, roomy = (create(fake, case=case, fake_run="6") for case in ("watch", "runaway", "roomy"))
+    tracked = tether.ok("track", watched, runaway, roomy, "--json").stdout.splitlines()
+    assert [json.loads(line)["status"] for line in tracked] == ["in_progress"] * 3
+    wait_for(lambda: all(server_record(fake, r)["status"] == "completed" for r in (watched, runaway, roomy)),
+             timeout=30, what="all three to finish on the server")
+    daemon = tether.start_daemon()
+    wait_for(lambda: settled(tether, [watched, runaway, roomy]), timeout=30, what="the daemon to see them finished")
+
+    def events(rid: str) -> list[dict]:
+        return [e for e in tether.json("show", rid)["events"] if e["kind"] not in ("tracked", "status", "price_unknown")]
+
+    for rid, policy, action in ((watched, "watch", "warn"), (runaway, "runaway", "cancel")):
+        [limit, *rest] = events(rid)
+        assert (limit["kind"], limit["reason"]) == ("limit_exceeded", "max_runtime"), limit
+        assert limit["detail"]["finished_before_action"] is True
+        assert (limit["detail"]["policy"], limit["detail"]["action"]) == (policy, action)
+        created = int(server_record(fake, rid)["created_at"])
+        assert datetime.fromisoformat(limit["detail"]["deadline_at"]).timestamp() == created + 3
+        assert [e["kind"] for e in rest] == (["warned"] if action == "warn" else [])
+        assert server_record(fake, rid)["cancels"] == []
+    assert events(roomy) == [] and server_record(fake, roomy)["cancels"] == []
+    assert tether.stop_daemon(daemon) == 0
+
+
 def test_a_warn_policy_records_the_limit_but_never_cancels(tether, fake):
     tether.write_config(POLICIES)
     daemon = tether.start_daemon()
@@ -319,7 +365,9 @@ def test_the_daemon_stops_cleanly_with_exit_0(tether, fake, sig):
     tether.ok("track", rid)
     wait_for(lambda: tether.records()[rid]["polls"] >= 1, timeout=45, what="a poll")
     assert tether.stop_daemon(daemon, sig) == 0
-    assert tether.log_lines(daemon)[-1]["event"] == "daemon.stopping"
+    events = [line["event"] for line in tether.log_lines(daemon)]
+    assert events[-2:] == ["daemon.stopping", "daemon.stopped"], events[-5:]
+    assert tether.log_lines(daemon)[-1]["exit_code"] == 0
 
 
 def test_a_second_daemon_on_the_same_store_refuses_to_start(tether):
@@ -363,6 +411,27 @@ def test_the_daemon_logs_its_figures_in_daemon_stats_lines(tether, fake):
     assert 0 <= line["deadline_lag_max"] < 1.0
     assert sum(s["polls"] for s in tether.log_lines(daemon) if s["event"] == "daemon.stats") >= 1
     assert line["max_rss_mb"] > 10
+    assert tether.stop_daemon(daemon) == 0
+
+
+def test_the_stats_line_counts_as_active_what_ls_active_shows_and_cancelled_ones_as_confirming(tether, fake):
+    """After a cancel the daemon keeps polling the response for confirm_window (a late `completed`),
+    but it is finished: `active` is what `tether ls --active` shows, and it is counted apart."""
+    long_confirm = FAST_POLLING.replace('confirm_window = "1s"', 'confirm_window = "60s"')
+    tether.write_config(POLICIES, polling=long_confirm, stats_interval="0.3s")
+    daemon = tether.start_daemon()
+    runaway, running = create(fake, case="runaway", fake_run="60"), create(fake, fake_run="60")
+    tether.ok("track", runaway, running)
+    wait_for(lambda: tether.records()[runaway]["status"] == "cancelled", timeout=45, what="the deadline cancel")
+    shown = {r["id"] for r in tether.json("ls", "--active")}
+    count_from = len(tether.log_lines(daemon))
+    line = wait_for(
+        lambda: [x for x in tether.log_lines(daemon)[count_from:] if x["event"] == "daemon.stats"],
+        timeout=30,
+        what="a daemon.stats line after the cancel",
+    )[0]
+    assert shown == {running}
+    assert (line["active"], line["confirming"]) == (1, 1), line
     assert tether.stop_daemon(daemon) == 0
 
 

@@ -345,8 +345,9 @@ def test_a_request_body_sent_in_chunks_is_read_whole(server):
     assert created.metadata == {"k": "v"}
 
 
-def test_bytes_that_are_not_http_close_the_connection_and_the_server_goes_on(server):
-    assert raw_exchange(server, b"\x16\x03\x01 this is not HTTP\r\n\r\n") == b""
+def test_bytes_that_are_not_http_get_a_400_and_the_connection_closed_and_the_server_goes_on(server):
+    received = raw_exchange(server, b"\x16\x03\x01 this is not HTTP\r\n\r\n")  # until the server closes
+    assert received.split(b"\r\n", 1)[0].endswith(b" 400 Bad Request"), received[:200]
     created = httpx.post(f"{server.base_url}/responses", json={"model": "m", "background": True}, headers={"Authorization": f"Bearer {KEY}"})
     assert valid_response(created).id in server.state.snapshot()["responses"]
 

@@ -106,7 +106,9 @@ def test_a_daemon_whose_lock_session_ends_stops_rather_than_run_unlocked(tether,
         ).scalar()
     assert ended == 1
     assert daemon.wait(timeout=30) == 1
-    assert "daemon.lock_lost" in [line["event"] for line in tether.log_lines(daemon)]
+    lines = tether.log_lines(daemon)
+    assert "daemon.lock_lost" in [line["event"] for line in lines]
+    assert (lines[-1]["event"], lines[-1]["exit_code"]) == ("daemon.stopped", 1)
     store.dispose()
     again = tether.start_daemon()  # the lock is free: a new daemon takes it
     assert tether.stop_daemon(again) == 0

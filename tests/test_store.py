@@ -24,7 +24,7 @@ from tether.store import Store, StoreError, writer_lock
 
 def test_migrations_from_empty_build_exactly_the_models_schema(store_url):
     store = Store(store_url)
-    assert store.migrate() == ["0001", "0002", "0003"]
+    assert store.migrate() == ["0001", "0002", "0003", "0004"]
     with store.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), SQLModel.metadata) == []
     assert store.migrate() == []
@@ -81,6 +81,19 @@ def test_a_second_writer_lock_on_the_same_store_is_refused_naming_the_holder(sto
         holder.wait(timeout=10)
     lock = writer_lock(Store(url))
     lock.acquire()  # free again once the holder is gone
+    lock.release()
+
+
+def test_a_start_that_meets_the_health_probe_on_the_lock_file_is_not_refused(tmp_path):
+    """`tether check` takes a SQLite store's lock file for an instant; a daemon starting in that
+    instant waits it out instead of taking the probe for another daemon."""
+    store = Store(f"sqlite:///{tmp_path / 't.db'}")
+    lock = writer_lock(store)
+    fd = os.open(lock.path, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the probe, holding it for 50 ms
+    threading.Timer(0.05, os.close, (fd,)).start()
+    lock.acquire()
+    assert lock.held()
     lock.release()
 
 

@@ -2,8 +2,8 @@
 
 Errors are typed by what the caller should do about them:
 
-- `TransientError`: 5xx, 429 rate limits, timeouts, connection errors, unreadable
-  bodies. Retried here with jittered exponential backoff honouring `Retry-After`.
+- `TransientError`: 5xx, 429 rate limits, timeouts, connection errors, unreadable or
+  over-long bodies. Retried here with jittered exponential backoff honouring `Retry-After`.
 - `AccountError`: 401/403 and quota 429s. Not retried; the account is paused
   (doubling from 30 s to 15 min) so nothing spins against a bad key or an empty wallet.
 - `NotFound`: 404.
@@ -11,7 +11,13 @@ Errors are typed by what the caller should do about them:
 
 The API key lives only in the request headers: it never enters an error message.
 
-HTTP is tether's own (`tether.wire`; the stack named httpx: README, "How it is built", says why).
+HTTP is httpx2 on aiohttp's transport (`httpx-aiohttp`, `HttpClient`: half the CPU per request of httpx2's
+own, `bench/client_cost.py`). From the environment, as httpx2 reads it: HTTPS_PROXY,
+HTTP_PROXY and NO_PROXY, and SSL_CERT_FILE / SSL_CERT_DIR (else the system's trust store).
+Connections are kept alive; redirects are not followed. A reply is read as it streams in, up
+to the account's `max_reply_bytes`, and a whole request, reply included, has `request_timeout`.
+Only a request that provably never left (no connection could be made) counts as not delivered;
+neither httpx2 nor aiohttp re-sends a POST, so one attempt at a create is at most one create.
 """
 
 from __future__ import annotations
@@ -19,14 +25,17 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import ssl
 import time
-import urllib.parse
-import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tether import __version__, wire
+import aiohttp
+import httpx2
+from httpx_aiohttp.httpx2 import AiohttpTransport
+
+from tether import __version__
 from tether.config import AccountConfig
 
 QUOTA_CODES = frozenset(
@@ -36,6 +45,10 @@ PRIORITY_MIN = 4  # the priority lane is max(PRIORITY_MIN, max_concurrency) wide
 ACCOUNT_PAUSE_FIRST = 30.0
 ACCOUNT_PAUSE_MAX = 900.0
 RETRY_AFTER_MAX = 300.0
+CONNECT_TIMEOUT = 10.0  # at most; never more than half of request_timeout
+KEEPALIVE = 15.0  # an idle connection older than this is closed rather than reused
+
+EventHooks = Mapping[str, Sequence[Callable[[Any], Awaitable[None]]]]
 
 
 class APIError(Exception):
@@ -101,6 +114,26 @@ class RetryPolicy:
 NO_RETRY = RetryPolicy(attempts=1)
 
 
+class OneAttemptTransport(AiohttpTransport):
+    """aiohttp re-sends a GET whose kept-alive connection closed under it; here only the
+    retry policy re-sends, so one attempt is one request."""
+
+    def get_client(self) -> aiohttp.ClientSession:
+        session = super().get_client()
+        session._retry_connection = False
+        return session
+
+
+class HttpClient(httpx2.AsyncClient):
+    """httpx2 on aiohttp (as httpx-aiohttp's Httpx2AiohttpClient), proxied or not."""
+
+    def _init_transport(self, transport: Any = None, **options: Any) -> httpx2.AsyncBaseTransport:
+        return transport or OneAttemptTransport(**options)
+
+    def _init_proxy_transport(self, proxy: httpx2.Proxy, **options: Any) -> httpx2.AsyncBaseTransport:
+        return OneAttemptTransport(proxy=proxy, **options)
+
+
 class ResponsesClient:
     """One account's connection pool, concurrency limit and pause state."""
 
@@ -110,7 +143,7 @@ class ResponsesClient:
         api_key: str,
         *,
         retry: RetryPolicy = RetryPolicy(),
-        trace: wire.Trace | None = None,
+        event_hooks: EventHooks | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
@@ -126,20 +159,33 @@ class ResponsesClient:
         self.paused_until = 0.0
         self._pause = ACCOUNT_PAUSE_FIRST
         self._key = api_key
-        headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
+        headers = {
+            "Authorization": f"Bearer {api_key}",
+            "Accept": "application/json",
+            "User-Agent": f"tether/{__version__}",
+        }
         if account.organization:
             headers["OpenAI-Organization"] = account.organization
         if account.project:
             headers["OpenAI-Project"] = account.project
-        self._origin = wire.Origin(
-            account.base_url,
-            headers,
-            timeout=account.request_timeout,
-            proxy=proxy_for(account.base_url),
-            trace=trace,
-            user_agent=f"tether/{__version__}",
-            max_idle=account.max_concurrency + priority_slots,
-        )
+        connections = account.max_concurrency + priority_slots
+        self._unusable: str | None = None
+        try:
+            self._http = HttpClient(
+                base_url=account.base_url.rstrip("/") + "/",
+                headers=headers,
+                timeout=httpx2.Timeout(
+                    account.request_timeout, connect=min(CONNECT_TIMEOUT, account.request_timeout / 2)
+                ),
+                limits=httpx2.Limits(
+                    max_connections=connections, max_keepalive_connections=connections, keepalive_expiry=KEEPALIVE
+                ),
+                event_hooks={name: list(hooks) for name, hooks in (event_hooks or {}).items()},
+                verify=trust_store(),
+            )
+        except httpx2.InvalidURL as exc:  # a proxy URL from the environment (the base URL is checked in config)
+            self._http = HttpClient(trust_env=False)  # never used: each request fails with what to set
+            self._unusable = f"the proxy URL in the environment cannot be used ({exc}); set HTTPS_PROXY=http://HOST:PORT"
 
     async def get(
         self, response_id: str, *, retry: RetryPolicy | None = None, priority: bool = False
@@ -158,7 +204,7 @@ class ResponsesClient:
         return max(0.0, self.paused_until - self._clock())
 
     async def aclose(self) -> None:
-        self._origin.close()
+        await self._http.aclose()
 
     async def _call(
         self,
@@ -192,19 +238,46 @@ class ResponsesClient:
                     f"account {self.account.name!r} is paused for {remaining:.0f}s after an auth or quota error",
                     retry_after=remaining,
                 )
-            data = json.dumps(body).encode() if body is not None else None
+            if self._unusable:
+                raise TransientError(f"could not connect for {method} /{path}: {self._unusable}", delivered=False)
             try:
-                reply = await self._origin.request(method, path, data)
-            except wire.CannotConnect as exc:  # never sent
-                raise TransientError(f"could not connect for {method} /{path}: {exc}", delivered=False) from None
-            except wire.ReplyTimeout as exc:
-                raise TransientError(f"timeout on {method} /{path}: {exc}") from None
-            except wire.Broken as exc:  # dropped, reset or garbled after it was sent
-                raise TransientError(f"connection error on {method} /{path}: {exc}") from None
-        if 200 <= reply.status < 300:
+                async with asyncio.timeout(self.account.request_timeout):
+                    status, headers, reason, content = await self._exchange(method, path, body)
+            except TimeoutError:
+                raise TransientError(
+                    f"timeout on {method} /{path}: no whole reply within {self.account.request_timeout:g}s"
+                ) from None
+            except (httpx2.RequestError, aiohttp.ClientError) as exc:
+                raise transport_error(exc, method, path) from None
+        if 200 <= status < 300:
             self._pause = ACCOUNT_PAUSE_FIRST
-            return self._parse(reply.body, reply.status, reply.headers, method, path)
-        raise self._error(reply.body, reply.status, reply.headers, reply.reason, method, path)
+            return self._parse(content, status, headers, method, path)
+        raise self._error(content, status, headers, reason, method, path)
+
+    async def _exchange(
+        self, method: str, path: str, body: dict[str, Any] | None
+    ) -> tuple[int, httpx2.Headers, str, bytes]:
+        """One request; its reply read up to max_reply_bytes (decoded), longer ones refused."""
+        data = json.dumps(body).encode() if body is not None else None
+        request = self._http.build_request(
+            method, path, content=data, headers={"Content-Type": "application/json"} if data is not None else None
+        )
+        response = await self._http.send(request, stream=True)
+        try:
+            limit = self.account.max_reply_bytes
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > limit:
+                    raise TransientError(
+                        f"reply to {method} /{path} is longer than max_reply_bytes ({limit} bytes); not read further",
+                        status=response.status_code,
+                    )
+                chunks.append(chunk)
+        finally:
+            await response.aclose()
+        return response.status_code, response.headers, response.reason_phrase, b"".join(chunks)
 
     def _parse(
         self, content: bytes, status: int, headers: Mapping[str, str], method: str, path: str
@@ -262,12 +335,34 @@ def is_quota(code: str | None, type_: Any) -> bool:
     return any(q in text for q in QUOTA_CODES) or "quota" in text or "limit_reached" in text
 
 
-def proxy_for(base_url: str) -> str | None:
-    """HTTP(S)_PROXY / NO_PROXY from the environment, looked up once per account."""
-    url = urllib.parse.urlsplit(base_url)
-    if urllib.request.proxy_bypass(url.hostname or ""):
-        return None
-    return urllib.request.getproxies().get(url.scheme)
+def trust_store() -> ssl.SSLContext:
+    """httpx2's: SSL_CERT_FILE or SSL_CERT_DIR, else the system's. A file or folder there that
+    holds no certificate trusts nothing (as OpenSSL takes it): each connection then fails
+    naming the host whose certificate is not trusted, rather than every client at its start."""
+    try:
+        return httpx2.create_ssl_context()
+    except (ssl.SSLError, OSError):
+        return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+
+
+def transport_error(exc: httpx2.RequestError | aiohttp.ClientError, method: str, path: str) -> TransientError:
+    """The TransientError for a request that failed without a whole reply. httpx-aiohttp maps
+    nearly every aiohttp connection error, a drop after sending included, to
+    httpx2.ConnectTimeout: the aiohttp error it came from (its cause) tells what happened."""
+    cause = exc if isinstance(exc, aiohttp.ClientError) else exc.__cause__
+    if isinstance(cause, aiohttp.ClientConnectorCertificateError):
+        reason = getattr(cause.certificate_error, "verify_message", None) or str(cause.certificate_error)
+        problem = f"the certificate of {cause.host} is not trusted: {reason}"
+    elif isinstance(cause, aiohttp.ClientHttpProxyError):
+        problem = f"the proxy refused to connect: HTTP {cause.status} {cause.message}"
+    elif isinstance(cause, aiohttp.InvalidURL):  # raised for a proxy URL with no host
+        problem = "the proxy URL in the environment names no host; set HTTPS_PROXY=http://HOST:PORT"
+    elif isinstance(cause, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)):
+        problem = str(cause)  # refused, DNS, unreachable, a proxy that cannot be reached
+    else:  # after it was sent, or when that cannot be told: it may have arrived
+        what = "timeout" if isinstance(cause or exc, (TimeoutError, httpx2.TimeoutException)) else "connection error"
+        return TransientError(f"{what} on {method} /{path}: {type(cause or exc).__name__}: {cause or exc}")
+    return TransientError(f"could not connect for {method} /{path}: {problem}", delivered=False)
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:

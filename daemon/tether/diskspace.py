@@ -38,14 +38,22 @@ PREALLOCATE_BYTES = 8 * INDEX_REGION  # a WAL of 32,000+ frames (128 MiB of 4 Ki
 FALLOC_FL_KEEP_SIZE = 0x01
 
 
-def free_bytes(path: Path) -> int | None:
-    """Bytes this process may still write on the filesystem holding `path` (None: unknown)."""
+def filesystem_of(path: Path) -> os.statvfs_result | None:
+    """The filesystem that holds (or will hold) `path`: its folder's, or its nearest existing
+    ancestor's when the folder does not exist yet (None: cannot tell)."""
     folder = path.parent
     while not folder.exists() and folder != folder.parent:
-        folder = folder.parent  # the store's folder may not exist yet: its nearest ancestor's filesystem
+        folder = folder.parent
     try:
-        st = os.statvfs(folder)
+        return os.statvfs(folder)
     except OSError:
+        return None
+
+
+def free_bytes(path: Path) -> int | None:
+    """Bytes this process may still write on the filesystem holding `path` (None: unknown)."""
+    st = filesystem_of(path)
+    if st is None:
         return None
     if st.f_blocks == 0:
         return None  # a filesystem that reports no size at all: nothing to judge by
@@ -62,6 +70,24 @@ def needed_bytes(db: Path) -> int:
         wal = 0
     regions = wal // MIN_FRAME // 4096 + 1
     return MIN_FREE_BYTES + regions * INDEX_REGION
+
+
+def read_only_problem(db: Path) -> str | None:
+    """A message when the filesystem holding `db` is mounted read-only, else None.
+
+    Looked at before the free space: a read-only filesystem reports what was free when it was
+    mounted (nothing at all, for some), and "full" would send its owner the wrong way."""
+    st = filesystem_of(db)
+    if st is None or not st.f_flag & os.ST_RDONLY:
+        return None
+    return read_only_message(db)
+
+
+def read_only_message(db: Path) -> str:
+    return (
+        f"the filesystem holding the store {db} is read-only: tether writes to its store; remount it "
+        "read-write (or move store.url to a writable filesystem), then run the command again"
+    )
 
 
 def free_space_problem(db: Path) -> str | None:

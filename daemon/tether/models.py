@@ -151,3 +151,5 @@ class Heartbeat(SQLModel, table=True):
     # The last event id whose log line the daemon has emitted: events the CLI wrote while
     # no daemon ran are logged at the next start, and none twice.
     event_cursor: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    # Set by a clean stop, once everything is written; a running daemon's heartbeat clears it.
+    stopped_at: float | None = None

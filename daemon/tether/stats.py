@@ -23,11 +23,13 @@ class Stats:
         self.cancels += 1
         self.deadline_lags.append(lag)
 
-    def take(self, seconds: float, active: int) -> dict[str, Any]:
-        """The figures since the last take, as log fields; counters start again."""
+    def take(self, seconds: float, active: int, confirming: int) -> dict[str, Any]:
+        """The figures since the last take, as log fields; counters start again. `active` and
+        `confirming` are counts of now: responses not finished, and finished ones still watched."""
         line = {
             "seconds": round(seconds, 3),
             "active": active,
+            "confirming": confirming,
             "polls": self.polls,
             "polls_per_second": round(self.polls / seconds, 1) if seconds > 0 else None,
             "api_errors": self.api_errors,

@@ -13,10 +13,12 @@ daemon holds a session-scoped one for its whole life (one daemon per database).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,15 +28,16 @@ from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
-from tether.diskspace import free_space_problem, preallocate_on_checkout
+from tether.diskspace import free_space_problem, preallocate_on_checkout, read_only_message, read_only_problem
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-SCHEMA_HEAD = "0003"  # the newest revision in migrations/versions (a test keeps them equal)
+SCHEMA_HEAD = "0004"  # the newest revision in migrations/versions (a test keeps them equal)
 BUSY_TIMEOUT_MS = 30_000  # how long a writer waits for another's turn before it fails
 # PostgreSQL advisory locks, pg_advisory_lock(PG_LOCKS, what): tether's class id, then what.
 PG_LOCKS = 0x7E7E
 PG_WRITES = 1  # every write transaction: their event ids commit in order (the daemon's feed)
 PG_DAEMON = 2  # the running daemon's own connection
+LOCK_PROBE_GRACE = 0.2  # a busy SQLite lock file is tried again this long (see FileLock.acquire)
 
 
 class StoreError(Exception):
@@ -47,7 +50,7 @@ class Store:
         self.sqlite_path = sqlite_path(url)
         if self.sqlite_path is not None:
             # A full disk: a message now, not SIGBUS inside SQLite later (see diskspace.py).
-            if (problem := free_space_problem(self.sqlite_path)) is not None:
+            if (problem := sqlite_write_problem(self.sqlite_path)) is not None:
                 raise StoreError(problem)
             create_private_file(self.sqlite_path)
         self.engine = build_engine(url)
@@ -164,6 +167,25 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database)
 
 
+def sqlite_write_problem(path: Path) -> str | None:
+    """Why a SQLite store at `path` cannot be written, without opening it; None when it can."""
+    return read_only_problem(path) or free_space_problem(path)
+
+
+def write_problem(url: str) -> str | None:
+    """Why the store at `url` cannot be written, looked at without opening or creating it;
+    None when nothing says so. A PostgreSQL store is not looked at (that needs its server)."""
+    path = sqlite_path(url)
+    if path is None:
+        return None
+    if (problem := sqlite_write_problem(path)) is not None:
+        return problem
+    existing = path if path.exists() else next((p for p in path.parents if p.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK):
+        return f"the store {path} cannot be written by this user ({existing} is not writable)"
+    return None
+
+
 def create_private_file(path: Path) -> None:
     """Create the database (and its folder) readable by its owner only."""
     try:
@@ -171,6 +193,8 @@ def create_private_file(path: Path) -> None:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         os.close(fd)
     except OSError as exc:
+        if exc.errno == errno.EROFS:
+            raise StoreError(read_only_message(path)) from exc
         raise StoreError(f"cannot open store {path}: {exc.strerror}") from exc
 
 
@@ -253,18 +277,43 @@ class FileLock:
 
     def acquire(self) -> None:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise refusal(f"pid {holder}", self.path.with_suffix("")) from None
+        # `tether check` takes the lock for an instant (`in_use`): a start that meets it tries
+        # again for a moment instead of taking the probe for another daemon.
+        give_up = time.monotonic() + LOCK_PROBE_GRACE
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < give_up:
+                    time.sleep(0.02)
+                    continue
+                holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise refusal(f"pid {holder}", self.path.with_suffix("")) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
 
     def held(self) -> bool:
         return self._fd is not None
+
+    def in_use(self) -> bool | None:
+        """Whether a process (a running daemon) holds the lock: taken for an instant and let go
+        if it is free. None when this user cannot open the lock file."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False  # no daemon has ever run on this store
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing the descriptor drops the lock if it was taken here
+        return False
 
     def release(self) -> None:
         if self._fd is not None:
@@ -309,6 +358,15 @@ class AdvisoryLock:
         except OperationalError:
             return False
         return True
+
+    def in_use(self) -> bool | None:
+        """Whether a session (a running daemon) holds the lock, as pg_locks shows it: looked
+        at, not taken. None when the server cannot be asked."""
+        try:
+            with self.store.engine.connect() as conn:
+                return conn.exec_driver_sql(HOLDER).scalar() is not None
+        except OperationalError:
+            return None
 
     def release(self) -> None:
         if self._conn is not None:

@@ -230,9 +230,33 @@ def observe(
                 error=f"ignored move {row.status} -> {status} (stale or out of order)",
             )
     refresh_policy(row, config)
+    if changed and is_active(previous) and row.status in TERMINAL:
+        record_unseen_overrun(rec, row, observed, config)
     if row.status in TERMINAL and (changed or row.finished_at is None):
         record_outcome(rec, row, observed, pricing, previous=previous)
     return changed
+
+
+def record_unseen_overrun(rec: Recorder, row: Response, observed: Mapping[str, Any], config: Config) -> None:
+    """A response first seen finished, having run past its max_runtime deadline while nobody
+    looked (no daemon ran, say): the limit was exceeded all the same, and is recorded as such,
+    though too late to act on (no cancel; a warn policy's `warned`).
+
+    Only the finish time the API gives (`completed_at`) shows that it was still running at
+    the deadline; without it, a response that ended in time and was seen late is not blamed."""
+    policy = config.policy_named(row.policy) if row.policy else None
+    finished = observed.get("completed_at")
+    if policy is None or policy.max_runtime is None or row.created_at is None or not valid_timestamp(finished):
+        return
+    deadline = row.created_at + policy.max_runtime
+    if "max_runtime" in row.limits_hit or finished <= deadline:
+        return
+    mark_limit(
+        rec, row, limit="max_runtime", action=policy.action, deadline=deadline,
+        finished_before_action=True, finished_at=iso(finished),
+    )
+    if policy.action == "warn":
+        warn(rec, row, limit="max_runtime")
 
 
 MAX_TIMESTAMP = 253_402_300_799.0  # 9999-12-31T23:59:59Z: beyond it no date can be rendered
@@ -382,12 +406,12 @@ def refresh_deadline(row: Response, policy: PolicyConfig | None) -> None:
     row.deadline_kind = deadline.limit if deadline else None
 
 
-def mark_limit(rec: Recorder, row: Response, *, limit: str, action: str, deadline: float) -> None:
+def mark_limit(rec: Recorder, row: Response, *, limit: str, action: str, deadline: float, **detail: Any) -> None:
     rec.event(
         row,
         EventKind.LIMIT_EXCEEDED,
         reason=limit,
-        detail={"limit": limit, "policy": row.policy, "action": action, "deadline_at": iso(deadline)},
+        detail={"limit": limit, "policy": row.policy, "action": action, "deadline_at": iso(deadline), **detail},
     )
     row.limits_hit = [*row.limits_hit, limit]
 

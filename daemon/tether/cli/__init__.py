@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import sys
 
-from sqlalchemy.exc import SQLAlchemyError
-
 # Imported for their commands, which they add to `app` in this order (the order of --help).
+# Each command imports what it needs when it runs, so that a start loads only that.
 from tether.cli import running, tracking, reading, acting, operations  # noqa: F401  # isort: skip
 from tether.cli.common import EXIT_FAILURE, app, err
 
@@ -27,7 +26,12 @@ def main() -> None:
         app()
     except BrokenPipeError:
         sys.exit(0)
-    except SQLAlchemyError as exc:  # a store that cannot be read or written: say so, no traceback
+    except Exception as exc:
+        # Only a command that opened the store has loaded SQLAlchemy, and only it can fail so.
+        store_errors = sys.modules.get("sqlalchemy.exc")
+        if store_errors is None or not isinstance(exc, store_errors.SQLAlchemyError):
+            raise
+        # a store that cannot be read or written: say so, no traceback
         reason = getattr(exc, "orig", None) or exc
         err.print(f"tether: the store failed: {reason} (is the disk full, the file read-only, or its database server down?)")
         sys.exit(EXIT_FAILURE)

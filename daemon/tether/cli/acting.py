@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from tether import accounting, cancelling, render, tracker
-from tether.cli.common import EXIT_FAILURE, Context, JsonFlag, app, client_for, err, fail, load_response, out
-from tether.models import TERMINAL, CancelState, Response
-from tether.pricing import Pricing
+from tether import render
+from tether.cli.common import (
+    EXIT_FAILURE,
+    Context,
+    JsonFlag,
+    app,
+    client_for,
+    err,
+    fail,
+    load_response,
+    out,
+    quiet_logs,
+)
+
+if TYPE_CHECKING:
+    pass
 
 
 @app.command()
@@ -22,6 +33,13 @@ def cancel(
     as_json: JsonFlag = False,
 ) -> None:
     """Cancel a tracked response now."""
+    import asyncio
+
+    from tether import cancelling, tracker
+    from tether.models import TERMINAL, CancelState, Response
+    from tether.pricing import Pricing
+
+    quiet_logs()
     context: Context = ctx.obj
     config = context.config()
     store = context.store(config)
@@ -60,15 +78,18 @@ def cancel(
 @app.command()
 def budget(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """Budget windows: limit, spent, committed, remaining, state."""
+    from tether import accounting
+    from tether.pricing import Pricing
+
     context: Context = ctx.obj
     config = context.config()
     store = context.store(config)
     with store.reading() as session:
         measured = accounting.measure(session, config, Pricing.from_config(config), time.time())
-    shapes = [render.budget(m.state) for m in measured]
+    states = [m.state for m in measured]
     if as_json:
-        print(render.dumps(shapes))
-    elif shapes:
-        out.print(render.budgets_table(shapes))
+        print(render.dumps([render.budget(state) for state in states]))
+    elif states:
+        out.print(render.budgets_table(states))
     else:
         err.print("no budgets configured (add [[budget]] tables to the config)", style="dim")

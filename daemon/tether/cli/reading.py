@@ -2,22 +2,33 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Annotated
+from itertools import islice
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
-from sqlalchemy import select
 
 from tether import render
-from tether.cli.common import EXIT_USAGE, Context, JsonFlag, app, err, fail, load_response, out, parse_labels
+from tether.cli.common import (
+    EXIT_USAGE,
+    Context,
+    JsonFlag,
+    app,
+    check_policy,
+    err,
+    fail,
+    load_response,
+    out,
+    parse_labels,
+)
 from tether.config import ConfigError, parse_duration
 from tether.ids import valid_id
-from tether.models import Event, Response, is_active
-from tether.store import Store
+
+if TYPE_CHECKING:
+    from tether.models import Event
+    from tether.store import Store
 
 
 @app.command("ls")
@@ -36,17 +47,28 @@ def list_responses(
     for s in status or []:
         if s not in known:
             fail(EXIT_USAGE, f"--status {s!r}: expected one of {', '.join(sorted(known))}")
+    from sqlalchemy import or_, select
+
+    from tether.models import FINAL, Response
+
     labels = parse_labels(label)
     config = context.config()
     store = context.store(config)
     query = select(Response).order_by(Response.tracked_at.desc(), Response.id)
     if status:
         query = query.where(Response.status.in_(status))
+    if active:
+        query = query.where(or_(Response.status.is_(None), Response.status.not_in(FINAL)))
     if policy:
         query = query.where(Response.policy == policy)
     with store.reading() as session:
-        rows = [r for r in session.execute(query).scalars() if (not active or is_active(r.status))]
-    rows = [r for r in rows if all(r.labels.get(k) == v for k, v in labels.items())][:limit]
+        if policy and config.policy_named(policy) is None:
+            stored = session.execute(select(Response.policy).distinct().where(Response.policy.is_not(None))).scalars()
+            check_policy(config, policy, set(stored))
+        if not labels:
+            query = query.limit(limit)
+        matching = (r for r in session.execute(query).scalars() if all(r.labels.get(k) == v for k, v in labels.items()))
+        rows = list(islice(matching, limit))
     if as_json:
         print(render.dumps([render.record(r) for r in rows]))
     elif rows:
@@ -64,10 +86,7 @@ def show(ctx: typer.Context, response_id: Annotated[str, typer.Argument(metavar=
     if as_json:
         print(render.dumps({**render.record(row), "events": [render.event(e) for e in events]}))
         return
-    table = Table(show_header=False, box=None)
-    for key, value in render.record(row).items():
-        table.add_row(key, render.status_text(value) if key == "status" else json.dumps(value) if isinstance(value, (dict, list)) else str(value if value is not None else "-"))
-    out.print(table)
+    out.print(render.response_table(row))
     out.print()
     for ev in events:
         out.print(render.event_line(ev))
@@ -95,7 +114,7 @@ def event_log(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events.")] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """The event history, oldest first."""
+    """The event history, oldest first (new events as they come with --follow)."""
     context: Context = ctx.obj
     if response_id is not None and not valid_id(response_id):
         fail(EXIT_USAGE, f"invalid response id {response_id!r}: ids are letters, digits, '_' and '-'")
@@ -106,7 +125,7 @@ def event_log(
     try:
         while True:
             for ev in read_events(store, last_id, response_id, after_time):
-                last_id = ev.id or last_id
+                last_id = max(last_id, ev.id or 0)
                 if as_json:
                     print(render.dumps(render.event(ev)), flush=True)
                 else:
@@ -119,7 +138,13 @@ def event_log(
 
 
 def read_events(store: Store, after_id: int, response_id: str | None, after_time: float | None) -> Iterator[Event]:
-    query = select(Event).where(Event.id > after_id).order_by(Event.id)
+    from sqlalchemy import select
+
+    from tether.models import Event
+
+    # Time order: an event is written after the moment it records, so the ids of
+    # events from the daemon and the CLI do not always follow their times.
+    query = select(Event).where(Event.id > after_id).order_by(Event.at, Event.id)
     if response_id:
         query = query.where(Event.response_id == response_id)
     if after_time is not None:

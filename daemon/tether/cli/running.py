@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from tether import logs, render
+from tether import render
 from tether.cli.common import EXIT_CONFIG, EXIT_FAILURE, Context, JsonFlag, app, err, fail, out
 from tether.config import Config, ConfigError
-from tether.store import Store, StoreError
+
+if TYPE_CHECKING:
+    pass
 
 
 @app.command()
 def run(ctx: typer.Context) -> None:
     """Run the daemon in the foreground (systemd's ExecStart)."""
+    import asyncio
+
+    from tether import logs
     from tether.daemon import Daemon
-    from tether.store import writer_lock
+    from tether.store import Store, StoreError, writer_lock
 
     context: Context = ctx.obj
     config = context.config()
@@ -78,6 +82,13 @@ def check_config(
         for b in config.budgets
     ]
     warnings += after_the_fact_warnings(config)
+    from tether.store import StoreError, write_problem
+
+    try:
+        if (problem := write_problem(config.store.url)) is not None:
+            warnings.append(f"warning: {problem} (the daemon cannot run on this store as it is)")
+    except StoreError as exc:
+        warnings.append(f"warning: {exc}")
     source = str(config.path) if config.path else None
     if as_json:
         shape = {"config": source, "store": config.store.url, "accounts": accounts, "policies": policies,

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from tether import render, tracker
-from tether.api import APIError, NotFound, ResponsesClient, TransientError
+from tether import render
 from tether.cli.common import (
     EXIT_FAILURE,
     EXIT_NOT_FOUND,
@@ -25,15 +23,21 @@ from tether.cli.common import (
     fail,
     out,
     parse_labels,
+    quiet_logs,
 )
 from tether.config import Config
 from tether.ids import valid_id
-from tether.models import Response
-from tether.pricing import Pricing
-from tether.store import Store
+
+if TYPE_CHECKING:
+    from tether.api import ResponsesClient
+    from tether.models import Response
+    from tether.store import Store
+
 
 
 async def fetch_all(client: ResponsesClient, ids: list[str]) -> list[dict[str, Any] | BaseException]:
+    import asyncio
+
     try:
         return await asyncio.gather(*(client.get(i) for i in ids), return_exceptions=True)
     finally:
@@ -49,6 +53,10 @@ def store_tracked(
     policy: str | None,
     labels: dict[str, str],
 ) -> list[tuple[Response, bool]]:
+    from tether import tracker
+    from tether.pricing import Pricing
+
+    quiet_logs()
     pricing = Pricing.from_config(config)
     with tracker.recording(store, "cli", time.time()) as rec:
         return [
@@ -77,6 +85,10 @@ def track(
     as_json: JsonFlag = False,
 ) -> None:
     """Start tracking existing responses (re-tracking is a no-op)."""
+    import asyncio
+
+    from tether.api import NotFound
+
     context: Context = ctx.obj
     bad = [i for i in ids if not valid_id(i)]
     if bad:
@@ -116,6 +128,10 @@ def submit(
     as_json: JsonFlag = False,
 ) -> None:
     """Create a background response from a request body, track it, print its id."""
+    import asyncio
+
+    from tether.api import APIError, TransientError
+
     context: Context = ctx.obj
     config = context.config()
     account = check_names(config, policy, account)

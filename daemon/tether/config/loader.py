@@ -263,6 +263,7 @@ _ACCOUNT_FIELDS = {
     "project": string,
     "max_concurrency": integer(1),
     "request_timeout": positive_duration,
+    "max_reply_bytes": integer(1024),
 }
 _POLLING_FIELDS = {
     "first": parse_duration,

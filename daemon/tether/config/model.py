@@ -28,6 +28,7 @@ class AccountConfig:
     project: str | None = None
     max_concurrency: int = 16
     request_timeout: float = 30.0
+    max_reply_bytes: int = 8 * 1024 * 1024  # a reply longer than this is an error, not read whole
 
     def key_source(self) -> str:
         if self.api_key_env:

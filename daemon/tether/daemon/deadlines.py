@@ -63,7 +63,9 @@ class Deadlines:
         try:
             # Only what may have left the queue is looked at (`_deadline_look`), at the
             # deadline itself; a burst of in_progress deadlines goes straight to its decisions.
-            to_look = [rec for rec in recs if rec.status != "in_progress"]
+            # But a deadline that passed before this daemon started was not watched: an
+            # in_progress seen then may have ended since, and is looked at too.
+            to_look = [rec for rec in recs if rec.status != "in_progress" or at < state.started_at]
             if to_look:
                 await state.until(at)
             answers = await asyncio.gather(*(self._deadline_look(rec) for rec in to_look))

@@ -25,6 +25,7 @@ from tether.daemon.records import Active
 from tether.daemon.state import State
 from tether.daemon.writer import StoreFailure
 from tether.logs import log
+from tether.models import is_active
 from tether.notify import Notifier
 from tether.pricing import Pricing
 from tether.store import Store, WriterLock
@@ -54,7 +55,6 @@ class Daemon:
         self.notify = notifier or Notifier()
         self.config_path = config_path
         self._reload_note = "config loaded at start"
-        self._started_at = clock()
         self._reloading = asyncio.Lock()
         self._stats_since = time.monotonic()
 
@@ -77,7 +77,7 @@ class Daemon:
             "daemon.started",
             pid=os.getpid(),
             store=state.store.url,
-            active=len(state.active),
+            active=self._counts()[0],
             accounts=list(state.config.accounts),
             policies=[p.name for p in state.config.policies],
         )
@@ -89,20 +89,22 @@ class Daemon:
         ]
         stopped = asyncio.create_task(state.stop.wait(), name="stop")
         done, _ = await asyncio.wait([stopped, *loops], return_when=asyncio.FIRST_COMPLETED)
-        log.info("daemon.stopping", active=len(state.active), in_flight=len(state.tasks))
+        log.info("daemon.stopping", active=self._counts()[0], in_flight=len(state.tasks))
         self.notify.stopping()
         scheduler.shutdown(wait=False)
         for task in [stopped, *loops]:
             task.cancel()
-        await self._drain()
-        await self._finish()
         for task in loops:
             if task in done and not task.cancelled() and task.exception() is not None:
                 state.failure = state.failure or task.exception()
+        await self._drain()
+        await self._finish()
+        code = 0
         if state.failure is not None:
             log.error("daemon.failed", error=str(state.failure))
-            return 1
-        return 0
+            code = 1
+        log.info("daemon.stopped", exit_code=code)  # the last line: everything is written by now
+        return code
 
     def stop(self) -> None:
         self.state.stop.set()
@@ -173,6 +175,8 @@ class Daemon:
     async def _finish(self) -> None:
         try:
             await self.polling.flush()
+            if self.state.failure is None:  # a failed daemon says nothing more (its lock may be another's)
+                await self.state.writer.run(self.state.queries.write_stopped)
         except StoreFailure:
             pass
         for client in self.state.clients.values():
@@ -201,19 +205,29 @@ class Daemon:
             )
             state.stop.set()
             return
-        await state.writer.run(state.queries.write_heartbeat, self._started_at, self.pickup.event_cursor)
-        self.notify.status(self._status())
+        await state.writer.run(state.queries.write_heartbeat, self.pickup.event_cursor)
+        if self.notify.enabled:  # the status line counts every record: only for systemd
+            self.notify.status(self._status())
 
     async def _log_stats(self) -> None:
         now = time.monotonic()
-        log.info("daemon.stats", **self.state.stats.take(now - self._stats_since, len(self.state.active)))
+        log.info("daemon.stats", **self.state.stats.take(now - self._stats_since, *self._counts()))
         self._stats_since = now
+
+    def _counts(self) -> tuple[int, int]:
+        """(active, confirming): what `tether ls --active` shows (queued, in_progress or not seen
+        yet), and the finished ones still watched: a confirmation window after a cancel, or a
+        cancel not yet answered."""
+        active = sum(1 for rec in self.state.active.values() if is_active(rec.status))
+        return active, len(self.state.active) - active
 
     async def _watchdog(self) -> None:
         self.notify.watchdog()
 
     def _status(self) -> str:
-        return f"tracking {len(self.state.active)} active responses; {self._reload_note}"
+        active, confirming = self._counts()
+        watched = f" ({confirming} finished, confirming)" if confirming else ""
+        return f"tracking {active} active responses{watched}; {self._reload_note}"
 
     # ---- reload ----------------------------------------------------------------
 
@@ -250,7 +264,7 @@ class Daemon:
                 config=str(config.path) if config.path else None,
                 accounts=list(config.accounts),
                 policies=[p.name for p in config.policies],
-                active=len(state.active),
+                active=self._counts()[0],
             )
             state.budget_wake.set()
             self._reload_note = f"config reloaded at {time.strftime('%H:%M:%S')}"

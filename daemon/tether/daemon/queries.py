@@ -93,18 +93,23 @@ class Queries:
                 beat.event_cursor = cursor
             return rows
 
-    def write_heartbeat(self, started_at: float, event_cursor: int) -> None:
+    def write_heartbeat(self, event_cursor: int) -> None:
         with self.state.store.writing() as session:
             session.merge(
                 Heartbeat(
                     name="daemon",
                     pid=os.getpid(),
                     host=socket.gethostname(),
-                    started_at=started_at,
+                    started_at=self.state.started_at,
                     beat_at=self.state.clock(),
                     event_cursor=event_cursor,
                 )
             )
+
+    def write_stopped(self) -> None:
+        """Mark the heartbeat stopped: `tether check` then says so at once, not when it goes stale."""
+        with self.state.store.writing() as session:
+            session.execute(update(Heartbeat).where(Heartbeat.name == "daemon").values(stopped_at=self.state.clock()))
 
     # ---- polls ----------------------------------------------------------------
 

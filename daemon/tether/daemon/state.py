@@ -43,6 +43,7 @@ class State:
         self.clients: dict[str, ResponsesClient] = {}
         self.store = store
         self.clock = clock
+        self.started_at = clock()
         self.rng = random.Random()
         self.stats = Stats()
         self.writer = StoreWriter(store, self._store_failed)

@@ -1,16 +1,22 @@
-"""The fake Responses API: routes, auth, validation, response objects and fault injection."""
+"""The fake Responses API: routes, auth, validation, response objects and fault injection.
+
+`FakeAPI` is the request handler of an aiohttp low-level server (`server.py`), which runs it
+with handler cancellation: a client that goes away cancels its request's handler, which is how
+a held request (a hang, a synchronous create) ends early.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import random
 import secrets
 import time
+from collections.abc import Mapping
 from typing import Any
 
-from .http_server import DROP, Reply, Request
+from aiohttp import web
+
 from .state import REMOVE, ApiError, Call, Faults, FakeState, Record
 
 # Request fields a response object repeats, with the value it shows when the request lacks them.
@@ -43,12 +49,17 @@ PROXY_PAGE = (
 )
 
 
-def json_reply(status: int, payload: Any, headers: dict[str, str] | None = None) -> Reply:
-    return Reply(status, json.dumps(payload).encode(), headers=headers or {})
+def json_reply(status: int, payload: Any, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=json.dumps(payload).encode(), content_type="application/json", headers=headers)
 
 
-def html_reply(status: int, title: str) -> Reply:
-    return Reply(status, PROXY_PAGE.replace(b"{status}", title.encode()), "text/html; charset=utf-8")
+def html_reply(status: int, title: str) -> web.Response:
+    body = PROXY_PAGE.replace(b"{status}", title.encode())
+    return web.Response(status=status, body=body, content_type="text/html", charset="utf-8")
+
+
+class Dropped(Exception):
+    """The connection is to be closed without an answer."""
 
 
 def response_object(record: Record, now: float) -> dict[str, Any]:
@@ -103,19 +114,24 @@ class FakeAPI:
     def __init__(self, state: FakeState) -> None:
         self.state = state
 
-    async def __call__(self, request: Request) -> Reply:
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         try:
             reply = await self._handle(request)
         except ApiError as e:
             reply = json_reply(e.status, e.body, e.headers)
-        if reply is not DROP:
-            reply.headers["x-request-id"] = f"req_{secrets.token_hex(16)}"
+        except Dropped:
+            # aiohttp finds the connection closed and writes nothing of the reply it is given.
+            if request.transport is not None:
+                request.transport.close()
+            return web.Response()
+        reply.headers["x-request-id"] = f"req_{secrets.token_hex(16)}"
         return reply
 
-    async def _handle(self, request: Request) -> Reply:
-        if request.path.startswith("/_fake/"):
-            return await self._admin(request)
-        route, response_id = _route(request.method, request.path)
+    async def _handle(self, request: web.BaseRequest) -> web.Response:
+        path = request.rel_url.raw_path  # an absolute-form target (through a proxy) is made relative
+        if path.startswith("/_fake/"):
+            return await self._admin(request, path)
+        route, response_id = _route(request.method, path)
         headers = request.headers
         self.state.count_request(route, headers.get("openai-organization"), headers.get("openai-project"))
         call = self.state.log_call(route, response_id, headers.get("openai-project"))
@@ -123,27 +139,30 @@ class FakeAPI:
             reply = await self._api(route, response_id, request, call)
         except ApiError as e:
             reply = json_reply(e.status, e.body, e.headers)
+        except (Dropped, asyncio.CancelledError):  # dropped, or the client left a held request
+            self.state.end_call(call, 0)
+            raise
         if reply.status >= 400 and self.state.faults.echo_key:
-            reply = _echo_key(reply, headers.get("authorization", ""))
+            _echo_key(reply, headers.get("authorization", ""))
         self.state.end_call(call, reply.status)
         return reply
 
-    async def _api(self, route: str, response_id: str, request: Request, call: Call) -> Reply:
+    async def _api(self, route: str, response_id: str, request: web.BaseRequest, call: Call) -> web.Response:
         forced = self.state.faults.take_forced(route)
-        fault = await self._injected_fault(route, request, call, forced)
+        fault = await self._injected_fault(route, call, forced)
         if fault is not None:
             return fault
         self._authorize(request.headers)
         if route == "create":
-            record = await self._create(_json_object(request.body), request)
+            record = await self._create(_json_object(await request.read()))
         elif route == "get":
             record = self.state.get(response_id)
         else:
             record = self.state.cancel(response_id)
         return self._garbled(route, response_object(record, time.time()), call, forced)
 
-    async def _admin(self, request: Request) -> Reply:
-        method, path, body = request.method, request.path, request.body
+    async def _admin(self, request: web.BaseRequest, path: str) -> web.Response:
+        method, body = request.method, await request.read()
         if (method, path) == ("GET", "/_fake/state"):
             return json_reply(200, self.state.snapshot())
         if (method, path) == ("POST", "/_fake/faults"):
@@ -157,11 +176,13 @@ class FakeAPI:
             created_at = fields.get("created_at")
             if not isinstance(created_at, (int, float)) or isinstance(created_at, bool):
                 raise ApiError(400, "Missing or invalid 'created_at' (unix seconds).", param="created_at")
-            record = await self._create(fields, request, created_at=float(created_at))
+            record = await self._create(fields, created_at=float(created_at))
             return json_reply(200, response_object(record, time.time()))
         raise ApiError(404, f"Invalid URL ({method} {path})")
 
-    async def _injected_fault(self, route: str, request: Request, call: Call, forced: str | None) -> Reply | None:
+    async def _injected_fault(self, route: str, call: Call, forced: str | None) -> web.Response | None:
+        """The reply of the first fault that strikes (None if none does); raises `Dropped`
+        for a connection closed without an answer."""
         faults = self.state.faults
 
         def count(kind: str) -> None:
@@ -180,11 +201,11 @@ class FakeAPI:
             await asyncio.sleep(faults.slow_seconds)
         if strikes("hang"):
             count("hang")
-            await _hold(faults.hang_seconds, request)
-            return DROP
+            await asyncio.sleep(faults.hang_seconds)  # or less: the client leaving cancels the handler
+            raise Dropped
         if strikes("drop"):
             count("drop")
-            return DROP
+            raise Dropped
         if strikes("server_error"):
             count("server_error")
             return faults.rng.choice(
@@ -222,7 +243,7 @@ class FakeAPI:
             )
         return None
 
-    def _garbled(self, route: str, obj: dict[str, Any], call: Call, forced: str | None) -> Reply:
+    def _garbled(self, route: str, obj: dict[str, Any], call: Call, forced: str | None) -> web.Response:
         """The 200 reply carrying `obj`, garbled by whichever body faults strike."""
         faults = self.state.faults
         odds = getattr(faults, route)
@@ -251,18 +272,18 @@ class FakeAPI:
         body = json.dumps(payload).encode()
         if strikes("malformed_json"):
             count("malformed_json")
-            return Reply(200, body[: len(body) // 2])
+            return web.Response(body=body[: len(body) // 2], content_type="application/json")
         if strikes("wrong_content_type"):
             count("wrong_content_type")
             return html_reply(200, "Service status")
-        return Reply(200, body)
+        return web.Response(body=body, content_type="application/json")
 
-    def _authorize(self, headers: dict[str, str]) -> None:
+    def _authorize(self, headers: Mapping[str, str]) -> None:
         key = self.state.api_key
         if key is not None and headers.get("authorization") != f"Bearer {key}":
             raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
 
-    async def _create(self, fields: dict[str, Any], request: Request, created_at: float | None = None) -> Record:
+    async def _create(self, fields: dict[str, Any], created_at: float | None = None) -> Record:
         model = fields.get("model")
         if model is None:
             raise ApiError(400, "Missing required parameter: 'model'.", param="model", code="missing_required_parameter")
@@ -280,15 +301,9 @@ class FakeAPI:
             | _service_tier(fields.get("service_tier")),
         )
         if not background and created_at is None:
-            await _hold(record.finishes_at - time.time(), request)
+            # Answered when it finishes, or not at all: the client leaving cancels the handler.
+            await asyncio.sleep(max(0.0, record.finishes_at - time.time()))
         return record
-
-
-async def _hold(seconds: float, request: Request) -> None:
-    """Wait `seconds`, or less if the client goes away."""
-    if seconds > 0:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(request.client_gone(), seconds)
 
 
 def _route(method: str, path: str) -> tuple[str, str]:
@@ -332,18 +347,20 @@ def _odd_shape(obj: dict[str, Any], rng: random.Random) -> Any:
     return odd
 
 
-def _echo_key(reply: Reply, authorization: str) -> Reply:
-    """The error reply with the presented bearer key repeated in its message (`Faults.echo_key`)."""
+def _echo_key(reply: web.Response, authorization: str) -> None:
+    """Repeat the presented bearer key in the error reply's message (`Faults.echo_key`)."""
     key = authorization.removeprefix("Bearer ").strip()
     note = f" (request made with key {key})"
+    assert isinstance(reply.body, bytes)
     if reply.content_type == "application/json":
         try:
             body = json.loads(reply.body)
             body["error"]["message"] += note
-            return Reply(reply.status, json.dumps(body).encode(), reply.content_type, reply.headers)
+            reply.body = json.dumps(body).encode()
+            return
         except (ValueError, KeyError, TypeError):
             pass
-    return Reply(reply.status, reply.body + note.encode(), reply.content_type, reply.headers)
+    reply.body = reply.body + note.encode()
 
 
 def _error(message: str, type: str, code: str | None = None) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Serving the fake API: from a background thread (tests, demo) or the foreground (CLI)."""
+"""Serving the fake API over HTTP/1.1 (aiohttp's low-level server): from a background thread
+(tests, demo) or the foreground (CLI)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ import ssl
 import threading
 from typing import Any
 
-from . import http_server
+from aiohttp import web
+
 from .app import FakeAPI
 from .state import FakeState
 
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
+BACKLOG = 2048  # a burst of connections (the deadline benchmark's cancels) waits to be accepted
+STOP_GRACE = 0.05  # seconds requests in flight get to finish on stop; held ones are then cut off
 
 
 class FakeServer:
@@ -57,16 +61,22 @@ class FakeServer:
         sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
-        sock.listen(2048)
+        sock.listen(BACKLOG)
         self.port = sock.getsockname()[1]
         return sock
 
     async def serve(self, sock: socket.socket, until: asyncio.Event) -> None:
         """Serve on the listening `sock` until `until` is set."""
         watch = asyncio.create_task(_watch_loop_lag(self.state, until))
+        # Handler cancellation: a client that goes away ends its held request (app.py).
+        server = web.Server(FakeAPI(self.state), handler_cancellation=True, access_log=None)
+        runner = web.ServerRunner(server, shutdown_timeout=STOP_GRACE)
+        await runner.setup()
         try:
-            await http_server.serve(sock, FakeAPI(self.state), until, self.tls)
+            await web.SockSite(runner, sock, ssl_context=self.tls, backlog=BACKLOG).start()
+            await until.wait()
         finally:
+            await runner.cleanup()
             watch.cancel()
 
     def start(self) -> FakeServer:
