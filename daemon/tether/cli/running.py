@@ -32,6 +32,7 @@ def run(ctx: typer.Context) -> None:
             account.read_api_key()
             if (loose := account.key_file_warning()) is not None:
                 logs.log.warning("config.key_file_readable", error=loose)
+        config.server.read_token()
     except ConfigError as exc:
         fail(EXIT_CONFIG, f"invalid configuration: {exc}")
     try:
@@ -81,7 +82,7 @@ def check_config(
          "window": b.window, "timezone": b.timezone, "warn_at": list(b.warn_at), "on_exceed": b.on_exceed}
         for b in config.budgets
     ]
-    warnings += after_the_fact_warnings(config)
+    warnings += after_the_fact_warnings(config) + server_warnings(config)
     from tether.store import StoreError, write_problem
 
     try:
@@ -91,12 +92,13 @@ def check_config(
         warnings.append(f"warning: {exc}")
     source = str(config.path) if config.path else None
     if as_json:
-        shape = {"config": source, "store": config.store.url, "accounts": accounts, "policies": policies,
+        shape = {"config": source, "store": config.store.url, "socket": config.server.socket, "accounts": accounts, "policies": policies,
                  "budgets": budgets, "warnings": warnings}
         print(render.dumps(shape))
         return
     out.print(f"config: {source or '(none found: defaults)'}")
     out.print(f"store:  {config.store.url}")
+    out.print(f"socket: {config.server.socket or '(none)'}")
     out.print(render.table("accounts", ["name", "base_url", "key source", "key"],
                            [[a["name"], a["base_url"], a["key_source"], a["key"]] for a in accounts]))
     out.print(render.table(
@@ -114,6 +116,19 @@ def check_config(
     for warning in warnings:
         err.print(warning, style="yellow")
     out.print("configuration OK", style="green")
+
+
+def server_warnings(config: Config) -> list[str]:
+    server = config.server
+    try:
+        token = server.read_token()
+    except ConfigError as exc:
+        return [f"warning: {exc} (the daemon will refuse to start without it)"]
+    if server.listen and token is None:
+        host, port = server.listen
+        return [f"warning: server.listen ({host}:{port}) is set without a token (token_file, token_env or "
+                "token_credential): the control API is not served on TCP, only on the socket"]
+    return []
 
 
 def match_shape(match) -> dict[str, Any]:

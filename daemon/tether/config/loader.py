@@ -18,6 +18,7 @@ from tether.config.model import (
     PolicyConfig,
     PollingConfig,
     Price,
+    ServerConfig,
     StoreConfig,
 )
 from tether.config.selectors import Match, parse_match
@@ -112,7 +113,8 @@ def parse_config(
 ) -> Config:
     environ = os.environ if environ is None else environ
     check_known(
-        data, "", ("store", "log", "accounts", "polling", "policy", "prices", "service_tiers", "estimate", "budget")
+        data, "", ("store", "log", "accounts", "polling", "policy", "prices", "service_tiers", "estimate", "budget",
+                  "server")
     )
     accounts = _parse_accounts(data.get("accounts"), environ)
     estimate = converted(data.get("estimate", {}), "estimate", _ESTIMATE_FIELDS)
@@ -127,6 +129,7 @@ def parse_config(
         service_tiers=parse_service_tiers(data.get("service_tiers", {}), "service_tiers"),
         output_tokens_per_second=estimate.get("output_tokens_per_second", DEFAULT_OUTPUT_TOKENS_PER_SECOND),
         budgets=_parse_budgets(data.get("budget", []), accounts),
+        server=_parse_server(data.get("server", {}), environ),
     )
 
 
@@ -225,6 +228,49 @@ def _parse_budgets(value: Any, accounts: Mapping[str, AccountConfig]) -> tuple[B
     return tuple(budgets)
 
 
+# ---- [server] -------------------------------------------------------------------
+
+_TOKEN_SOURCES = ("token_env", "token_file", "token_credential")
+
+
+def default_socket(environ: Mapping[str, str]) -> str | None:
+    """$RUNTIME_DIRECTORY/tether.sock under systemd, else $XDG_RUNTIME_DIR/tether/tether.sock, else none."""
+    runtime = environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    if os.path.isabs(runtime):
+        return str(Path(runtime) / "tether.sock")
+    xdg = environ.get("XDG_RUNTIME_DIR", "")
+    return str(Path(xdg) / "tether" / "tether.sock") if os.path.isabs(xdg) else None
+
+
+def _socket_path(value: Any, key: str) -> str | None:
+    if value == "":
+        return None  # no socket
+    if not isinstance(value, str) or not os.path.isabs(value):
+        raise ConfigError(f'{key}: expected an absolute path, such as /run/tether/tether.sock, or "" for none')
+    if len(os.fsencode(value)) > 107:  # sun_path holds 108 bytes with the terminating NUL
+        raise ConfigError(f"{key}: {value} is longer than a Unix socket path may be (107 bytes)")
+    return value
+
+
+def _listen_address(value: Any, key: str) -> tuple[str, int]:
+    text = string(value, key)
+    host, sep, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f'{key}: expected HOST:PORT, such as "127.0.0.1:8787" or "[::1]:8787", got {show(text)}')
+    return host, int(port)
+
+
+def _parse_server(value: Any, environ: Mapping[str, str]) -> ServerConfig:
+    fields = converted(value, "server", _SERVER_FIELDS)
+    sources = [key for key in _TOKEN_SOURCES if key in fields]
+    if len(sources) > 1:
+        raise ConfigError(f"server: give only one of {', '.join(_TOKEN_SOURCES)} (found {', '.join(sources)})")
+    if "socket" not in fields:
+        fields["socket"] = default_socket(environ)
+    return ServerConfig(**fields)
+
+
 def parse_prices(value: Any, path: str) -> Mapping[str, Price]:
     """A table of `[MODEL]` tables of USD per 1M tokens (also reads the built-in prices.toml)."""
     prices = {}
@@ -285,6 +331,13 @@ _PRICE_FIELDS = {
     "input": number_where("a number >= 0", lambda x: x >= 0),
     "cached_input": number_where("a number >= 0", lambda x: x >= 0),
     "output": number_where("a number >= 0", lambda x: x >= 0),
+}
+_SERVER_FIELDS = {
+    "socket": _socket_path,
+    "listen": _listen_address,
+    "token_env": env_name,
+    "token_file": absolute_path,
+    "token_credential": credential_name,
 }
 _ESTIMATE_FIELDS = {"output_tokens_per_second": number_where("a number > 0", lambda x: x > 0)}
 _BUDGET_FIELDS = {

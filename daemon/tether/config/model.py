@@ -169,6 +169,46 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class ServerConfig:
+    """The daemon's HTTP doors: a Unix socket (control API, guarded by its file modes) and an
+    optional TCP listener whose control API needs the bearer token named here (never the token
+    itself)."""
+
+    socket: str | None = None  # an absolute path, or None: no socket
+    listen: tuple[str, int] | None = None  # (host, port)
+    token_env: str | None = None
+    token_file: str | None = None
+    token_credential: str | None = None
+
+    @property
+    def has_token(self) -> bool:
+        return bool(self.token_env or self.token_file or self.token_credential)
+
+    def read_token(self, environ: Mapping[str, str] | None = None) -> str | None:
+        """The bearer token from its one source (None when none is configured)."""
+        environ = os.environ if environ is None else environ
+        if self.token_env:
+            key, text = "server.token_env", environ.get(self.token_env)
+            if text is None:
+                raise ConfigError(f"{key}: environment variable {self.token_env} is not set")
+        elif self.token_file:
+            key, text = "server.token_file", _read_secret(Path(self.token_file), "server.token_file")
+        elif self.token_credential:
+            key = "server.token_credential"
+            directory = environ.get("CREDENTIALS_DIRECTORY")
+            if not directory:
+                raise ConfigError(f"{key}: $CREDENTIALS_DIRECTORY is not set"
+                                  f" (start the service with LoadCredential={self.token_credential}:PATH)")
+            text = _read_secret(Path(directory) / self.token_credential, key)
+        else:
+            return None
+        token = text.strip()
+        if len(token) < 16 or not token.isascii() or not token.isprintable() or any(c.isspace() for c in token):
+            raise ConfigError(f"{key}: the token must be at least 16 printable characters without spaces")
+        return token
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path | None
     store: StoreConfig
@@ -181,6 +221,7 @@ class Config:
     service_tiers: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     output_tokens_per_second: float = DEFAULT_OUTPUT_TOKENS_PER_SECOND
     budgets: tuple[BudgetConfig, ...] = ()
+    server: ServerConfig = field(default_factory=ServerConfig)
 
     @property
     def default_account(self) -> str:
