@@ -595,7 +595,7 @@ def test_an_invalid_budget_or_price_is_rejected_with_its_key_path(text, message)
         pytest.param(
             '[budgets]\nname = "b"',
             "budgets: unknown key (known: store, log, accounts, polling, policy, prices, service_tiers, estimate, "
-            "budget)",
+            "budget, server)",
             id="an unknown top-level table",
         ),
         pytest.param(
@@ -1136,3 +1136,85 @@ def test_a_key_file_readable_by_group_or_others_is_warned_about(tmp_path, mode, 
     else:
         assert warning is not None and warned in warning and "chmod 600" in warning
         assert "sk-test-value" not in warning
+
+
+# ---- [server] ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("environ", "socket"),
+    [
+        ({"RUNTIME_DIRECTORY": "/run/tether", "XDG_RUNTIME_DIR": "/run/user/1000"}, "/run/tether/tether.sock"),
+        ({"RUNTIME_DIRECTORY": "/run/tether:/run/other"}, "/run/tether/tether.sock"),
+        ({"XDG_RUNTIME_DIR": "/run/user/1000"}, "/run/user/1000/tether/tether.sock"),
+        ({"XDG_RUNTIME_DIR": "relative"}, None),
+        ({}, None),
+    ],
+)
+def test_the_default_socket_is_in_the_runtime_directory(environ, socket):
+    cfg = parse("", environ)
+    assert cfg.server == config.ServerConfig(socket=socket)
+    assert cfg.server.read_token({}) is None
+
+
+def test_every_server_setting_is_read(tmp_path):
+    cfg = parse('[server]\nsocket = "/run/t/t.sock"\nlisten = "127.0.0.1:8787"\ntoken_env = "T"', {})
+    assert cfg.server == config.ServerConfig(socket="/run/t/t.sock", listen=("127.0.0.1", 8787), token_env="T")
+    assert parse('[server]\nsocket = ""\nlisten = "[::1]:9"', {"XDG_RUNTIME_DIR": "/run/user/1"}).server == \
+        config.ServerConfig(socket=None, listen=("::1", 9))
+    token = tmp_path / "token"
+    token.write_text("  abcdefghijklmnopqrstuvwxyz\n")
+    from_file = parse(f'[server]\ntoken_file = "{token}"', {}).server
+    assert from_file.read_token({}) == "abcdefghijklmnopqrstuvwxyz"
+    (tmp_path / "creds").mkdir()
+    (tmp_path / "creds" / "tether-token").write_text("0123456789abcdef0123")
+    from_credential = parse('[server]\ntoken_credential = "tether-token"', {}).server
+    assert from_credential.read_token({"CREDENTIALS_DIRECTORY": str(tmp_path / "creds")}) == "0123456789abcdef0123"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[server]\nsocket = "run/t.sock"', 'server.socket: expected an absolute path, such as /run/tether/tether.sock, or "" for none'),
+        ('[server]\nsocket = 1', 'server.socket: expected an absolute path, such as /run/tether/tether.sock, or "" for none'),
+        (f'[server]\nsocket = "/{"x" * 120}"', f"server.socket: /{'x' * 120} is longer than a Unix socket path may be (107 bytes)"),
+        ('[server]\nlisten = "8787"', 'server.listen: expected HOST:PORT, such as "127.0.0.1:8787" or "[::1]:8787", got "8787"'),
+        ('[server]\nlisten = "127.0.0.1:99999"', 'server.listen: expected HOST:PORT, such as "127.0.0.1:8787" or "[::1]:8787", got "127.0.0.1:99999"'),
+        ('[server]\nlisten = ""', 'server.listen: expected a non-empty string, got ""'),
+        ('[server]\ntoken = "s3cret-token-inline"', "server.token: unknown key (known: socket, listen, token_env, token_file, token_credential)"),
+        ('[server]\ntoken_env = "T"\ntoken_file = "/etc/t"', "server: give only one of token_env, token_file, token_credential (found token_env, token_file)"),
+        ('[server]\ntoken_file = "etc/t"', "server.token_file: expected an absolute path, such as /etc/tether/openai.key"),
+        ('[server]\ntoken_env = "not a name"', "server.token_env: expected the name of an environment variable, such as OPENAI_API_KEY"),
+        ("server = 1", "server: expected a table, got 1"),
+    ],
+)
+def test_an_invalid_server_table_is_rejected_with_its_key_path(text, message):
+    assert error_of(text) == message
+
+
+@pytest.mark.parametrize(
+    ("setting", "environ", "message"),
+    [
+        ('token_env = "T"', {}, "server.token_env: environment variable T is not set"),
+        ('token_env = "T"', {"T": "short"}, "server.token_env: the token must be at least 16 printable characters without spaces"),
+        ('token_file = "/nonexistent/token"', {}, "server.token_file: cannot read /nonexistent/token: No such file or directory"),
+        ('token_credential = "tok"', {}, "server.token_credential: $CREDENTIALS_DIRECTORY is not set (start the service with LoadCredential=tok:PATH)"),
+    ],
+)
+def test_an_unreadable_token_is_a_config_error_that_never_shows_it(setting, environ, message):
+    server = parse(f"[server]\n{setting}", {}).server
+    with pytest.raises(ConfigError) as caught:
+        server.read_token(environ)
+    assert str(caught.value) == message
+
+
+def test_a_token_that_cannot_be_read_stops_the_start_with_exit_78(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "t.toml"
+    path.write_text(f'[store]\nurl = "sqlite:///{tmp_path}/t.db"\n[server]\nsocket = ""\ntoken_env = "TETHER_NO_TOKEN"\n')
+    result = subprocess.run([sys.executable, "-m", "tether", "--config", str(path), "run"], capture_output=True,
+                            text=True, timeout=60, env={"PATH": "/usr/bin", "OPENAI_API_KEY": "sk-x-0123456789"})
+    assert result.returncode == 78
+    assert "server.token_env: environment variable TETHER_NO_TOKEN is not set" in result.stderr

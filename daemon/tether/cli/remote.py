@@ -76,6 +76,7 @@ class Remote:
                         yield json.loads(line[5:])
         except httpx2.HTTPError as exc:
             fail(EXIT_FAILURE, f"the daemon at {self.path} stopped answering: {exc}")
+        fail(EXIT_FAILURE, f"the daemon at {self.path} ended the event stream: it is stopping")
 
     def _answer(self, status: int, content: bytes) -> Any:
         try:
