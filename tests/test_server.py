@@ -229,6 +229,41 @@ def test_without_a_token_the_tcp_listener_serves_no_control_api_and_check_config
     assert httpx.get(f"http://127.0.0.1:{port}/api/responses").status_code == 404
 
 
+class ProbedFront:
+    """Only what /readyz asks of Front: whether the store answers and the lock is held."""
+
+    def __init__(self, store: bool, lock: bool) -> None:
+        self.store, self.lock = store, lock
+
+    def store_answers(self) -> bool:
+        return self.store
+
+    def holds_lock(self) -> bool:
+        return self.lock
+
+
+@pytest.mark.parametrize(("store", "lock", "status"), [(True, True, 200), (False, True, 503), (True, False, 503)])
+async def test_readyz_is_503_unless_the_store_answers_and_the_lock_is_held(store, lock, status):
+    from aiohttp import web
+
+    from tether.server.app import build_app
+
+    runner = web.AppRunner(build_app(ProbedFront(store, lock), control_api=False))  # type: ignore[arg-type]
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        async with httpx.AsyncClient() as client:
+            reply = await client.get(f"http://127.0.0.1:{port}/readyz")
+            alive = await client.get(f"http://127.0.0.1:{port}/healthz")
+    finally:
+        await runner.cleanup()
+    assert reply.status_code == status
+    assert reply.json() == {"ready": status == 200, "store": store, "lock": lock}
+    assert alive.status_code == 200
+
+
 # ---- the CLI through the daemon ------------------------------------------------------------
 
 
@@ -340,3 +375,23 @@ def test_a_user_outside_the_sockets_group_is_refused_and_told_what_to_do(tether:
     assert result.returncode == 1, result.stderr
     assert "permission denied" in result.stderr
     assert "as root or as a member of the socket's group" in result.stderr
+
+
+def test_log_follow_through_the_daemon_prints_new_events_and_ends_when_it_stops(tether: Tether, fake):
+    daemon = tether.start_daemon()
+    follower = subprocess.Popen([sys.executable, "-m", "tether", "--config", str(tether.config_path), "log", "-f",
+                                 "--json"], env=tether.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # The follow starts from the first event: whenever it connects, it prints this one.
+        rid = create(fake, fake_run="600")
+        tether.ok("track", rid)
+        line = follower.stdout.readline()  # blocks until the event comes (pytest's timeout bounds it)
+        event = json.loads(line)
+        assert event["response_id"] == rid and event["kind"] == "tracked" and "id" not in event
+        tether.stop_daemon(daemon)
+        assert follower.wait(timeout=30) == 1
+        assert "ended the event stream" in follower.stderr.read()
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait()
