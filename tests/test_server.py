@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import API_KEY, Tether, create, server_record, wait_for
+from conftest import Tether, create, server_record, wait_for
 
 TOKEN = "test-token-0123456789abcdef"
 
@@ -298,7 +298,7 @@ def test_the_cli_answers_the_same_through_the_daemon_as_on_the_store(tether: Tet
     assert tether.socket_path.exists()
     there = outputs(tether, commands)
     tether.stop_daemon(daemon)
-    for args, mine, theirs in zip(commands, here, there):
+    for args, mine, theirs in zip(commands, here, there, strict=True):
         if args == ["ls"]:  # its age column moves on
             mine, theirs = (mine[0], mine[1].split("\n")[0], mine[2]), (theirs[0], theirs[1].split("\n")[0], theirs[2])
         assert mine == theirs, f"tether {' '.join(args)}"

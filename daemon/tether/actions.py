@@ -45,7 +45,7 @@ def checked_id(rid: str) -> str:
     return rid
 
 
-def check_policy(config: Config, policy: str, stored: set[str] = frozenset()) -> None:
+def check_policy(config: Config, policy: str, stored: frozenset[str] | set[str] = frozenset()) -> None:
     """A policy named on the command line must be configured, or (to select responses) at
     least be the policy of some stored response: one removed from the config since."""
     if config.policy_named(policy) is not None or policy in stored:
@@ -205,10 +205,10 @@ async def look_up(client: ResponsesClient, ids: list[str], account: str) -> list
     from tether.api import NotFound
 
     results = await asyncio.gather(*(client.get(i) for i in ids), return_exceptions=True)
-    missing = [i for i, r in zip(ids, results) if isinstance(r, NotFound)]
+    missing = [i for i, r in zip(ids, results, strict=True) if isinstance(r, NotFound)]
     if missing:
         raise Refused(404, f"no response {', '.join(missing)} on account {account!r}; nothing was tracked", "not_found")
-    failed = [(i, r) for i, r in zip(ids, results) if isinstance(r, BaseException)]
+    failed = [(i, r) for i, r in zip(ids, results, strict=True) if isinstance(r, BaseException)]
     if failed:
         rid, exc = failed[0]
         raise Refused(502, f"could not look up {rid}: {exc}; nothing was tracked (retry, or use --no-verify)",
@@ -278,7 +278,9 @@ async def cancel(
     def record() -> Response:
         with tracker.recording(store, origin, time.time()) as rec:
             row = rec.session.get(Response, rid)
-            if outcome.answered:
+            if row is None:  # forgotten meanwhile: nothing to record it on
+                raise Refused(404, f"{rid} is not tracked (see `tether ls`, or `tether track {rid}`)", "not_tracked")
+            if outcome.failed is None:
                 cancelling.settle(rec, row, outcome, config, pricing)
             else:
                 cancelling.record_failure(rec, row, outcome.failed, config)

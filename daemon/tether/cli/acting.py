@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import time
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
@@ -22,7 +21,6 @@ def cancel(
     context: Context = ctx.obj
     with refusals():
         actions.checked_id(response_id)
-    config = context.config()
     if remote := context.remote():
         answer = remote.call("POST", f"/api/responses/{response_id}/cancel", body={"reason": reason}, accept=(409,))
         if "message" in answer:  # 409: it had finished already

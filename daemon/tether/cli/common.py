@@ -50,12 +50,13 @@ class Context:
     _config: Config | None = field(default=None, repr=False)
 
     def config(self) -> Config:
-        if self._config is None:
+        config = self._config
+        if config is None:
             try:
-                self._config = load_config(self.config_path)
+                config = self._config = load_config(self.config_path)
             except ConfigError as exc:
                 fail(EXIT_CONFIG, f"invalid configuration: {exc}")
-        return self._config
+        return config
 
     def remote(self) -> Remote | None:
         """The running daemon to ask, when one answers on the configured socket."""

@@ -10,7 +10,18 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from tether import actions, render
-from tether.cli.common import EXIT_USAGE, Context, JsonFlag, app, client_for, fail, out, parse_labels, quiet_logs, refusals
+from tether.cli.common import (
+    EXIT_USAGE,
+    Context,
+    JsonFlag,
+    app,
+    client_for,
+    fail,
+    out,
+    parse_labels,
+    quiet_logs,
+    refusals,
+)
 from tether.config import Config
 
 if TYPE_CHECKING:
@@ -51,7 +62,7 @@ def track(
     remote = context.remote()
     if remote is None:
         with refusals():
-            account = actions.check_names(config, policy, account)
+            chosen = actions.check_names(config, policy, account)
     labels = parse_labels(label)
     ids = list(dict.fromkeys(ids))
     if remote is not None:
@@ -59,7 +70,7 @@ def track(
             "ids": ids, "policy": policy, "account": account, "labels": labels, "verify": not no_verify})
         tracked = [(record, record["id"] in answer["new"]) for record in answer["responses"]]
     else:
-        tracked = track_here(context, config, ids, policy=policy, account=account, labels=labels, verify=not no_verify)
+        tracked = track_here(context, config, ids, policy=policy, account=chosen, labels=labels, verify=not no_verify)
     for record, created in tracked:
         if as_json:
             print(render.dumps(record))
@@ -83,9 +94,9 @@ def track_here(context: Context, config: Config, ids: list[str], *, policy: str 
                 await client.aclose()
 
         with refusals():
-            observed = asyncio.run(look_up())  # type: ignore[assignment]
+            observed = [*asyncio.run(look_up())]
     store = context.store(config)
-    tracked = store_tracked(config, store, list(zip(ids, observed)), account=account, policy=policy, labels=labels)
+    tracked = store_tracked(config, store, list(zip(ids, observed, strict=True)), account=account, policy=policy, labels=labels)
     return [(render.record(row), created) for row, created in tracked]
 
 
@@ -106,14 +117,14 @@ def submit(
     remote = context.remote()
     if remote is None:
         with refusals():
-            account = actions.check_names(config, policy, account)
+            chosen = actions.check_names(config, policy, account)
     labels = parse_labels(label)
     body = read_body(file)
     if remote is not None:
         record = remote.call("POST", "/api/responses/submit",
                              body={"body": body, "policy": policy, "account": account, "labels": labels})
     else:
-        client = client_for(config, account)
+        client = client_for(config, chosen)
 
         async def create() -> dict[str, Any]:
             try:
@@ -124,7 +135,7 @@ def submit(
         with refusals():
             created = asyncio.run(create())
         store = context.store(config)
-        [(row, _)] = store_tracked(config, store, [(created["id"], created)], account=account, policy=policy,
+        [(row, _)] = store_tracked(config, store, [(created["id"], created)], account=chosen, policy=policy,
                                    labels=labels)
         record = render.record(row)
     print(render.dumps(record) if as_json else record["id"])

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tether import render
+from tether import actions, render
 from tether.actions import Refused
 from tether.server.front import Front
 
@@ -144,7 +144,7 @@ async def track(request: web.Request) -> web.Response:
 async def submit(request: web.Request) -> web.Response:
     body = await json_body(request)
     record = await request.app[FRONT].submit(
-        body.get("body"), policy=optional_string(body, "policy"), account=optional_string(body, "account"),
+        actions.checked_body(body.get("body")), policy=optional_string(body, "policy"), account=optional_string(body, "account"),
         labels=labels_of(body.get("labels")),
     )
     return answer(record, 201)

@@ -22,6 +22,11 @@ if TYPE_CHECKING:
     from tether.daemon import Daemon
     from tether.models import Response
 
+Record = dict[str, Any]  # a JSON shape of docs/cli.md
+Records = list[Record]  # (named here: inside Front, `list` is the method)
+Tracked = list[tuple[Record, bool]]  # (record, newly tracked) each
+Observed = list[tuple[str, dict[str, Any] | None]]  # (id, what the API said of it, if looked up)
+
 FrontError = Refused  # status 400 bad input · 404 not found · 409 nothing to do · 502 the API failed · 503 the daemon cannot
 
 
@@ -37,12 +42,12 @@ class Front:
     # ---- acting (on the event loop) ------------------------------------------------
 
     async def track(self, ids: list[str], *, policy: str | None, account: str | None,
-                    labels: dict[str, str], verify: bool) -> list[dict]:
+                    labels: dict[str, str], verify: bool) -> Records:
         return [record for record, _ in await self.track_records(
             ids, policy=policy, account=account, labels=labels, verify=verify)]
 
     async def track_records(self, ids: list[str], *, policy: str | None, account: str | None,
-                            labels: dict[str, str], verify: bool) -> list[tuple[dict, bool]]:
+                            labels: dict[str, str], verify: bool) -> Tracked:
         """(record, newly tracked) for each id, in the order given, duplicates dropped."""
         for rid in ids:
             actions.checked_id(rid)
@@ -53,8 +58,8 @@ class Front:
         account = actions.check_names(config, policy, account)
         observed: list[dict[str, Any] | None] = [None] * len(ids)
         if verify:
-            observed = await actions.look_up(self._client(account), ids, account)  # type: ignore[assignment]
-        return await self._store(list(zip(ids, observed)), account=account, policy=policy, labels=labels)
+            observed = [*await actions.look_up(self._client(account), ids, account)]
+        return await self._store(list(zip(ids, observed, strict=True)), account=account, policy=policy, labels=labels)
 
     async def track_created(self, response: dict, *, account: str, policy: str | None,
                             labels: dict[str, str]) -> dict:
@@ -135,17 +140,17 @@ class Front:
     # ---- reading (plain functions: run them off the loop) ------------------------------
 
     def list(self, *, statuses: list[str], active: bool, policy: str | None, labels: dict[str, str],
-             limit: int) -> list[dict]:
+             limit: int) -> Records:
         return actions.list_records(self.state.store, self.config, statuses=statuses, active=active,
                                     policy=policy, labels=labels, limit=limit)
 
     def show(self, rid: str) -> dict:
         return actions.show_record(self.state.store, rid)
 
-    def events(self, *, rid: str | None, since: float | None, after_id: int) -> list[dict]:
+    def events(self, *, rid: str | None, since: float | None, after_id: int) -> Records:
         return actions.read_events(self.state.store, rid=rid, since=since, after_id=after_id)
 
-    def budgets(self) -> list[dict]:
+    def budgets(self) -> Records:
         return actions.budget_records(self.state.store, self.config, self.state.pricing)
 
     def health(self) -> dict:
@@ -174,12 +179,12 @@ class Front:
             raise Refused(503, f"account {account!r} is not configured in the running daemon", "unknown_account")
         return client
 
-    async def _store(self, items: list[tuple[str, dict | None]], *, account: str, policy: str | None,
-                     labels: dict[str, str]) -> list[tuple[dict, bool]]:
+    async def _store(self, items: Observed, *, account: str, policy: str | None,
+                     labels: dict[str, str]) -> Tracked:
         state = self.state
         store_them = functools.partial(actions.track_rows, state.config, state.store, items, account=account,
                                        policy=policy, labels=labels, origin="daemon")
-        tracked: list[tuple[Response, bool]] = await state.writer.run(store_them)
+        tracked = await state.writer.run(store_them)
         for row, created in tracked:
             if created:
                 state.adopt(row)  # scheduled now, not at the next pickup
