@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -17,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import Tether, create, server_record, wait_for
+from conftest import API_KEY, Tether, create, server_record, wait_for
 
 TOKEN = "test-token-0123456789abcdef"
 
@@ -262,6 +263,64 @@ async def test_readyz_is_503_unless_the_store_answers_and_the_lock_is_held(store
     assert reply.status_code == status
     assert reply.json() == {"ready": status == 200, "store": store, "lock": lock}
     assert alive.status_code == 200
+
+
+async def test_the_doors_operations_track_a_created_response_look_at_once_record_a_cancel_and_refuse_a_create(
+    tether: Tether, fake, monkeypatch
+):
+    """What the proxy and webhooks call on Front, on a daemon running in this event loop."""
+    import asyncio
+    import time
+
+    from tether.config import load_config
+    from tether.daemon import Daemon
+    from tether.store import Store
+
+    tether.write_config(policies='[[budget]]\nname = "team-x"\nmatch = { metadata = { team = "x" } }\n'
+                                 'limit_usd = 1.0\nperiod = "day"\n')
+    config = load_config(str(tether.config_path), environ=tether.env)
+    store = Store(config.store.url)
+    store.ensure_schema()
+    monkeypatch.setenv("TETHER_TEST_KEY", API_KEY)
+    daemon = Daemon(config, store)
+    running = asyncio.create_task(daemon.run())
+
+    async def until(predicate, what: str) -> None:
+        deadline = time.monotonic() + 20
+        while not predicate():
+            assert not running.done(), running.result()
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            await asyncio.sleep(0.05)
+
+    await until(lambda: daemon.server.runners, "the listeners")
+    front = daemon.server.front
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    async with httpx.AsyncClient(base_url=fake.base_url, headers=auth) as upstream:
+        created = (await upstream.post("/responses", json={"model": "o3-pro", "input": "x", "background": True,
+                                                            "metadata": {"fake_run": "600"}})).json()
+        rid = created["id"]
+        record = await front.track_created(created, account="default", policy=None, labels={"via": "proxy"})
+        assert record["id"] == rid and record["status"] == created["status"] and record["labels"] == {"via": "proxy"}
+        assert rid in daemon.state.active  # scheduled at once
+        assert len(server_record(fake, rid)["gets"]) == 0  # stored from the created object: no GET
+
+        assert await front.poll_now("resp_untracked") is False
+        assert await front.poll_now(rid) is True
+        await until(lambda: len(server_record(fake, rid)["gets"]) >= 1, "the look poll_now asked for")
+
+        answer = (await upstream.post(f"/responses/{rid}/cancel")).json()
+        await front.record_manual_cancel(rid, answer)
+    shown = await asyncio.to_thread(front.show, rid)
+    assert shown["cancel_reason"] == "manual" and shown["status"] == "cancelled"
+    assert [e["kind"] for e in shown["events"]][:2] == ["tracked", "cancel_requested"]
+
+    refusal = functools.partial(front.budget_refusal, account="default", model="o3-pro", labels={}, policy=None)
+    assert refusal(metadata={"team": "x"}, max_output_tokens=100_000) == "team-x"  # reserves more than $1
+    assert refusal(metadata={"team": "x"}, max_output_tokens=None) is None  # reserves nothing
+    assert refusal(metadata={"team": "y"}, max_output_tokens=100_000) is None  # out of the budget's scope
+
+    daemon.stop()
+    assert await asyncio.wait_for(running, 30) == 0
 
 
 # ---- the CLI through the daemon ------------------------------------------------------------
