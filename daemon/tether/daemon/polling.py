@@ -47,6 +47,7 @@ class Polling:
                     continue
                 await self._slots.acquire()
                 state.stats.poll(state.clock() - due)
+                state.metrics.polls.inc()
                 rec.polling = True
                 state.spawn(self._poll(rec), f"poll:{rid}")
             await state.sleep(state.poll_wake, state.polls[0][0] - state.clock() if state.polls else None)
@@ -111,6 +112,7 @@ class Polling:
         if answered:
             rec.answered_at = now
         if self._changes(rec, observed):
+            state.metrics.saw_status(rec.status, observed, state.clock())
             mark = self._next_mark(rec, now)
             row = await state.writer.run(state.queries.write_observation, rec.id, observed, reason, mark)
             self._after_look(rec, row, now)
