@@ -313,6 +313,8 @@ async def test_the_doors_operations_track_a_created_response_look_at_once_record
     shown = await asyncio.to_thread(front.show, rid)
     assert shown["cancel_reason"] == "manual" and shown["status"] == "cancelled"
     assert [e["kind"] for e in shown["events"]][:2] == ["tracked", "cancel_requested"]
+    # the daemon's own write, which its pickup does not see: counted by Front
+    assert daemon.state.metrics.registry.get_sample_value("tether_cancels_total", {"reason": "manual"}) == 1
 
     refusal = functools.partial(front.budget_refusal, account="default", model="o3-pro", labels={}, policy=None)
     assert refusal(metadata={"team": "x"}, max_output_tokens=100_000) == "team-x"  # reserves more than $1

@@ -4,7 +4,8 @@
   (0750) and file (0660) modes say who may use it.
 - The TCP listener `[server] listen`: the control API only with the bearer token
   (`token_file`, `token_env` or `token_credential`); without one it is not served there.
-Both answer `/healthz` (the loop runs) and `/readyz` (the store answers, the lock is held).
+Both answer `/healthz` (the loop runs), `/readyz` (the store answers, the lock is held) and
+`/metrics` (Prometheus scrapes it; no token, like the probes).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from tether import __version__
+from tether.metrics import METRICS, Metrics, metrics_handler
 from tether.server import control, openapi
 from tether.server.front import Front
 
@@ -36,9 +38,10 @@ class ServerError(Exception):
     """A listener cannot start; the message says why and what to do."""
 
 
-def build_app(front: Front, *, control_api: bool, token: str | None = None) -> web.Application:
-    """One listener's application: the probes, and the control API when `control_api`
-    (behind the bearer `token` when one is given)."""
+def build_app(front: Front, *, control_api: bool, token: str | None = None,
+              metrics: Metrics | None = None) -> web.Application:
+    """One listener's application: the probes, `metrics` at /metrics, and the control API when
+    `control_api` (behind the bearer `token` when one is given)."""
     middlewares = [control.refusals]
     if token is not None:
         middlewares.insert(0, bearer(token))
@@ -46,6 +49,9 @@ def build_app(front: Front, *, control_api: bool, token: str | None = None) -> w
     app[control.FRONT] = front
     app[control.CLOSING] = asyncio.Event()
     app.add_routes([web.get("/healthz", healthz), web.get("/readyz", readyz)])
+    if metrics is not None:
+        app[METRICS] = metrics
+        app.add_routes([web.get("/metrics", metrics_handler)])
     if control_api:
         app.add_routes([*control.routes(), web.get("/openapi.json", openapi_document)])
     return app
@@ -106,7 +112,8 @@ class Server:
             if server.listen:
                 token = server.read_token()
                 host, port = server.listen
-                app = build_app(self.front, control_api=token is not None, token=token)
+                app = build_app(self.front, control_api=token is not None, token=token,
+                                metrics=self.front.state.metrics)
                 try:
                     await self._start(app, lambda runner: web.TCPSite(runner, host, port, reuse_address=True))
                 except OSError as exc:
@@ -117,7 +124,7 @@ class Server:
 
     async def _listen_on_socket(self, path: str) -> None:
         prepare_socket_path(path)
-        app = build_app(self.front, control_api=True)
+        app = build_app(self.front, control_api=True, metrics=self.front.state.metrics)
         await self._start(app, lambda runner: web.UnixSite(runner, path))
         os.chmod(path, SOCKET_MODE)  # after bind: the umask decided its mode
         info = os.stat(path)

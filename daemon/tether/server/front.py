@@ -80,6 +80,7 @@ class Front:
             state.store, state.config, state.pricing, self._client, rid, reason,
             run=state.writer.run, origin="daemon",
         )
+        state.metrics.cancel_requested("manual")  # the daemon's own writes: the pickup does not see them
         state.adopt(row)  # its confirmation polls, or the retries of a cancel that failed
         if failure is not None:
             raise failure
@@ -93,18 +94,21 @@ class Front:
 
         state = self.state
 
-        def record() -> Response | None:
+        def record() -> tuple[Response | None, bool]:
             with tracker.recording(state.store, "daemon", state.clock()) as rec:
                 row = rec.session.get(Response, rid)
                 if row is None:
-                    return None
-                if row.cancel_state != CancelState.PENDING.value:
+                    return None, False
+                requested = row.cancel_state != CancelState.PENDING.value
+                if requested:
                     tracker.request_cancel(rec, row, "manual")
                 if answer is not None:
                     cancelling.settle(rec, row, Outcome(rec.now, answer), state.config, state.pricing)
-                return row
+                return row, requested
 
-        row = await state.writer.run(record)
+        row, requested = await state.writer.run(record)
+        if requested:
+            state.metrics.cancel_requested("manual")
         if row is not None:
             state.adopt(row)
 

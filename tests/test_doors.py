@@ -1,0 +1,45 @@
+"""The daemon's other doors end to end, through a real `tether run` and its TCP listener,
+against the stand-in API: /metrics scraped as Prometheus does."""
+
+from __future__ import annotations
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import Tether, create, wait_for
+from test_server import free_port, with_server
+
+
+def scrape(base: str) -> dict[str, list]:
+    """Every family's samples, by family name, as Prometheus's own parser reads the text."""
+    reply = httpx.get(f"{base}/metrics", timeout=30)
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    return {family.name: family.samples for family in text_string_to_metric_families(reply.text)}
+
+
+def test_metrics_are_scraped_without_a_token_and_count_what_ls_shows(tether: Tether, fake):
+    port = free_port()
+    with_server(tether, f'listen = "127.0.0.1:{port}"\ntoken_env = "TETHER_TEST_TOKEN"\n')
+    tether.extra_env["TETHER_TEST_TOKEN"] = "test-token-0123456789abcdef"
+    tether.start_daemon()
+    base = f"http://127.0.0.1:{port}"
+    running = [create(fake, fake_run="600") for _ in range(2)]
+    done = create(fake, fake_run="0.1")
+    tether.ok("track", *running, done)
+    wait_for(lambda: tether.records()[done]["status"] == "completed", timeout=30, what="the short one completed")
+
+    families = wait_for(lambda: (f := scrape(base)) and f["tether_polls"][0].value > 0 and f, timeout=30,
+                        what="a poll counted")
+    active = tether.json("ls", "--active")
+    assert sorted(r["id"] for r in active) == sorted(running)
+    assert sum(s.value for s in families["tether_responses_active"]) == len(active)
+    by_status = {s.labels["status"]: s.value for s in families["tether_responses_active"]}
+    assert sum(by_status.values()) == 2 and set(by_status) <= {"queued", "in_progress", "unseen"}
+
+    assert httpx.post(f"{base}/api/responses/{running[0]}/cancel", json={},
+                      headers={"Authorization": "Bearer test-token-0123456789abcdef"}).status_code == 200
+    families = scrape(base)
+    cancels = {s.labels["reason"]: s.value for s in families["tether_cancels"] if s.name == "tether_cancels_total"}
+    assert cancels["manual"] == 1
+    assert sum(s.value for s in families["tether_responses_active"]) == len(tether.json("ls", "--active")) == 1
