@@ -1049,7 +1049,11 @@ def test_a_webhook_secret_is_read_from_its_source_without_surrounding_whitespace
     ("setting", "environ", "files", "message"),
     [
         pytest.param(
-            'secret_env = "HOOK"', {}, {}, "webhooks.secret_env: environment variable HOOK is not set", id="an unset variable"
+            'secret_env = "HOOK"',
+            {},
+            {},
+            "webhooks.secret_env: environment variable HOOK is not set",
+            id="an unset variable",
         ),
         pytest.param(
             'secret_env = "HOOK"',

@@ -43,9 +43,8 @@ def signed(body: bytes, *, key: bytes = KEY, message_id: str | None = None, at: 
 
 
 def event(kind: str = "response.completed", rid: str = "resp_1") -> bytes:
-    return json.dumps(
-        {"id": f"evt_{uuid.uuid4().hex}", "object": "event", "created_at": int(time.time()), "type": kind, "data": {"id": rid}}
-    ).encode()
+    shape = {"id": f"evt_{uuid.uuid4().hex}", "object": "event", "created_at": int(time.time()), "type": kind}
+    return json.dumps({**shape, "data": {"id": rid}}).encode()
 
 
 def config_with_secret(tmp_path: Path, secret: str = SECRET, name: str = "webhook.secret") -> Config:
