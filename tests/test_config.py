@@ -1,3 +1,4 @@
+import base64
 import dataclasses
 import re
 import tomllib
@@ -595,7 +596,7 @@ def test_an_invalid_budget_or_price_is_rejected_with_its_key_path(text, message)
         pytest.param(
             '[budgets]\nname = "b"',
             "budgets: unknown key (known: store, log, accounts, polling, policy, prices, service_tiers, estimate, "
-            "budget, server)",
+            "budget, server, webhooks)",
             id="an unknown top-level table",
         ),
         pytest.param(
@@ -952,6 +953,190 @@ def test_an_unreadable_api_key_is_a_config_error_that_never_shows_the_key(tmp_pa
         account.read_api_key(environ)
     assert str(caught.value) == message.format(dir=tmp_path)
     assert SECRET not in str(caught.value)
+
+
+# --- webhooks ------------------------------------------------------------------------------------
+
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+LISTEN = '[server]\nlisten = "127.0.0.1:8787"\n'  # the listener webhooks arrive on
+
+
+def test_without_a_webhooks_table_webhooks_are_off():
+    assert parse("").webhooks is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('secret_credential = "openai-webhook-secret"',
+         config.WebhooksConfig(secret_credential="openai-webhook-secret", safety_poll=600.0)),
+        ('secret_env = "OPENAI_WEBHOOK_SECRET"\nsafety_poll = "30m"',
+         config.WebhooksConfig(secret_env="OPENAI_WEBHOOK_SECRET", safety_poll=1800.0)),
+        ('secret_file = "/etc/tether/webhook.secret"\nsafety_poll = 90',
+         config.WebhooksConfig(secret_file="/etc/tether/webhook.secret", safety_poll=90.0)),
+    ],
+)
+def test_the_webhooks_table_names_one_secret_source_and_a_safety_poll(text, expected):
+    assert parse(f"{LISTEN}[webhooks]\n{text}").webhooks == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param(
+            f'secret = "{WEBHOOK_SECRET}"',
+            "webhooks.secret: the signing secret never goes in the config file; "
+            "use secret_credential, secret_env or secret_file",
+            id="an inline secret",
+        ),
+        pytest.param(
+            "",
+            "webhooks: give exactly one of secret_credential, secret_env, secret_file",
+            id="no secret source",
+        ),
+        pytest.param(
+            'secret_env = "S"\nsecret_file = "/s"',
+            "webhooks: give exactly one of secret_credential, secret_env, secret_file (found secret_env, secret_file)",
+            id="two secret sources",
+        ),
+        pytest.param(
+            f'secret_env = "{WEBHOOK_SECRET}"',
+            "webhooks.secret_env: expected the name of an environment variable, such as OPENAI_API_KEY",
+            id="a secret pasted as its variable's name",
+        ),
+        pytest.param(
+            'secret_file = "webhook.secret"',
+            "webhooks.secret_file: expected an absolute path, such as /etc/tether/openai.key",
+            id="a relative secret file",
+        ),
+        pytest.param(
+            'secret_env = "S"\nsafety_poll = "0s"',
+            'webhooks.safety_poll: expected a duration > 0, got "0s"',
+            id="a safety poll of zero",
+        ),
+        pytest.param(
+            'secret_env = "S"\nsafety_pol = "5m"',
+            "webhooks.safety_pol: unknown key (known: secret_credential, secret_env, secret_file, safety_poll)",
+            id="an unknown webhooks key",
+        ),
+        pytest.param(
+            'webhooks = "on"', 'webhooks: expected a table, got "on"', id="webhooks that are not a table"
+        ),
+    ],
+)
+def test_an_invalid_webhooks_table_is_rejected_with_its_key_path(text, message):
+    text = f"{text}\n{LISTEN}" if text.startswith("webhooks =") else f"{LISTEN}[webhooks]\n{text}"
+    message_found = error_of(text)
+    assert message_found == message
+    assert WEBHOOK_SECRET not in message_found
+
+
+@pytest.mark.parametrize("source", ["env", "file", "credential"])
+def test_a_webhook_secret_is_read_from_its_source_without_surrounding_whitespace(tmp_path, source):
+    (tmp_path / "webhook.secret").write_text(f"  {WEBHOOK_SECRET}\n")
+    (tmp_path / "openai-webhook-secret").write_text(f"{WEBHOOK_SECRET}\n")
+    setting = {
+        "env": 'secret_env = "HOOK"',
+        "file": f'secret_file = "{tmp_path / "webhook.secret"}"',
+        "credential": 'secret_credential = "openai-webhook-secret"',
+    }[source]
+    environ = {"HOOK": f"{WEBHOOK_SECRET}\n", "CREDENTIALS_DIRECTORY": str(tmp_path)}
+    webhooks = parse(f"{LISTEN}[webhooks]\n{setting}").webhooks
+    assert webhooks.read_secret(environ) == WEBHOOK_SECRET
+    assert WEBHOOK_SECRET not in repr(webhooks)
+
+
+@pytest.mark.parametrize(
+    ("setting", "environ", "files", "message"),
+    [
+        pytest.param(
+            'secret_env = "HOOK"',
+            {},
+            {},
+            "webhooks.secret_env: environment variable HOOK is not set",
+            id="an unset variable",
+        ),
+        pytest.param(
+            'secret_env = "HOOK"',
+            {"HOOK": " \n"},
+            {},
+            "webhooks.secret_env: the secret from env HOOK is empty",
+            id="a blank variable",
+        ),
+        pytest.param(
+            'secret_file = "{dir}/missing.secret"',
+            {},
+            {},
+            "webhooks.secret_file: cannot read {dir}/missing.secret: No such file or directory",
+            id="a missing secret file",
+        ),
+        pytest.param(
+            'secret_file = "{dir}/webhook.secret"',
+            {},
+            {"webhook.secret": "whsec_a"},
+            "webhooks.secret_file: the secret from file {dir}/webhook.secret is not a webhook signing secret "
+            "(expected whsec_ followed by base64, as the OpenAI dashboard shows it)",
+            id="a secret that is not base64",
+        ),
+        pytest.param(
+            'secret_credential = "openai-webhook-secret"',
+            {},
+            {},
+            "webhooks.secret_credential: $CREDENTIALS_DIRECTORY is not set "
+            "(start the service with LoadCredential=openai-webhook-secret:PATH)",
+            id="a credential outside systemd",
+        ),
+        pytest.param(
+            'secret_credential = "openai-webhook-secret"',
+            {"CREDENTIALS_DIRECTORY": "{dir}"},
+            {},
+            "webhooks.secret_credential: cannot read {dir}/openai-webhook-secret: No such file or directory",
+            id="a credential that was not loaded",
+        ),
+    ],
+)
+def test_an_unreadable_webhook_secret_is_a_config_error_that_never_shows_it(tmp_path, setting, environ, files, message):
+    for name, content in files.items():
+        (tmp_path / name).write_text(content)
+    environ = {name: value.format(dir=tmp_path) for name, value in environ.items()}
+    webhooks = parse(f"{LISTEN}[webhooks]\n{setting.format(dir=tmp_path)}").webhooks
+    with pytest.raises(ConfigError) as caught:
+        webhooks.read_secret(environ)
+    assert str(caught.value) == message.format(dir=tmp_path)
+    assert "whsec_a" not in str(caught.value)
+
+
+def test_an_inline_webhook_secret_stops_check_config_and_run_with_78_naming_the_key(tether):
+    tether.write_config()
+    with tether.config_path.open("a") as file:
+        file.write(f'\n{LISTEN}[webhooks]\nsecret = "{WEBHOOK_SECRET}"\n')
+    for command in ("check-config", "run"):
+        result = tether.cli(command)
+        assert result.returncode == 78, result.stdout + result.stderr
+        assert "webhooks.secret: the signing secret never goes in the config file" in result.stderr
+        assert WEBHOOK_SECRET not in result.stdout + result.stderr
+
+
+def test_run_refuses_to_start_with_78_when_the_webhook_secret_cannot_be_read(tether):
+    tether.write_config()
+    with tether.config_path.open("a") as file:
+        file.write(f'\n{LISTEN}[webhooks]\nsecret_env = "TETHER_TEST_WEBHOOK_SECRET"\n')
+    result = tether.cli("run")
+    assert result.returncode == 78, result.stdout + result.stderr
+    assert "webhooks.secret_env: environment variable TETHER_TEST_WEBHOOK_SECRET is not set" in result.stderr
+    checked = tether.ok("check-config")  # check-config warns about it, and passes
+    assert "webhooks.secret_env: environment variable TETHER_TEST_WEBHOOK_SECRET is not set" in checked.stderr
+
+
+def test_webhooks_without_a_listener_stop_check_config_and_run_with_78_naming_webhooks(tether):
+    tether.write_config()
+    with tether.config_path.open("a") as file:
+        file.write('\n[webhooks]\nsecret_env = "TETHER_TEST_WEBHOOK_SECRET"\n')
+    tether.extra_env["TETHER_TEST_WEBHOOK_SECRET"] = WEBHOOK_SECRET
+    for command in ("check-config", "run"):
+        result = tether.cli(command)
+        assert result.returncode == 78, result.stdout + result.stderr
+        assert "webhooks: needs [server] listen" in result.stderr
 
 
 def test_a_key_file_that_is_not_text_is_a_config_error(tmp_path):

@@ -1,13 +1,17 @@
 """The daemon's other doors end to end, through a real `tether run` and its TCP listener,
-against the stand-in API: /metrics scraped as Prometheus does."""
+against the stand-in API: /metrics scraped as Prometheus does, webhooks signed here."""
 
 from __future__ import annotations
+
+import time
+from datetime import datetime
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import Tether, create, wait_for
+from conftest import Tether, create, server_record, wait_for
 from test_server import free_port, with_server
+from test_webhooks import OTHER_KEY, SECRET, event, signed
 
 
 def scrape(base: str) -> dict[str, list]:
@@ -43,3 +47,33 @@ def test_metrics_are_scraped_without_a_token_and_count_what_ls_shows(tether: Tet
     cancels = {s.labels["reason"]: s.value for s in families["tether_cancels"] if s.name == "tether_cancels_total"}
     assert cancels["manual"] == 1
     assert sum(s.value for s in families["tether_responses_active"]) == len(tether.json("ls", "--active")) == 1
+
+
+def test_a_signed_webhook_shows_the_end_within_a_second_and_a_forged_one_changes_nothing(tether: Tether, fake):
+    port = free_port()
+    tether.write_config(polling='first = "10m"\nmax_interval = "10m"\n')  # only webhooks can tell the end
+    with_server(tether, f'listen = "127.0.0.1:{port}"\n\n[webhooks]\nsecret_env = "TETHER_TEST_WEBHOOK_SECRET"\n')
+    tether.extra_env["TETHER_TEST_WEBHOOK_SECRET"] = SECRET
+    tether.start_daemon()
+    url = f"http://127.0.0.1:{port}/webhooks/openai"
+    ending, running = create(fake, fake_run="2"), create(fake, fake_run="600")
+    tether.ok("track", ending, running)
+    assert tether.records()[ending]["status"] == "in_progress"
+    wait_for(lambda: server_record(fake, ending)["status"] == "completed", timeout=30, what="the stand-in's end")
+
+    def gets(rid: str) -> list[dict]:
+        return [c for c in fake.state.calls() if c["route"] == "get" and c["response_id"] == rid]
+
+    assert len(gets(running)) == 1  # the look `tether track` made
+    forged = event(rid=running)
+    refused = httpx.post(url, content=forged, headers=signed(forged, key=OTHER_KEY))
+    assert refused.status_code == 400
+
+    body = event("response.completed", rid=ending)
+    posted_at = time.time()
+    assert httpx.post(url, content=body, headers=signed(body)).status_code == 200
+    shown = wait_for(lambda: (r := tether.json("show", ending))["status"] == "completed" and r, timeout=10,
+                     what="the completion seen")
+    [change] = [e for e in shown["events"] if e["kind"] == "status" and e["to"] == "completed"]
+    assert datetime.fromisoformat(change["at"]).timestamp() - posted_at <= 1.0
+    assert len(gets(running)) == 1  # the forged event made no look

@@ -33,6 +33,8 @@ def run(ctx: typer.Context) -> None:
             if (loose := account.key_file_warning()) is not None:
                 logs.log.warning("config.key_file_readable", error=loose)
         config.server.read_token()
+        if config.webhooks is not None:
+            config.webhooks.read_secret()
     except ConfigError as exc:
         fail(EXIT_CONFIG, f"invalid configuration: {exc}")
     try:
@@ -72,6 +74,11 @@ def check_config(
         accounts.append(
             {"name": account.name, "base_url": account.base_url, "key_source": account.key_source(), "key": key}
         )
+    if config.webhooks is not None:
+        try:
+            config.webhooks.read_secret()
+        except ConfigError as exc:
+            warnings.append(f"warning: {exc} (the daemon will refuse to start without it)")
     policies = [
         {"name": p.name, "match": match_shape(p.match), "max_queued": p.max_queued,
          "max_runtime": p.max_runtime, "action": p.action, "reserve_usd": p.reserve_usd}

@@ -20,6 +20,7 @@ from tether.config.model import (
     Price,
     ServerConfig,
     StoreConfig,
+    WebhooksConfig,
 )
 from tether.config.selectors import Match, parse_match
 from tether.config.values import (
@@ -49,6 +50,7 @@ from tether.config.values import (
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 SYSTEM_CONFIG = Path("/etc/tether/tether.toml")
 _KEY_SOURCES = ("api_key_env", "api_key_file", "api_key_credential")
+_SECRET_SOURCES = ("secret_credential", "secret_env", "secret_file")
 
 
 def default_store_url(environ: Mapping[str, str] | None = None) -> str:
@@ -113,12 +115,14 @@ def parse_config(
 ) -> Config:
     environ = os.environ if environ is None else environ
     check_known(
-        data, "", ("store", "log", "accounts", "polling", "policy", "prices", "service_tiers", "estimate", "budget",
-                  "server")
+        data, "", (
+            "store", "log", "accounts", "polling", "policy", "prices", "service_tiers", "estimate", "budget",
+            "server", "webhooks",
+        ),
     )
     accounts = _parse_accounts(data.get("accounts"), environ)
     estimate = converted(data.get("estimate", {}), "estimate", _ESTIMATE_FIELDS)
-    return Config(
+    config = Config(
         path=path,
         store=_parse_store(data.get("store", {}), environ),
         log=LogConfig(**converted(data.get("log", {}), "log", _LOG_FIELDS)),
@@ -130,7 +134,19 @@ def parse_config(
         output_tokens_per_second=estimate.get("output_tokens_per_second", DEFAULT_OUTPUT_TOKENS_PER_SECOND),
         budgets=_parse_budgets(data.get("budget", []), accounts),
         server=_parse_server(data.get("server", {}), environ),
+        webhooks=_parse_webhooks(data["webhooks"]) if "webhooks" in data else None,
     )
+    _check_doors(config)
+    return config
+
+
+def _check_doors(config: Config) -> None:
+    """What the daemon's doors need of each other's tables."""
+    if config.webhooks is not None and config.server.listen is None:
+        raise ConfigError(
+            "webhooks: needs [server] listen, the TCP listener that serves POST /webhooks/openai "
+            "(without it no event arrives, while polling slows to webhooks.safety_poll)"
+        )
 
 
 def _parse_store(value: Any, environ: Mapping[str, str]) -> StoreConfig:
@@ -168,6 +184,21 @@ def _reject_inline_keys(table: Mapping[str, Any], path: str) -> None:
             raise ConfigError(f"{path}.api_key: {advice}")
         if isinstance(value, str) and value.startswith("sk-"):
             raise ConfigError(f"{path}.{key}: this looks like an API key; {advice}")
+
+
+def _parse_webhooks(value: Any) -> WebhooksConfig:
+    table = as_table(value, "webhooks")
+    if "secret" in table:
+        raise ConfigError(
+            "webhooks.secret: the signing secret never goes in the config file;"
+            " use secret_credential, secret_env or secret_file"
+        )
+    fields = converted(table, "webhooks", _WEBHOOKS_FIELDS)
+    sources = [key for key in _SECRET_SOURCES if key in fields]
+    if len(sources) != 1:
+        found = f" (found {', '.join(sources)})" if sources else ""
+        raise ConfigError(f"webhooks: give exactly one of {', '.join(_SECRET_SOURCES)}{found}")
+    return WebhooksConfig(**fields)
 
 
 def _parse_polling(value: Any) -> PollingConfig:
@@ -318,6 +349,12 @@ _POLLING_FIELDS = {
     "jitter": number_where("a number >= 0 and < 1", lambda x: 0 <= x < 1),
     "confirm_window": parse_duration,
     "lost_after": integer(1),
+}
+_WEBHOOKS_FIELDS = {
+    "secret_credential": credential_name,
+    "secret_env": env_name,
+    "secret_file": absolute_path,
+    "safety_poll": positive_duration,
 }
 _POLICY_FIELDS = {
     "name": check_name,

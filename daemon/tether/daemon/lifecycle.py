@@ -252,6 +252,8 @@ class Daemon:
                     for name, account in config.accounts.items()
                     if state.config.accounts.get(name) != account
                 }
+                if config.webhooks is not None and config.webhooks != state.config.webhooks:
+                    config.webhooks.read_secret()  # as a key: one that cannot be read fails the reload
             except ConfigError as exc:
                 log.error("daemon.reload_failed", error=str(exc), hint="the previous config stays in force")
                 self._reload_note = f"reload FAILED at {time.strftime('%H:%M:%S')}: {exc}; previous config in force"

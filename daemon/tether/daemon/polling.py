@@ -1,5 +1,6 @@
-"""The poll loop: each active response is looked at (GET) on the `[polling]` backoff; a look
-that changes nothing is only counted, and the counts reach the store in batches (`flush`)."""
+"""The poll loop: each active response is looked at (GET) on the `[polling]` backoff (with
+webhooks on, every `[webhooks] safety_poll` after the first polls); a look that changes
+nothing is only counted, and the counts reach the store in batches (`flush`)."""
 
 from __future__ import annotations
 
@@ -149,7 +150,7 @@ class Polling:
     def _next_mark(self, rec: Active, now: float) -> PollMark:
         previous = self.marks.pop(rec.id, None)
         polling = self.state.config.polling
-        rec.interval = next_interval(rec.interval, polling)
+        rec.interval = next_interval(rec.interval, polling, self._safety_poll(rec))
         return PollMark(
             polls=(previous.polls if previous else 0) + 1,
             last_polled_at=now,
@@ -167,6 +168,12 @@ class Polling:
 
     def _reschedule_after_error(self, rec: Active, client: ResponsesClient, now: float) -> None:
         polling = self.state.config.polling
-        rec.interval = next_interval(rec.interval, polling)
+        rec.interval = next_interval(rec.interval, polling, self._safety_poll(rec))
         delay = max(jittered(rec.interval, polling.jitter, self.state.rng), client.pause_remaining())
         rec.next_poll_at = now + delay
+
+    def _safety_poll(self, rec: Active) -> float | None:
+        """`[webhooks] safety_poll` when webhooks are on; None (the plain backoff) when they
+        are off, and in the confirmation window after a cancel, which no webhook shortens."""
+        webhooks = self.state.config.webhooks
+        return webhooks.safety_poll if webhooks is not None and rec.confirm_until is None else None

@@ -4,6 +4,7 @@
   (0750) and file (0660) modes say who may use it.
 - The TCP listener `[server] listen`: the control API only with the bearer token
   (`token_file`, `token_env` or `token_credential`); without one it is not served there.
+  It also serves `POST /webhooks/openai` (tether.webhooks; signed, no token).
 Both answer `/healthz` (the loop runs), `/readyz` (the store answers, the lock is held) and
 `/metrics` (Prometheus scrapes it; no token, like the probes).
 """
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from tether import __version__
+from tether import __version__, webhooks
 from tether.metrics import METRICS, Metrics, metrics_handler
 from tether.server import control, openapi
 from tether.server.front import Front
@@ -114,6 +115,7 @@ class Server:
                 host, port = server.listen
                 app = build_app(self.front, control_api=token is not None, token=token,
                                 metrics=self.front.state.metrics)
+                app.add_routes(webhooks.routes(self.front, self.front.config))
                 try:
                     await self._start(app, lambda runner: web.TCPSite(runner, host, port, reuse_address=True))
                 except OSError as exc:
