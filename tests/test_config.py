@@ -1,4 +1,5 @@
 import dataclasses
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -595,7 +596,7 @@ def test_an_invalid_budget_or_price_is_rejected_with_its_key_path(text, message)
         pytest.param(
             '[budgets]\nname = "b"',
             "budgets: unknown key (known: store, log, accounts, polling, policy, prices, service_tiers, estimate, "
-            "budget)",
+            "budget, proxy)",
             id="an unknown top-level table",
         ),
         pytest.param(
@@ -1136,3 +1137,41 @@ def test_a_key_file_readable_by_group_or_others_is_warned_about(tmp_path, mode, 
     else:
         assert warning is not None and warned in warning and "chmod 600" in warning
         assert "sk-test-value" not in warning
+
+
+# --- [proxy] -------------------------------------------------------------------------------------
+
+
+def test_the_proxy_is_off_by_default_on_the_default_account_passing_the_client_key():
+    assert parse("").proxy == config.ProxyConfig(enabled=False, account="default", key="client", max_body=32 * 1024**2)
+    # Without an account called "default", the first one is the proxy's.
+    assert parse('[accounts.batch]\napi_key_env = "K"').proxy.account == "batch"
+
+
+@pytest.mark.parametrize(
+    ("max_body", "size"),
+    [("16MiB", 16 * 1024**2), ("512KiB", 512 * 1024), ("1GiB", 1024**3), ("100B", 100), ("100", 100), (4096, 4096)],
+)
+def test_every_setting_of_the_proxy_is_read(max_body, size):
+    text = (
+        '[accounts.default]\n[accounts.batch]\napi_key_env = "K"\n'
+        f'[proxy]\nenabled = true\naccount = "batch"\nkey = "account"\nmax_body = {json.dumps(max_body)}'
+    )
+    assert parse(text).proxy == config.ProxyConfig(enabled=True, account="batch", key="account", max_body=size)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('enabled = "yes"', 'proxy.enabled: expected true or false, got "yes"'),
+        ('account = "batch"', 'proxy.account: unknown account "batch" (accounts: default)'),
+        ('account = "a b"', 'proxy.account: invalid name "a b" (use letters, digits, _, - and .)'),
+        ('key = "server"', 'proxy.key: expected one of client, account, got "server"'),
+        ('max_body = "32MB"', 'proxy.max_body: expected a size such as "32MiB", "512KiB" or a number of bytes, got "32MB"'),
+        ("max_body = 0", "proxy.max_body: expected a size of at least 1 byte, got 0"),
+        ("max_body = true", 'proxy.max_body: expected a size such as "32MiB", "512KiB" or a number of bytes, got true'),
+        ('listen = "0.0.0.0:8787"', "proxy.listen: unknown key (known: enabled, account, key, max_body)"),
+    ],
+)
+def test_an_invalid_proxy_setting_is_rejected_with_its_key_path(text, message):
+    assert error_of(f"[proxy]\n{text}") == message

@@ -18,6 +18,7 @@ from tether.config.model import (
     PolicyConfig,
     PollingConfig,
     Price,
+    ProxyConfig,
     StoreConfig,
 )
 from tether.config.selectors import Match, parse_match
@@ -26,6 +27,8 @@ from tether.config.values import (
     ConfigError,
     absolute_path,
     as_table,
+    boolean,
+    byte_size,
     check_known,
     check_name,
     choice,
@@ -112,7 +115,9 @@ def parse_config(
 ) -> Config:
     environ = os.environ if environ is None else environ
     check_known(
-        data, "", ("store", "log", "accounts", "polling", "policy", "prices", "service_tiers", "estimate", "budget")
+        data,
+        "",
+        ("store", "log", "accounts", "polling", "policy", "prices", "service_tiers", "estimate", "budget", "proxy"),
     )
     accounts = _parse_accounts(data.get("accounts"), environ)
     estimate = converted(data.get("estimate", {}), "estimate", _ESTIMATE_FIELDS)
@@ -127,6 +132,7 @@ def parse_config(
         service_tiers=parse_service_tiers(data.get("service_tiers", {}), "service_tiers"),
         output_tokens_per_second=estimate.get("output_tokens_per_second", DEFAULT_OUTPUT_TOKENS_PER_SECOND),
         budgets=_parse_budgets(data.get("budget", []), accounts),
+        proxy=_parse_proxy(data.get("proxy", {}), accounts),
     )
 
 
@@ -225,6 +231,15 @@ def _parse_budgets(value: Any, accounts: Mapping[str, AccountConfig]) -> tuple[B
     return tuple(budgets)
 
 
+def _parse_proxy(value: Any, accounts: Mapping[str, AccountConfig]) -> ProxyConfig:
+    fields = converted(value, "proxy", _PROXY_FIELDS)
+    # Unset, it is the default account: the one called "default", else the first.
+    fields.setdefault("account", "default" if "default" in accounts else next(iter(accounts)))
+    if fields["account"] not in accounts:
+        raise ConfigError(f"proxy.account: unknown account {show(fields['account'])} (accounts: {', '.join(accounts)})")
+    return ProxyConfig(**fields)
+
+
 def parse_prices(value: Any, path: str) -> Mapping[str, Price]:
     """A table of `[MODEL]` tables of USD per 1M tokens (also reads the built-in prices.toml)."""
     prices = {}
@@ -296,4 +311,10 @@ _BUDGET_FIELDS = {
     "timezone": timezone_name,
     "warn_at": fractions,
     "on_exceed": choice("cancel", "warn"),
+}
+_PROXY_FIELDS = {
+    "enabled": boolean,
+    "account": check_name,
+    "key": choice("client", "account"),
+    "max_body": byte_size,
 }
