@@ -350,7 +350,7 @@ async def _relay(
             if events is not None and on_event is not None:
                 response = events.feed(chunk)
                 if response is not None or len(events.buffer) > FIRST_EVENTS_MAX:
-                    pending = asyncio.ensure_future(on_event(response))
+                    pending = asyncio.create_task(on_event(response))
                     events = None
         await reply.write_eof()
         if events is not None and on_event is not None:  # the stream ended without a response object
