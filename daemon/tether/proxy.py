@@ -188,8 +188,9 @@ class Proxy:
         policy = request.headers.get(POLICY_HEADER)
         if policy is not None and self.front.config.policy_named(policy) is None:
             raise Refused(400, f"{POLICY_HEADER}: unknown policy {policy!r}.", "tether_unknown_policy")
-        if policy is None and self.front.config.policy_named(str(metadata.get("tether_policy"))):
-            policy = metadata["tether_policy"]
+        named = metadata.get("tether_policy")
+        if policy is None and isinstance(named, str) and self.front.config.policy_named(named):
+            policy = named  # an unknown name there is left to the rules, as in Config.select_policy
         budget = self.front.budget_refusal(
             account=self.account.name,
             model=fields.get("model") if isinstance(fields.get("model"), str) else None,
