@@ -286,7 +286,13 @@ async def test_hop_by_hop_and_tether_headers_are_removed_both_ways_and_host_is_t
         return web.Response(
             text="{}",
             content_type="application/json",
-            headers={"Connection": "X-Secret-Hop", "X-Secret-Hop": "1", "Proxy-Thing": "1", "X-Kept": "yes"},
+            headers={
+                "Connection": "X-Secret-Hop",
+                "X-Secret-Hop": "1",
+                "Proxy-Thing": "1",
+                "X-Kept": "yes",
+                "Set-Cookie": "session=caller-a; Path=/",
+            },
         )
 
     upstream = web.Application()
@@ -311,12 +317,16 @@ async def test_hop_by_hop_and_tether_headers_are_removed_both_ways_and_host_is_t
                     "OpenAI-Beta": "x",
                 },
             )
+            first = dict(seen)
+            await httpx.AsyncClient().get(f"{base_url}/models")  # another caller, no cookies of its own
             outside = await http.get(f"{base_url}/../admin")
             dotted = await http.get(f"{base_url}/responses/%2e%2e/x")
     finally:
         await runner.cleanup()
-    headers = seen["headers"]
-    assert seen["path"] == "/v1/files?purpose=batch&x=a%26b&y=a%20b" and seen["body"] == b"payload"
+    assert "Cookie" not in seen["headers"] and reply.headers["Set-Cookie"] == "session=caller-a; Path=/"
+    headers = first["headers"]
+    assert seen["path"] == "/v1/models"
+    assert first["path"] == "/v1/files?purpose=batch&x=a%26b&y=a%20b" and first["body"] == b"payload"
     assert headers["Host"] == f"127.0.0.1:{port}" and headers["Authorization"] == "Bearer sk-caller"
     assert headers["OpenAI-Beta"] == "x"
     for gone in ("X-Hop", "Proxy-Authorization", "X-Tether-Label"):

@@ -22,6 +22,7 @@ import asyncio
 import hmac
 import json
 import re
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol
 from urllib.parse import unquote
@@ -106,7 +107,12 @@ class Proxy:
             if self.account.project:
                 self.upstream_auth["OpenAI-Project"] = self.account.project
         # A reply may take minutes to start (a synchronous create): only connecting is timed.
-        self.http = HttpClient(timeout=httpx2.Timeout(None, connect=CONNECT_TIMEOUT), verify=trust_store())
+        # No cookie jar: a cookie the upstream sets for one caller must never go out with another's request.
+        self.http = HttpClient(
+            timeout=httpx2.Timeout(None, connect=CONNECT_TIMEOUT),
+            verify=trust_store(),
+            cookies=CookieJar(DefaultCookiePolicy(allowed_domains=[])),
+        )
 
     def routes(self) -> list[web.RouteDef]:
         return [web.route("*", "/v1/{tail:.*}", self.handle)]
