@@ -1,5 +1,6 @@
 import base64
 import dataclasses
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -596,7 +597,7 @@ def test_an_invalid_budget_or_price_is_rejected_with_its_key_path(text, message)
         pytest.param(
             '[budgets]\nname = "b"',
             "budgets: unknown key (known: store, log, accounts, polling, policy, prices, service_tiers, estimate, "
-            "budget, server, webhooks)",
+            "budget, server, proxy, webhooks)",
             id="an unknown top-level table",
         ),
         pytest.param(
@@ -1403,3 +1404,74 @@ def test_a_token_that_cannot_be_read_stops_the_start_with_exit_78(tmp_path):
                             text=True, timeout=60, env={"PATH": "/usr/bin", "OPENAI_API_KEY": "sk-x-0123456789"})
     assert result.returncode == 78
     assert "server.token_env: environment variable TETHER_NO_TOKEN is not set" in result.stderr
+
+
+# --- [proxy] -------------------------------------------------------------------------------------
+
+
+def test_the_proxy_is_off_by_default_on_the_default_account_passing_the_client_key():
+    assert parse("").proxy == config.ProxyConfig(enabled=False, account="default", key="client", max_body=32 * 1024**2)
+    # Without an account called "default", the first one is the proxy's.
+    assert parse('[accounts.batch]\napi_key_env = "K"').proxy.account == "batch"
+
+
+@pytest.mark.parametrize(
+    ("max_body", "size"),
+    [("16MiB", 16 * 1024**2), ("512KiB", 512 * 1024), ("1GiB", 1024**3), ("100B", 100), ("100", 100), (4096, 4096)],
+)
+def test_every_setting_of_the_proxy_is_read(max_body, size):
+    text = (
+        '[server]\nlisten = "127.0.0.1:8787"\ntoken_env = "T"\n[accounts.default]\n[accounts.batch]\napi_key_env = "K"\n'
+        f'[proxy]\nenabled = true\naccount = "batch"\nkey = "account"\nmax_body = {json.dumps(max_body)}'
+    )
+    assert parse(text).proxy == config.ProxyConfig(enabled=True, account="batch", key="account", max_body=size)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('enabled = "yes"', 'proxy.enabled: expected true or false, got "yes"'),
+        ('account = "batch"', 'proxy.account: unknown account "batch" (accounts: default)'),
+        ('account = "a b"', 'proxy.account: invalid name "a b" (use letters, digits, _, - and .)'),
+        ('key = "server"', 'proxy.key: expected one of client, account, got "server"'),
+        ('max_body = "32MB"', 'proxy.max_body: expected a size such as "32MiB", "512KiB" or a number of bytes, got "32MB"'),
+        ("max_body = 0", "proxy.max_body: expected a size of at least 1 byte, got 0"),
+        ("max_body = true", 'proxy.max_body: expected a size such as "32MiB", "512KiB" or a number of bytes, got true'),
+        ('listen = "0.0.0.0:8787"', "proxy.listen: unknown key (known: enabled, account, key, max_body)"),
+    ],
+)
+def test_an_invalid_proxy_setting_is_rejected_with_its_key_path(text, message):
+    assert error_of(f"[proxy]\n{text}") == message
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[proxy]\nenabled = true", "proxy.enabled: needs [server] listen, the TCP listener that serves /v1/*"),
+        ('[server]\nlisten = "127.0.0.1:8787"\n[proxy]\nenabled = true\nkey = "account"',
+         'proxy.key: "account" needs a server token (server.token_file, token_env or token_credential): '
+         "callers present it instead of an API key"),
+    ],
+)
+def test_a_proxy_without_the_listener_or_token_it_needs_is_rejected(text, message):
+    assert error_of(text) == message
+
+
+def test_a_proxy_whose_key_needs_a_token_stops_run_with_78_naming_proxy_key(tether):
+    tether.write_config()
+    with tether.config_path.open("a") as file:
+        file.write('\n[server]\nlisten = "127.0.0.1:8787"\n[proxy]\nenabled = true\nkey = "account"\n')
+    result = tether.cli("run")
+    assert result.returncode == 78, result.stdout + result.stderr
+    assert 'proxy.key: "account" needs a server token' in result.stderr
+
+
+def test_check_config_warns_when_the_proxy_listens_beyond_loopback(tether):
+    tether.write_config()
+    with tether.config_path.open("a") as file:
+        file.write('\n[server]\nlisten = "0.0.0.0:8787"\n[proxy]\nenabled = true\n')
+    checked = tether.ok("check-config")
+    assert "server.listen (0.0.0.0) is not a loopback address and the proxy is on" in checked.stderr
+    file_text = tether.config_path.read_text().replace("0.0.0.0", "127.0.0.1")
+    tether.config_path.write_text(file_text)
+    assert "not a loopback address" not in tether.ok("check-config").stderr

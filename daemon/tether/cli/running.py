@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -131,11 +132,24 @@ def server_warnings(config: Config) -> list[str]:
         token = server.read_token()
     except ConfigError as exc:
         return [f"warning: {exc} (the daemon will refuse to start without it)"]
+    warnings = []
     if server.listen and token is None:
         host, port = server.listen
-        return [f"warning: server.listen ({host}:{port}) is set without a token (token_file, token_env or "
-                "token_credential): the control API is not served on TCP, only on the socket"]
-    return []
+        warnings.append(f"warning: server.listen ({host}:{port}) is set without a token (token_file, token_env or "
+                        "token_credential): the control API is not served on TCP, only on the socket")
+    if server.listen and config.proxy.enabled and not is_loopback(server.listen[0]):
+        warnings.append(f"warning: server.listen ({server.listen[0]}) is not a loopback address and the proxy is on: "
+                        "other machines reach the proxy over plain HTTP, their keys and the token in clear")
+    return warnings
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere
+        return False
 
 
 def match_shape(match) -> dict[str, Any]:

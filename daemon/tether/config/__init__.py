@@ -28,6 +28,7 @@ from tether.config.model import (
     PolicyConfig,
     PollingConfig,
     Price,
+    ProxyConfig,
     ServerConfig,
     StoreConfig,
     WebhooksConfig,
@@ -37,6 +38,6 @@ from tether.config.values import ConfigError, parse_duration, timezone_named
 
 __all__ = [
     "AccountConfig", "BudgetConfig", "Config", "ConfigError", "LogConfig", "Match", "PolicyConfig", "PollingConfig",
-    "Price", "ServerConfig", "StoreConfig", "WebhooksConfig", "default_store_url", "find_config_path", "load_config",
-    "parse_config", "parse_duration", "parse_prices", "parse_service_tiers", "timezone_named",
+    "Price", "ProxyConfig", "ServerConfig", "StoreConfig", "WebhooksConfig", "default_store_url", "find_config_path",
+    "load_config", "parse_config", "parse_duration", "parse_prices", "parse_service_tiers", "timezone_named",
 ]

@@ -18,6 +18,7 @@ from tether.config.model import (
     PolicyConfig,
     PollingConfig,
     Price,
+    ProxyConfig,
     ServerConfig,
     StoreConfig,
     WebhooksConfig,
@@ -28,6 +29,8 @@ from tether.config.values import (
     ConfigError,
     absolute_path,
     as_table,
+    boolean,
+    byte_size,
     check_known,
     check_name,
     choice,
@@ -117,7 +120,7 @@ def parse_config(
     check_known(
         data, "", (
             "store", "log", "accounts", "polling", "policy", "prices", "service_tiers", "estimate", "budget",
-            "server", "webhooks",
+            "server", "proxy", "webhooks",
         ),
     )
     accounts = _parse_accounts(data.get("accounts"), environ)
@@ -133,6 +136,7 @@ def parse_config(
         service_tiers=parse_service_tiers(data.get("service_tiers", {}), "service_tiers"),
         output_tokens_per_second=estimate.get("output_tokens_per_second", DEFAULT_OUTPUT_TOKENS_PER_SECOND),
         budgets=_parse_budgets(data.get("budget", []), accounts),
+        proxy=_parse_proxy(data.get("proxy", {}), accounts),
         server=_parse_server(data.get("server", {}), environ),
         webhooks=_parse_webhooks(data["webhooks"]) if "webhooks" in data else None,
     )
@@ -142,10 +146,18 @@ def parse_config(
 
 def _check_doors(config: Config) -> None:
     """What the daemon's doors need of each other's tables."""
-    if config.webhooks is not None and config.server.listen is None:
+    server = config.server
+    if config.webhooks is not None and server.listen is None:
         raise ConfigError(
             "webhooks: needs [server] listen, the TCP listener that serves POST /webhooks/openai "
             "(without it no event arrives, while polling slows to webhooks.safety_poll)"
+        )
+    if config.proxy.enabled and server.listen is None:
+        raise ConfigError("proxy.enabled: needs [server] listen, the TCP listener that serves /v1/*")
+    if config.proxy.enabled and config.proxy.key == "account" and not server.has_token:
+        raise ConfigError(
+            'proxy.key: "account" needs a server token (server.token_file, token_env or token_credential): '
+            "callers present it instead of an API key"
         )
 
 
@@ -257,6 +269,15 @@ def _parse_budgets(value: Any, accounts: Mapping[str, AccountConfig]) -> tuple[B
         _check_accounts(budget.match, path, accounts)
         budgets.append(budget)
     return tuple(budgets)
+
+
+def _parse_proxy(value: Any, accounts: Mapping[str, AccountConfig]) -> ProxyConfig:
+    fields = converted(value, "proxy", _PROXY_FIELDS)
+    # Unset, it is the default account: the one called "default", else the first.
+    fields.setdefault("account", "default" if "default" in accounts else next(iter(accounts)))
+    if fields["account"] not in accounts:
+        raise ConfigError(f"proxy.account: unknown account {show(fields['account'])} (accounts: {', '.join(accounts)})")
+    return ProxyConfig(**fields)
 
 
 # ---- [server] -------------------------------------------------------------------
@@ -386,4 +407,10 @@ _BUDGET_FIELDS = {
     "timezone": timezone_name,
     "warn_at": fractions,
     "on_exceed": choice("cancel", "warn"),
+}
+_PROXY_FIELDS = {
+    "enabled": boolean,
+    "account": check_name,
+    "key": choice("client", "account"),
+    "max_body": byte_size,
 }

@@ -223,6 +223,22 @@ class LogConfig:
     stats_interval: float = 60.0  # tether extension: a `daemon.stats` line this often; 0 = never
 
 
+DEFAULT_MAX_BODY = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """The OpenAI-compatible proxy (`/v1/...` on the daemon's TCP listener): the one upstream is
+    `account`'s base_url; `key` says whose key goes upstream ("client": the caller's
+    Authorization passes through; "account": callers present the server token, tether sends
+    the account's key)."""
+
+    enabled: bool = False
+    account: str = "default"  # the loader puts the default account here when the file names none
+    key: Literal["client", "account"] = "client"
+    max_body: int = DEFAULT_MAX_BODY  # bytes; a longer request body is refused with 413
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """The daemon's HTTP doors: a Unix socket (control API, guarded by its file modes) and an
@@ -276,6 +292,7 @@ class Config:
     service_tiers: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     output_tokens_per_second: float = DEFAULT_OUTPUT_TOKENS_PER_SECOND
     budgets: tuple[BudgetConfig, ...] = ()
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     webhooks: WebhooksConfig | None = None  # None: no [webhooks] table, the route is not served
 

@@ -4,7 +4,8 @@
   (0750) and file (0660) modes say who may use it.
 - The TCP listener `[server] listen`: the control API only with the bearer token
   (`token_file`, `token_env` or `token_credential`); without one it is not served there.
-  It also serves `POST /webhooks/openai` (tether.webhooks; signed, no token).
+  It also serves `POST /webhooks/openai` (tether.webhooks; signed, no token) and, with
+  `[proxy] enabled`, the OpenAI-compatible proxy `/v1/*` (tether.proxy; its own auth).
 Both answer `/healthz` (the loop runs), `/readyz` (the store answers, the lock is held) and
 `/metrics` (Prometheus scrapes it; no token, like the probes).
 """
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from tether import __version__, webhooks
+from tether.proxy import Proxy
 from tether.metrics import METRICS, Metrics, metrics_handler
 from tether.server import control, openapi
 from tether.server.front import Front
@@ -99,6 +101,7 @@ class Server:
     def __init__(self, daemon: Daemon) -> None:
         self.front = Front(daemon)
         self.runners: list[web.AppRunner] = []
+        self.proxy: Proxy | None = None
         self.socket_path: str | None = None
         self._socket_id: tuple[int, int] | None = None
 
@@ -116,6 +119,9 @@ class Server:
                 app = build_app(self.front, control_api=token is not None, token=token,
                                 metrics=self.front.state.metrics)
                 app.add_routes(webhooks.routes(self.front, self.front.config))
+                if self.front.config.proxy.enabled:
+                    self.proxy = Proxy(self.front, self.front.config, token)
+                    app.add_routes(self.proxy.routes())
                 try:
                     await self._start(app, lambda runner: web.TCPSite(runner, host, port, reuse_address=True))
                 except OSError as exc:
@@ -144,6 +150,9 @@ class Server:
         for runner in self.runners:
             await runner.cleanup()
         self.runners.clear()
+        if self.proxy is not None:
+            await self.proxy.close()
+            self.proxy = None
         if self.socket_path is not None:
             try:
                 info = os.stat(self.socket_path)
