@@ -1,5 +1,6 @@
 """The daemon's other doors end to end, through a real `tether run` and its TCP listener,
-against the stand-in API: /metrics scraped as Prometheus does, webhooks signed here."""
+against the stand-in API: /metrics scraped as Prometheus does, webhooks signed here, the
+official openai SDK through the proxy."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import time
 from datetime import datetime
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import Tether, create, server_record, wait_for
+from conftest import API_KEY, FAST_POLLING, Tether, create, server_record, wait_for
 from test_server import free_port, with_server
 from test_webhooks import OTHER_KEY, SECRET, event, signed
 
@@ -77,3 +79,49 @@ def test_a_signed_webhook_shows_the_end_within_a_second_and_a_forged_one_changes
     [change] = [e for e in shown["events"] if e["kind"] == "status" and e["to"] == "completed"]
     assert datetime.fromisoformat(change["at"]).timestamp() - posted_at <= 1.0
     assert len(gets(running)) == 1  # the forged event made no look
+
+
+def with_proxy(tether: Tether, policies: str = "", polling: str = FAST_POLLING) -> str:
+    """A config whose TCP listener serves the proxy (the caller's key passes through); its base URL."""
+    port = free_port()
+    tether.write_config(policies=policies, polling=polling)
+    with_server(tether, f'listen = "127.0.0.1:{port}"\n\n[proxy]\nenabled = true\n')
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def test_the_sdk_through_the_proxy_is_tracked_at_once_and_cancelled_by_its_policy(tether: Tether, fake):
+    import openai
+
+    # The first poll 5 s after tracking: any GET before it would be the tracking's own.
+    base_url = with_proxy(tether, '[[policy]]\nname = "short"\nmax_runtime = "2s"\n',
+                          polling='first = "5s"\nmax_interval = "5s"\n')
+    tether.start_daemon()
+    client = openai.OpenAI(base_url=base_url, api_key=API_KEY, max_retries=0)
+    created = client.responses.create(model="o3-pro", input="hi", background=True, metadata={"fake_run": "600"})
+    calls = fake.state.calls()
+    assert [c["route"] for c in calls] == ["create"]  # tracked from the created object: no GET
+    assert tether.records()[created.id]["policy"] == "short"  # and tracked before the SDK returned
+    wait_for(lambda: server_record(fake, created.id)["cancels"], timeout=30, what="the policy's cancel")
+    assert wait_for(lambda: tether.records()[created.id]["cancel_reason"], timeout=30) == "max_runtime"
+
+
+def test_the_async_sdk_through_the_proxy_is_tracked_and_a_budget_refusal_is_a_rate_limit_error(tether: Tether, fake):
+    import asyncio
+
+    import openai
+
+    budget = '[[budget]]\nname = "team-x"\nmatch = { metadata = { team = "x" } }\nlimit_usd = 1.0\nperiod = "day"\n'
+    base_url = with_proxy(tether, budget)
+    tether.start_daemon()
+
+    async def create(**metadata: str):
+        async with openai.AsyncOpenAI(base_url=base_url, api_key=API_KEY, max_retries=0) as client:
+            return await client.responses.create(model="o3-pro", input="hi", background=True,
+                                                 max_output_tokens=100_000, metadata=metadata)
+
+    created = asyncio.run(create(team="y", fake_run="600"))
+    assert created.id in tether.records()
+    with pytest.raises(openai.RateLimitError) as caught:
+        asyncio.run(create(team="x"))
+    assert "team-x" in caught.value.message
+    assert fake.state.requests.get("create", 0) == 1  # the refused one never went upstream
