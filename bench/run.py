@@ -22,6 +22,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -229,9 +231,14 @@ def run_json(cmd: list[str], timeout: float = 600) -> dict[str, Any]:
 # ---- deadline precision --------------------------------------------------------------
 
 
-def deadline(work: Path, active: int, spread: float, lead: float) -> dict[str, Any]:
+def deadline(work: Path, active: int, spread: float, lead: float, config: str = "",
+             during: Callable[[Stand, Tether, float], AbstractContextManager[dict[str, Any]]] | None = None,
+             ) -> dict[str, Any]:
     """`active` responses whose max_runtime deadlines fall within `spread` seconds, while all of
-    them are polled (60 s steady-state interval) and cancelled ones are confirmed."""
+    them are polled (60 s steady-state interval) and cancelled ones are confirmed. `config` is
+    added to the daemon's config; `during(stand, tether, until)` is entered once the daemon has
+    started and left when the window is over (other traffic, e.g. bench.front_load): what it
+    yields is the result's "during"."""
     rng = random.Random(3)
     window_start = time.time() + lead
     with Stand() as stand:
@@ -241,7 +248,8 @@ def deadline(work: Path, active: int, spread: float, lead: float) -> dict[str, A
             created_at=lambda i: window_start - DEADLINE_AFTER + rng.uniform(0, spread),
             metadata=lambda i: {"fake_run": f"{LONG_RUN:g}"},
         )
-        t = Tether(work / "deadline", stand.base_url, polling=Polling(), policies=DEADLINE_POLICY, stats_interval=10)
+        t = Tether(work / "deadline", stand.base_url, polling=Polling(), policies=DEADLINE_POLICY + config,
+                   stats_interval=10)
         try:
             t.track(records)
             t.spread([r.id for r in records], start=time.time(), interval=60.0)
@@ -250,8 +258,10 @@ def deadline(work: Path, active: int, spread: float, lead: float) -> dict[str, A
             t.start()
             if time.time() > window_start - 5:
                 raise RuntimeError("the daemon started too late for the deadline window; raise the lead")
-            cpu0, gets0, w0, others = t.cpu(), stand.requests() + stand.requests("cancel"), time.time(), Others(t.pid)
-            time.sleep(max(0.0, window_start + spread + 5 - time.time()))
+            until = window_start + spread + 5
+            with during(stand, t, until) if during else nullcontext({}) as alongside:
+                cpu0, gets0, w0, others = t.cpu(), stand.requests() + stand.requests("cancel"), time.time(), Others(t.pid)
+                time.sleep(max(0.0, until - time.time()))
             cpu1, gets1, elapsed = t.cpu(), stand.requests() + stand.requests("cancel"), time.time() - w0
             others_cores = others.cores()
             memory = t.memory()
@@ -292,6 +302,7 @@ def deadline(work: Path, active: int, spread: float, lead: float) -> dict[str, A
         "others_cores": others_cores,
         "gets_per_second": (gets1 - gets0) / elapsed,
         "peak_rss_mb": memory.get("VmHWM"),
+        **({"during": alongside} if during else {}),
     }
 
 
