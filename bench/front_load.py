@@ -133,14 +133,14 @@ def table(results: dict[str, Any]) -> str:
     q, l_ = results["quiet"], results["loaded"]
     traffic_ = l_["during"]
     lines = [
-        "| deadline run | p50 ms | p99 ms | max ms | missing | cancels |",
-        "|---|---|---|---|---|---|",
+        "| deadline run | p50 ms | p99 ms | max ms | missing | cancels | daemon CPU | others' CPU |",
+        "|---|---|---|---|---|---|---|---|",
         (f"| no traffic | {ms(q['lag']['p50'])} | {ms(q['lag']['p99'])} | {ms(q['lag']['max'])} | {q['missing']} "
-         f"| {q['cancels_seen_by_server']} |"),
+         f"| {q['cancels_seen_by_server']} | {q['cpu_share']:.2f} | {q['others_cores']:.2f} |"),
         (f"| 200 creates/s + 20 ls/s | {ms(l_['lag']['p50'])} | {ms(l_['lag']['p99'])} | {ms(l_['lag']['max'])} "
-         f"| {l_['missing']} | {l_['cancels_seen_by_server']} |"),
+         f"| {l_['missing']} | {l_['cancels_seen_by_server']} | {l_['cpu_share']:.2f} | {l_['others_cores']:.2f} |"),
         (f"| ratio (target ≤ 2×) | {l_['lag']['p50'] / q['lag']['p50']:.2f}× | {results['p99_ratio']:.2f}× "
-         f"| {l_['lag']['max'] / q['lag']['max']:.2f}× | | |"),
+         f"| {l_['lag']['max'] / q['lag']['max']:.2f}× | | | | |"),
         "",
         "| during the loaded run | n | p50 ms | p99 ms | max ms | errors | skipped |",
         "|---|---|---|---|---|---|---|",
