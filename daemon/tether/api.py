@@ -169,10 +169,12 @@ class ResponsesClient:
         if account.project:
             headers["OpenAI-Project"] = account.project
         connections = account.max_concurrency + priority_slots
+        # Requests name their whole URL: httpx2 joins a relative one to its base_url by parsing
+        # two URLs (50 µs a request against 35 µs for one whole URL).
+        self._base = account.base_url.rstrip("/") + "/"
         self._unusable: str | None = None
         try:
             self._http = HttpClient(
-                base_url=account.base_url.rstrip("/") + "/",
                 headers=headers,
                 timeout=httpx2.Timeout(
                     account.request_timeout, connect=min(CONNECT_TIMEOUT, account.request_timeout / 2)
@@ -260,7 +262,7 @@ class ResponsesClient:
         """One request; its reply read up to max_reply_bytes (decoded), longer ones refused."""
         data = json.dumps(body).encode() if body is not None else None
         request = self._http.build_request(
-            method, path, content=data, headers={"Content-Type": "application/json"} if data is not None else None
+            method, self._base + path, content=data, headers={"Content-Type": "application/json"} if data is not None else None
         )
         response = await self._http.send(request, stream=True)
         try:
