@@ -499,7 +499,9 @@ class Daemon:
                 if rec is None or rec.queued_poll != due:
                     continue  # superseded by a later schedule
                 rec.queued_poll = None
-                if rec.polling:
+                if rec.polling or rec.enforcing:
+                    # A deadline or cancel being acted on looks itself or gets the status in the
+                    # cancel's answer; it schedules the next poll when it is done (`_schedule`).
                     continue
                 await self._poll_slots.acquire()
                 self.stats.poll(self.clock() - due)
@@ -727,29 +729,40 @@ class Daemon:
             self._schedule(rec)
 
     async def _send_cancels(self, recs: list[Active], op: str) -> None:
-        """Send the cancels at once (polls held back meanwhile), then record their answers in
-        one transaction."""
+        """Send the cancels at once (polls held back meanwhile), then record their answers and
+        their transient failures in one transaction."""
         with self._polls_held():
             replies = await asyncio.gather(*(self._cancel_one(rec) for rec in recs), return_exceptions=True)
         answered: list[tuple[Active, dict[str, Any] | None, str, float]] = []
+        failed: list[tuple[Active, APIError]] = []
         for rec, reply in zip(recs, replies):
-            if isinstance(reply, BaseException):
+            if isinstance(reply, APIError):
+                failed.append((rec, reply))
+            elif isinstance(reply, BaseException):
                 if not isinstance(reply, (StoreFailure, asyncio.CancelledError)):  # those stop the daemon
                     self._cancel_broke(rec, op, reply)
             elif reply is not None:
                 answered.append((rec, *reply))
-        if not answered:
+        if not (answered or failed):
             return
         try:
-            rows = await self._store(self._write_cancels_settled, [(rec.id, *answer) for rec, *answer in answered])
+            rows, failed_rows = await self._store(
+                self._write_cancels_settled,
+                [(rec.id, *answer) for rec, *answer in answered],
+                [(rec.id, exc) for rec, exc in failed],
+            )
         except StoreFailure:
             return
         except Exception as exc:
-            for rec, *_ in answered:
+            for rec in [rec for rec, *_ in answered] + [rec for rec, _ in failed]:
                 self._cancel_broke(rec, op, exc)
             return
         for (rec, *_), row in zip(answered, rows):
             self._after_cancel(rec, row)
+        for (rec, exc), row in zip(failed, failed_rows):
+            if row is not None:
+                rec.refresh(row)
+            rec.next_cancel_at = self._retry_at(rec, rec.cancel_attempts, exc.retry_after)
 
     @contextmanager
     def _polls_held(self) -> Iterator[None]:
@@ -774,10 +787,10 @@ class Daemon:
         log.error("daemon.error", response_id=rec.id, op=op, error=repr(exc))
         rec.next_cancel_at = self.clock() + self.config.polling.max_interval
 
-    async def _cancel_one(self, rec: Active) -> tuple[dict[str, Any] | None, str, float] | None:
+    async def _cancel_one(self, rec: Active) -> tuple[dict[str, Any] | None, str, float] | APIError | None:
         """Call cancel; returns (what was seen, reason, when it was asked) to record as the
-        answer, or None when there is no answer (the failure is recorded here and a retry is
-        scheduled)."""
+        answer, a transient failure to record (and retry), or None when there is nothing to
+        record (a 404, recorded here)."""
         client = self.clients[rec.account]
         now = self.clock()
         if rec.status in TERMINAL:  # it ended on its own while the cancel was pending
@@ -794,10 +807,7 @@ class Daemon:
             return await self._look_after_refusal(rec, client), "poll", now
         except APIError as exc:
             self._api_error(rec, "cancel", exc)
-            row = await self._store(self._write_cancel_failed, rec.id, exc, True)
-            if row is not None:
-                rec.refresh(row)
-            rec.next_cancel_at = self._retry_at(rec, rec.cancel_attempts, exc.retry_after)
+            return exc  # recorded with the burst's answers (`_send_cancels`)
         return None
 
     async def _look_after_refusal(self, rec: Active, client: ResponsesClient) -> dict[str, Any] | None:
@@ -893,12 +903,17 @@ class Daemon:
             return row
 
     def _write_cancels_settled(
-        self, items: list[tuple[str, dict[str, Any] | None, str, float]]
-    ) -> list[Response | None]:
-        """Record the answers to cancels: (id, what was seen, reason, when it was asked) each."""
+        self, items: list[tuple[str, dict[str, Any] | None, str, float]], failed: list[tuple[str, APIError]]
+    ) -> tuple[list[Response | None], list[Response | None]]:
+        """Record the answers to cancels, (id, what was seen, reason, when it was asked) each,
+        and the cancels that failed and will be retried, (id, error) each; returns their rows."""
         with tracker.recording(self.store, "daemon", self.clock()) as rec:
             ids = [rid for rid, *_ in items]
-            rows = rows_by_id(rec.session, ids)
+            failed_ids = [rid for rid, _ in failed]
+            rows = rows_by_id(rec.session, ids + failed_ids)
+            for rid, exc in failed:
+                if (row := rows.get(rid)) is not None:
+                    tracker.cancel_failed(rec, row, http_status=exc.status, error=exc.message, retry=True)
             for rid, observed, reason, asked_at in items:
                 row = rows.get(rid)
                 if row is None:
@@ -912,7 +927,7 @@ class Daemon:
                 # `completed`) start at an eighth of the window and back off, ~4 in all.
                 row.poll_interval = self.config.polling.confirm_window / CONFIRM_POLLS_FROM
                 row.next_poll_at = rec.now + row.poll_interval
-            return [rows.get(rid) for rid in ids]
+            return [rows.get(rid) for rid in ids], [rows.get(rid) for rid in failed_ids]
 
     def _write_marks(self, marks: dict[str, PollMark], confirmed: dict[str, float]) -> None:
         table = Response.__table__
