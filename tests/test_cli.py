@@ -8,10 +8,12 @@ Most tests need no daemon: the CLI reads and writes the store itself.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +128,22 @@ def events(tether: Tether, *args: str) -> list[dict]:
 
 def no_traceback(result: subprocess.CompletedProcess) -> bool:
     return "Traceback" not in result.stderr and "Traceback" not in result.stdout
+
+
+STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[.\d]*Z")
+
+
+def track_at(tether: Tether, rid: str, at: float) -> None:
+    """Track `rid` with tether's own code as if at `at`: an event written after later ones."""
+    from tether import tracker
+    from tether.config import load_config
+    from tether.pricing import Pricing
+    from tether.store import Store
+
+    config = load_config(str(tether.config_path), environ=tether.env)
+    with tracker.recording(Store(config.store.url), "cli", at) as rec:
+        tracker.track(rec, config, Pricing.from_config(config), response_id=rid, account="default",
+                      observed=None, policy_requested=None, labels={})
 
 
 # ---- track -------------------------------------------------------------------------------
@@ -349,6 +367,26 @@ def test_ls_filters_by_status_activity_and_policy(tether, fake):
         assert {r["id"] for r in json.loads(result.stdout)} == expected, query
 
 
+def test_ls_with_an_unknown_policy_exits_2_like_track_listing_the_known_ones(tether, fake):
+    tether.write_config(POLICIES)
+    tether.ok("track", "resp_alpha", "--no-verify", "--policy", "alpha")
+    result = tether.cli("ls", "--policy", "nosuch")
+    assert result.returncode == 2, result.stderr
+    assert "nosuch" in result.stderr and "alpha" in result.stderr and "beta" in result.stderr
+    assert result.stdout == "" and no_traceback(result)
+
+
+def test_ls_still_selects_by_a_policy_removed_from_the_config_that_stored_responses_carry(tether, fake):
+    tether.write_config(POLICIES)
+    tether.ok("track", "resp_alpha", "--no-verify", "--policy", "alpha")
+    tether.write_config('[[policy]]\nname = "beta"\nmax_runtime = "2h"\n')  # alpha is gone
+    assert [r["id"] for r in tether.json("ls", "--policy", "alpha")] == ["resp_alpha"]
+    assert tether.json("ls", "--policy", "beta") == []
+    result = tether.cli("ls", "--policy", "gamma")
+    assert result.returncode == 2, result.stderr
+    assert "beta" in result.stderr and "alpha" in result.stderr, "both the configured and the stored names"
+
+
 def test_ls_with_an_unknown_status_exits_2_listing_the_valid_ones(tether, fake):
     result = tether.cli("ls", "--status", "running")
     assert result.returncode == 2, result.stderr
@@ -377,15 +415,45 @@ def test_show_of_an_unknown_id_exits_3_and_of_a_malformed_one_2(tether, fake, ri
     assert rid in result.stderr and result.stdout == ""
 
 
-def test_show_prints_labels_literally_even_when_they_look_like_markup(tether, fake):
-    tether.ok("track", "resp_markup", "--no-verify", "--label", "a=[/]", "--label", "b=[red]x")
+def test_show_prints_labels_literally_even_when_they_look_like_markup_or_emoji_codes(tether, fake):
+    tether.ok("track", "resp_markup", "--no-verify", "--label", "a=[/]", "--label", "b=[red]x", "--label", "c=:smile:")
     result = tether.cli("show", "resp_markup")
     assert result.returncode == 0, result.stderr[-500:]
     assert no_traceback(result)
-    assert "[/]" in result.stdout and "[red]x" in result.stdout
+    [labels] = [line.split(None, 1)[1] for line in result.stdout.splitlines() if line.strip().startswith("labels ")]
+    assert labels.strip() == "a=[/], b=[red]x, c=:smile:"
+
+
+def test_show_prints_money_labels_and_times_as_people_read_them(tether, fake):
+    rid = create(fake, fake_run="0")
+    tether.ok("track", rid, "--label", "job=42", "--label", "team=search")
+    cost = tether.json("show", rid)["cost_usd"]
+    assert cost is not None, "the stand-in's usage should give a finished response a cost"
+    text = tether.ok("show", rid).stdout
+    fields = dict(line.strip().split(None, 1) for line in text.split("\n\n")[0].splitlines())
+    assert fields["id"] == rid
+    assert fields["labels"] == "job=42, team=search"
+    assert re.fullmatch(r"\$[\d,]+\.(\d{4}|\d{2})", fields["cost"]), fields["cost"]
+    assert float(fields["cost"].lstrip("$").replace(",", "")) == pytest.approx(cost, abs=0.00005 if cost < 1 else 0.005)
+    assert "cost_usd" not in fields and "cost_estimated" not in fields
+    assert "True" not in text and "False" not in text and "{" not in text
+    stamps = STAMP.findall(text)
+    assert stamps and {len(s) for s in stamps} == {len("2026-01-01T00:00:00.000Z")}, stamps
+    assert rid in tether.ok("ls").stdout, "ls prints ids whole"
 
 
 # ---- log ---------------------------------------------------------------------------------
+
+
+def test_log_prints_events_in_time_order_in_one_time_width_with_labels_as_pairs(tether, fake):
+    tether.ok("track", "resp_written_first", "--no-verify", "--label", "job=42", "--label", "team=search")
+    track_at(tether, "resp_written_later", float(int(time.time()) - 60))  # a whole second, a minute ago
+    assert [e["response_id"] for e in events(tether)] == ["resp_written_later", "resp_written_first"]
+    lines = tether.ok("log").stdout.splitlines()
+    assert [line.split()[1] for line in lines] == ["resp_written_later", "resp_written_first"]
+    assert {len(line.split()[0]) for line in lines} == {len("2026-01-01T00:00:00.000Z")}, lines
+    assert all(STAMP.fullmatch(line.split()[0]) for line in lines), lines
+    assert "labels=(job=42, team=search)" in lines[1] and "{" not in lines[1]
 
 
 def test_log_json_prints_one_event_per_line_oldest_first(tether, fake):
@@ -507,6 +575,12 @@ def test_cancel_of_an_untracked_id_exits_3_and_sends_nothing(tether, fake):
 
 
 # ---- check-config ------------------------------------------------------------------------
+
+
+def test_help_names_the_config_option_a_path(tether):
+    result = run(tether, "--help")
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"--config PATH\s", result.stdout), result.stdout
 
 
 def test_the_repository_example_config_passes_check_config(tether):

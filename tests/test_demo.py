@@ -34,6 +34,14 @@ def test_the_demo_runs_to_completion_and_leaves_nothing_running(tmp_path: Path):
     assert "daemon stopped with exit code 0" in out
     assert re.search(r"^cost: \$[\d.,]+ for 8 responses at o3-pro prices \(2 estimated", out, re.MULTILINE), out[-800:]
 
+    history = out[out.index("\nevent history\n"):out.index("\nsummary ")].strip().splitlines()[1:]
+    stamps = [line.split()[0] for line in history]
+    assert len(history) >= 8 * 3, history  # each response: tracked, a status or two, finished
+    assert {len(s) for s in stamps} == {len("2026-01-01T00:00:00.000Z")}, stamps
+    assert stamps == sorted(stamps), "the history is in time order"
+    ids = set(re.findall(r"\bresp_\w+", out))
+    assert len(ids) == 8 and {len(i) for i in ids} == {len("resp_") + 50}, ids  # whole, as the stand-in makes them
+
     folder = Path(re.search(r"kept the demo's files in (\S+)", out).group(1))
     lock = os.open(folder / "tether.db.lock", os.O_RDWR)
     try:

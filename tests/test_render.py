@@ -6,10 +6,23 @@ import json
 from datetime import datetime
 
 import pytest
+from rich.console import Console
 
 from tether.config import parse_duration
 from tether.models import Event, Response
-from tether.render import dumps, duration, event, iso, record
+from tether.render import (
+    dumps,
+    duration,
+    event,
+    event_line,
+    human,
+    iso,
+    record,
+    response_table,
+    responses_table,
+    stamp,
+    usd,
+)
 
 T0 = 1_795_636_800.0  # 2026-11-25T20:00:00Z
 
@@ -296,3 +309,82 @@ def test_an_event_is_one_json_line():
     text = dumps(event(ev))
     assert "\n" not in text
     assert json.loads(text)["detail"] == {"note": "a\nb"}
+
+
+# --- human renderings --------------------------------------------------------------------------
+
+LONG_ID = "resp_" + "0123456789abcdef" * 3  # as long as the API's ids (53 characters)
+
+
+def rendered(renderable, width: int = 200) -> str:
+    console = Console(width=width, color_system=None, markup=False, highlight=False)
+    with console.capture() as captured:
+        console.print(renderable)
+    return captured.get()
+
+
+@pytest.mark.parametrize("at", [T0, T0 + 0.5, T0 + 1.204, T0 + 59.999, 0, 1.0e9 + 0.123])
+def test_a_human_timestamp_has_one_width_with_or_without_a_fraction(at):
+    text = stamp(at)
+    assert len(text) == len("2026-11-25T20:00:00.000Z") and text.endswith("Z")
+    assert datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() == pytest.approx(at, abs=0.001)
+
+
+@pytest.mark.parametrize(
+    ("amount", "estimated", "expected"),
+    [
+        pytest.param(0.15119740104675292, False, "$0.1512", id="below a dollar: 4 decimals"),
+        pytest.param(0.15119740104675292, True, "$0.1512 (estimated)", id="estimated says so in words"),
+        pytest.param(12.5, False, "$12.50", id="a dollar or more: to the cent"),
+        pytest.param(1234.5, True, "$1,234.50 (estimated)", id="thousands are grouped"),
+        pytest.param(0.0, False, "$0.0000", id="nothing spent"),
+        pytest.param(None, False, "-", id="no cost known"),
+    ],
+)
+def test_money_is_written_as_people_write_it(amount, estimated, expected):
+    assert usd(amount, estimated) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param(True, "yes", id="true"),
+        pytest.param(False, "no", id="false"),
+        pytest.param({"job": "42", "team": "search"}, "job=42, team=search", id="labels"),
+        pytest.param({"input_tokens": 10, "details": {"reasoning": 4}}, "input_tokens=10, details=(reasoning=4)", id="nested"),
+        pytest.param({}, "-", id="no labels"),
+        pytest.param(None, "-", id="null"),
+        pytest.param(["max_queued", "max_runtime"], "max_queued, max_runtime", id="a list"),
+        pytest.param(7, "7", id="a number"),
+    ],
+)
+def test_human_values_are_yes_no_and_key_value_pairs(value, expected):
+    assert human(value) == expected
+
+
+def test_show_prints_money_booleans_labels_and_times_for_people():
+    row = full_response()
+    row.cost_usd, row.cost_estimated = 0.15119740104675292, True
+    row.usage = {"input_tokens": 100, "output_tokens": 2000}
+    lines = dict(line.strip().split(None, 1) for line in rendered(response_table(row)).splitlines() if line.strip())
+    assert lines["cost"] == "$0.1512 (estimated)"
+    assert "cost_estimated" not in lines and "cost_usd" not in lines
+    assert lines["labels"] == "job=42" and lines["metadata"] == "team=search"
+    assert lines["usage"] == "input_tokens=100, output_tokens=2000"
+    assert lines["created_at"] == "2026-11-25T20:00:00.000Z" and lines["tracked_at"] == "2026-11-25T20:00:01.204Z"
+    assert lines["cancel_requested_at"] == "-"
+
+
+def test_an_event_line_has_a_fixed_width_time_and_labels_as_pairs():
+    ev = Event(at=T0, response_id="resp_abc123", kind="tracked", to_status="queued",
+               detail={"account": "default", "policy": None, "labels": {"job": "42", "team": "search"}})
+    line = event_line(ev).plain
+    assert line.startswith("2026-11-25T20:00:00.000Z  resp_abc123  tracked")
+    assert "account=default, labels=(job=42, team=search)" in line
+    assert "{" not in line and "policy" not in line
+
+
+def test_the_responses_table_prints_every_id_whole_even_on_a_narrow_terminal():
+    rows = [Response(id=LONG_ID[:-1] + str(i), account="default", tracked_at=T0, status="queued") for i in range(3)]
+    text = rendered(responses_table(rows, T0 + 60), width=80)
+    assert all(row.id in text for row in rows), text

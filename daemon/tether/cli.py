@@ -6,30 +6,27 @@ input · 3 not found · 78 invalid configuration. Data goes to stdout, messages 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import islice
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
-from sqlalchemy import select
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from tether import accounting, logs, render, tracker
-from tether.api import APIError, NotFound, RequestRejected, ResponsesClient, TransientError
+from tether import render
 from tether.config import Config, ConfigError, load_config, parse_duration
 from tether.ids import valid_id
-from tether.models import TERMINAL, Event, Heartbeat, Response, is_active
-from tether.pricing import Pricing
-from tether.store import Store, StoreError, sqlite_path, write_problem
 
+if TYPE_CHECKING:
+    from tether.api import ResponsesClient
+    from tether.models import Event, Response
+    from tether.store import Store
 
 EXIT_FAILURE, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_CONFIG = 1, 2, 3, 78
 HEARTBEAT_STALE = 30.0  # seconds without a heartbeat before `tether check` fails
@@ -45,10 +42,12 @@ app = typer.Typer(
 db_app = typer.Typer(help="Store maintenance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
-# markup=False: response metadata, labels and config values are data, never rich markup.
+# markup=False, emoji=False: response metadata, labels and config values are data, never
+# rich markup or :emoji: codes.
 # Off a terminal (a pipe, a log) tables get room instead of rich's 80-column default.
-out = Console(soft_wrap=True, markup=False, highlight=False, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, soft_wrap=True, markup=False, highlight=False, width=None if sys.stderr.isatty() else 200)
+out = Console(soft_wrap=True, markup=False, emoji=False, highlight=False, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, soft_wrap=True, markup=False, emoji=False, highlight=False,
+              width=None if sys.stderr.isatty() else 200)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
@@ -64,6 +63,8 @@ class Context:
             fail(EXIT_CONFIG, f"invalid configuration: {exc}")
 
     def store(self, config: Config) -> Store:
+        from tether.store import Store, StoreError
+
         try:
             store = Store(config.store.url)
             store.ensure_schema()
@@ -80,11 +81,18 @@ def fail(code: int, message: str) -> typer.Exit:
 @app.callback()
 def main_options(
     ctx: typer.Context,
-    config: Annotated[str | None, typer.Option("--config", help="Config file (else $TETHER_CONFIG, ./tether.toml, …).")] = None,
+    config: Annotated[
+        str | None, typer.Option("--config", metavar="PATH", help="Config file (else $TETHER_CONFIG, ./tether.toml, …).")
+    ] = None,
 ) -> None:
     ctx.obj = Context(config)
-    # The CLI's event lines reach the daemon's log when it picks the events up (at its
-    # next start if it is not running); the CLI itself speaks through its messages.
+
+
+def quiet_logs() -> None:
+    """The CLI's event lines reach the daemon's log when it picks the events up (at its
+    next start if it is not running); the CLI itself speaks through its messages."""
+    from tether import logs
+
     logs.configure("console", "error")
 
 
@@ -94,8 +102,11 @@ def main_options(
 @app.command()
 def run(ctx: typer.Context) -> None:
     """Run the daemon in the foreground (systemd's ExecStart)."""
+    import asyncio
+
+    from tether import logs
     from tether.daemon import Daemon
-    from tether.store import writer_lock
+    from tether.store import Store, StoreError, writer_lock
 
     context: Context = ctx.obj
     config = context.config()
@@ -155,6 +166,8 @@ def check_config(
         for b in config.budgets
     ]
     warnings += after_the_fact_warnings(config)
+    from tether.store import StoreError, write_problem
+
     try:
         if (problem := write_problem(config.store.url)) is not None:
             warnings.append(f"warning: {problem} (the daemon cannot run on this store as it is)")
@@ -240,16 +253,29 @@ def parse_labels(values: list[str] | None) -> dict[str, str]:
     return labels
 
 
+def check_policy(config: Config, policy: str, stored: set[str] = frozenset()) -> None:
+    """A policy named on the command line must be configured, or (to select responses) at
+    least be the policy of some stored response: one removed from the config since."""
+    if config.policy_named(policy) is not None or policy in stored:
+        return
+    known = ", ".join(p.name for p in config.policies) or "none configured"
+    former = sorted(stored - {p.name for p in config.policies})
+    if former:
+        known += f"; no longer configured but in the store: {', '.join(former)}"
+    fail(EXIT_USAGE, f"--policy {policy!r}: no such policy (known: {known})")
+
+
 def check_names(config: Config, policy: str | None, account: str | None) -> str:
-    if policy is not None and config.policy_named(policy) is None:
-        known = ", ".join(p.name for p in config.policies) or "none configured"
-        fail(EXIT_USAGE, f"--policy {policy!r}: no such policy (known: {known})")
+    if policy is not None:
+        check_policy(config, policy)
     if account is not None and account not in config.accounts:
         fail(EXIT_USAGE, f"--account {account!r}: no such account (known: {', '.join(config.accounts)})")
     return account or config.default_account
 
 
 def client_for(config: Config, account: str) -> ResponsesClient:
+    from tether.api import ResponsesClient
+
     try:
         return ResponsesClient(config.accounts[account], config.accounts[account].read_api_key())
     except ConfigError as exc:
@@ -257,6 +283,8 @@ def client_for(config: Config, account: str) -> ResponsesClient:
 
 
 async def fetch_all(client: ResponsesClient, ids: list[str]) -> list[dict[str, Any] | BaseException]:
+    import asyncio
+
     try:
         return await asyncio.gather(*(client.get(i) for i in ids), return_exceptions=True)
     finally:
@@ -272,6 +300,10 @@ def store_tracked(
     policy: str | None,
     labels: dict[str, str],
 ) -> list[tuple[Response, bool]]:
+    from tether import tracker
+    from tether.pricing import Pricing
+
+    quiet_logs()
     pricing = Pricing.from_config(config)
     with tracker.recording(store, "cli", time.time()) as rec:
         return [
@@ -300,6 +332,10 @@ def track(
     as_json: JsonFlag = False,
 ) -> None:
     """Start tracking existing responses (re-tracking is a no-op)."""
+    import asyncio
+
+    from tether.api import NotFound
+
     context: Context = ctx.obj
     bad = [i for i in ids if not valid_id(i)]
     if bad:
@@ -339,6 +375,10 @@ def submit(
     as_json: JsonFlag = False,
 ) -> None:
     """Create a background response from a request body, track it, print its id."""
+    import asyncio
+
+    from tether.api import APIError, TransientError
+
     context: Context = ctx.obj
     config = context.config()
     account = check_names(config, policy, account)
@@ -405,17 +445,28 @@ def list_responses(
     for s in status or []:
         if s not in known:
             fail(EXIT_USAGE, f"--status {s!r}: expected one of {', '.join(sorted(known))}")
+    from sqlalchemy import or_, select
+
+    from tether.models import FINAL, Response
+
     labels = parse_labels(label)
     config = context.config()
     store = context.store(config)
     query = select(Response).order_by(Response.tracked_at.desc(), Response.id)
     if status:
         query = query.where(Response.status.in_(status))
+    if active:
+        query = query.where(or_(Response.status.is_(None), Response.status.not_in(FINAL)))
     if policy:
         query = query.where(Response.policy == policy)
     with store.reading() as session:
-        rows = [r for r in session.execute(query).scalars() if (not active or is_active(r.status))]
-    rows = [r for r in rows if all(r.labels.get(k) == v for k, v in labels.items())][:limit]
+        if policy and config.policy_named(policy) is None:
+            stored = session.execute(select(Response.policy).distinct().where(Response.policy.is_not(None))).scalars()
+            check_policy(config, policy, set(stored))
+        if not labels:
+            query = query.limit(limit)
+        matching = (r for r in session.execute(query).scalars() if all(r.labels.get(k) == v for k, v in labels.items()))
+        rows = list(islice(matching, limit))
     if as_json:
         print(render.dumps([render.record(r) for r in rows]))
     elif rows:
@@ -425,13 +476,18 @@ def list_responses(
 
 
 def load_response(store: Store, rid: str) -> tuple[Response, list[Event]]:
+    from sqlalchemy import select
+
+    from tether.models import Event, Response
+
     if not valid_id(rid):
         fail(EXIT_USAGE, f"invalid response id {rid!r}: ids are letters, digits, '_' and '-'")
     with store.reading() as session:
         row = session.get(Response, rid)
         if row is None:
             fail(EXIT_NOT_FOUND, f"{rid} is not tracked (see `tether ls`, or `tether track {rid}`)")
-        events = list(session.execute(select(Event).where(Event.response_id == rid).order_by(Event.id)).scalars())
+        query = select(Event).where(Event.response_id == rid).order_by(Event.at, Event.id)
+        events = list(session.execute(query).scalars())
     return row, events
 
 
@@ -444,10 +500,7 @@ def show(ctx: typer.Context, response_id: Annotated[str, typer.Argument(metavar=
     if as_json:
         print(render.dumps({**render.record(row), "events": [render.event(e) for e in events]}))
         return
-    table = Table(show_header=False, box=None)
-    for key, value in render.record(row).items():
-        table.add_row(key, render.status_text(value) if key == "status" else json.dumps(value) if isinstance(value, (dict, list)) else str(value if value is not None else "-"))
-    out.print(table)
+    out.print(render.response_table(row))
     out.print()
     for ev in events:
         out.print(render.event_line(ev))
@@ -475,7 +528,7 @@ def event_log(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events.")] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """The event history, oldest first."""
+    """The event history, oldest first (new events as they come with --follow)."""
     context: Context = ctx.obj
     if response_id is not None and not valid_id(response_id):
         fail(EXIT_USAGE, f"invalid response id {response_id!r}: ids are letters, digits, '_' and '-'")
@@ -486,7 +539,7 @@ def event_log(
     try:
         while True:
             for ev in read_events(store, last_id, response_id, after_time):
-                last_id = ev.id or last_id
+                last_id = max(last_id, ev.id or 0)
                 if as_json:
                     print(render.dumps(render.event(ev)), flush=True)
                 else:
@@ -499,7 +552,13 @@ def event_log(
 
 
 def read_events(store: Store, after_id: int, response_id: str | None, after_time: float | None) -> Iterator[Event]:
-    query = select(Event).where(Event.id > after_id).order_by(Event.id)
+    from sqlalchemy import select
+
+    from tether.models import Event
+
+    # Time order: an event is written after the moment it records, so the ids of
+    # events from the daemon and the CLI do not always follow their times.
+    query = select(Event).where(Event.id > after_id).order_by(Event.at, Event.id)
     if response_id:
         query = query.where(Event.response_id == response_id)
     if after_time is not None:
@@ -519,6 +578,14 @@ def cancel(
     as_json: JsonFlag = False,
 ) -> None:
     """Cancel a tracked response now."""
+    import asyncio
+
+    from tether import tracker
+    from tether.api import APIError, RequestRejected
+    from tether.models import TERMINAL, Response
+    from tether.pricing import Pricing
+
+    quiet_logs()
     context: Context = ctx.obj
     config = context.config()
     store = context.store(config)
@@ -564,6 +631,10 @@ def cancel(
 
 
 def look_quietly(config: Config, account: str, rid: str) -> dict[str, Any] | None:
+    import asyncio
+
+    from tether.api import APIError
+
     client = client_for(config, account)
 
     async def get() -> dict[str, Any] | None:
@@ -580,16 +651,19 @@ def look_quietly(config: Config, account: str, rid: str) -> dict[str, Any] | Non
 @app.command()
 def budget(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """Budget windows: limit, spent, committed, remaining, state."""
+    from tether import accounting
+    from tether.pricing import Pricing
+
     context: Context = ctx.obj
     config = context.config()
     store = context.store(config)
     with store.reading() as session:
         measured = accounting.measure(session, config, Pricing.from_config(config), time.time())
-    shapes = [render.budget(m.state) for m in measured]
+    states = [m.state for m in measured]
     if as_json:
-        print(render.dumps(shapes))
-    elif shapes:
-        out.print(render.budgets_table(shapes))
+        print(render.dumps([render.budget(state) for state in states]))
+    elif states:
+        out.print(render.budgets_table(states))
     else:
         err.print("no budgets configured (add [[budget]] tables to the config)", style="dim")
 
@@ -600,7 +674,10 @@ def budget(ctx: typer.Context, as_json: JsonFlag = False) -> None:
 @app.command()
 def check(ctx: typer.Context) -> None:
     """Health probe: exit 0 when a daemon runs on the store (its lock is held) and its heartbeat is fresh."""
-    from tether.store import writer_lock
+    from sqlalchemy.exc import OperationalError
+
+    from tether.models import Heartbeat
+    from tether.store import Store, StoreError, sqlite_path, writer_lock
 
     context: Context = ctx.obj
     config = context.config()
@@ -636,6 +713,8 @@ def check(ctx: typer.Context) -> None:
 @db_app.command("upgrade")
 def db_upgrade(ctx: typer.Context) -> None:
     """Apply schema migrations (the daemon also applies them at start)."""
+    from tether.store import Store, StoreError
+
     config = ctx.obj.config()
     try:
         applied = Store(config.store.url).migrate()
@@ -652,6 +731,7 @@ def demo(
     """A self-contained demonstration against a built-in stand-in of the API: no key needed."""
     from tether.demo import run_demo
 
+    quiet_logs()
     raise typer.Exit(run_demo(out, keep=keep))
 
 
@@ -660,7 +740,12 @@ def main() -> None:
         app()
     except BrokenPipeError:
         sys.exit(0)
-    except SQLAlchemyError as exc:  # a store that cannot be read or written: say so, no traceback
+    except Exception as exc:
+        # Only a command that opened the store has loaded SQLAlchemy, and only it can fail so.
+        store_errors = sys.modules.get("sqlalchemy.exc")
+        if store_errors is None or not isinstance(exc, store_errors.SQLAlchemyError):
+            raise
+        # a store that cannot be read or written: say so, no traceback
         reason = getattr(exc, "orig", None) or exc
         err.print(f"tether: the store failed: {reason} (is the disk full, the file read-only, or its database server down?)")
         sys.exit(EXIT_FAILURE)

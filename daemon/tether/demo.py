@@ -182,11 +182,13 @@ def _watch(console: Console, store: Store, ids: dict[str, str], daemon: subproce
 def _live_view(rows: list[Response], ids: dict[str, str], elapsed: float) -> Group:
     now = time.time()
     table = Table(title=f"tracked responses ({elapsed:.0f}s)", header_style="bold")
-    for name in ("response", "what it does", "status", "policy", "age", "deadline", "polls", "cancel"):
+    # Ids whole whatever the terminal's width: they are what `tether show` takes.
+    table.add_column("response", no_wrap=True, min_width=max((len(row.id) for row in rows), default=8))
+    for name in ("what it does", "status", "policy", "age", "deadline", "polls", "cancel"):
         table.add_column(name, no_wrap=True)
     for row in rows:
         table.add_row(
-            row.id[:18],
+            row.id,
             ids.get(row.id, ""),
             render.status_text(row.status),
             row.policy or "-",
@@ -214,7 +216,7 @@ def _history(console: Console, store: Store) -> None:
     console.print()
     console.print(Text("event history", style="bold"))
     with store.reading() as session:
-        for ev in session.execute(select(Event).order_by(Event.id)).scalars():
+        for ev in session.execute(select(Event).order_by(Event.at, Event.id)).scalars():
             console.print(render.event_line(ev))
 
 
@@ -233,14 +235,14 @@ def _summary(console: Console, store: Store, config) -> None:
         if limit is not None and row.created_at is not None:
             late = row.cancel_requested_at - (row.created_at + limit)
             console.print(
-                f"  {row.id[:18]}  cancelled by {row.cancel_reason} ({render.duration(limit)}), "
+                f"  {row.id}  cancelled by {row.cancel_reason} ({render.duration(limit)}), "
                 f"{late:+.3f}s from its deadline; final status {row.status}",
                 highlight=False,
             )
     with store.reading() as session:
         warned = list(session.execute(select(Event).where(Event.kind == "warned")).scalars())
     for ev in warned:
-        console.print(f"  {ev.response_id[:18]}  warned for {ev.reason}, not cancelled", highlight=False)
+        console.print(f"  {ev.response_id}  warned for {ev.reason}, not cancelled", highlight=False)
     costs = [r.cost_usd for r in rows if r.cost_usd is not None]
     estimated = sum(1 for r in rows if r.cost_estimated)
     console.print(

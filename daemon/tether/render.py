@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 from rich.text import Text
 
-from tether.budgets import BudgetState
-from tether.models import Event, Response
+if TYPE_CHECKING:
+    from tether.budgets import BudgetState
+    from tether.models import Event, Response
 
 STATUS_STYLES = {
     "queued": "yellow",
@@ -44,6 +46,13 @@ def iso(at: float | None) -> str | None:
     moment = datetime.fromtimestamp(at, UTC)
     spec = "seconds" if float(at).is_integer() else "milliseconds"
     return moment.isoformat(timespec=spec).replace("+00:00", "Z")
+
+
+def stamp(at: float | None) -> str:
+    """A time for people: ISO 8601 UTC, always with milliseconds, so that columns line up."""
+    if at is None:
+        return "-"
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def record(row: Response) -> dict[str, Any]:
@@ -109,10 +118,43 @@ def until(at: float | None, now: float) -> str:
     return f"in {age(now - delta, now)}" if delta > 0 else f"{age(at, now)} ago"
 
 
+def human(value: Any) -> str:
+    """A JSON value as a person reads it: yes/no, `job=42, team=search`, "-" for nothing."""
+    if value is None or value == {} or value == []:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}={f'({human(v)})' if isinstance(v, Mapping) and v else human(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return ", ".join(human(v) for v in value)
+    return str(value)
+
+
+TIMES = ("created_at", "tracked_at", "deadline_at", "last_polled_at", "cancel_requested_at", "finished_at")
+
+
+def response_table(row: Response) -> Table:
+    """One response, a field a line (`tether show`): the keys of its record, human values."""
+    table = Table(show_header=False, box=None)
+    for key, value in record(row).items():
+        if key == "cost_estimated":
+            continue  # the cost says it: "$0.1512 (estimated)"
+        if key == "status":
+            table.add_row(key, status_text(value))
+        elif key == "cost_usd":
+            table.add_row("cost", usd(value, row.cost_estimated))
+        else:
+            table.add_row(key, stamp(getattr(row, key)) if key in TIMES else human(value))
+    return table
+
+
 def responses_table(rows: list[Response], now: float, title: str | None = None) -> Table:
     table = Table(title=title, header_style="bold", expand=False)
-    for name in ("id", "status", "model", "policy", "age", "deadline", "polls", "cost", "cancel"):
-        table.add_column(name, no_wrap=name in ("id", "status"))
+    # Ids whole whatever the terminal's width: one is useless unless pasted whole.
+    table.add_column("id", no_wrap=True, min_width=max((len(row.id) for row in rows), default=2))
+    for name in ("status", "model", "policy", "age", "deadline", "polls", "cost", "cancel"):
+        table.add_column(name, no_wrap=name == "status")
     for row in rows:
         cancel = row.cancel_reason or ""
         table.add_row(
@@ -132,7 +174,7 @@ def responses_table(rows: list[Response], now: float, title: str | None = None) 
 def event_line(ev: Event) -> Text:
     """One event as a line: time, response, kind, what changed, why."""
     line = Text()
-    line.append(iso(ev.at) or "", style="dim")
+    line.append(stamp(ev.at), style="dim")
     line.append(f"  {ev.response_id or 'budget ' + str(ev.budget)}  ")
     line.append(f"{ev.kind:<16}", style="bold")
     if ev.from_status or ev.to_status:
@@ -141,9 +183,9 @@ def event_line(ev: Event) -> Text:
     if ev.reason:
         line.append(f"  ({ev.reason})")
     if ev.detail:
-        extra = ", ".join(f"{k}={v}" for k, v in ev.detail.items() if v not in (None, {}, []))
+        extra = {k: v for k, v in ev.detail.items() if v not in (None, {}, [])}
         if extra:
-            line.append(f"  {extra}", style="dim")
+            line.append(f"  {human(extra)}", style="dim")
     return line
 
 
@@ -164,28 +206,30 @@ def budget(state: BudgetState) -> dict[str, Any]:
 BUDGET_STYLES = {"ok": "green", "warn": "yellow", "exceeded": "red"}
 
 
-def budgets_table(shapes: list[dict[str, Any]]) -> Table:
+def budgets_table(states: list[BudgetState]) -> Table:
     table = Table(title="budgets", header_style="bold")
     for name in ("name", "window", "limit", "spent", "committed", "remaining", "state", "active"):
         table.add_column(name, justify="right" if name in ("limit", "spent", "committed", "remaining", "active") else "left")
-    for b in shapes:
+    for b in states:
         table.add_row(
-            b["name"],
-            f"{b['window_start']} .. {b['window_end']}",
-            usd(b["limit_usd"]),
-            usd(b["spent_usd"]),
-            usd(b["committed_usd"]),
-            usd(b["remaining_usd"]),
-            Text(b["state"], style=BUDGET_STYLES[b["state"]]),
-            str(b["active"]),
+            b.name,
+            f"{stamp(b.window.start)} .. {stamp(b.window.end)}",
+            usd(b.limit_usd),
+            usd(b.spent_usd),
+            usd(b.committed_usd),
+            usd(b.remaining_usd),
+            Text(b.state, style=BUDGET_STYLES[b.state]),
+            human(b.active),
         )
     return table
 
 
 def usd(amount: float | None, estimated: bool = False) -> str:
+    """Dollars as people write them: to the cent, or 4 decimals below a dollar."""
     if amount is None:
         return "-"
-    return f"{'~' if estimated else ''}${amount:,.4f}" if abs(amount) < 1 else f"{'~' if estimated else ''}${amount:,.2f}"
+    text = f"${amount:,.4f}" if abs(amount) < 1 else f"${amount:,.2f}"
+    return f"{text} (estimated)" if estimated else text
 
 
 def table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:

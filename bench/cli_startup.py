@@ -1,0 +1,70 @@
+"""How long the `tether` command takes to start and answer: `--help`, `ls`, `track ID`.
+
+Each command runs as a real subprocess of the installed entry point (.venv/bin/tether), the
+way a user types it, several times; the store holds 1,000 responses tracked with tether's own
+code (bench.tether_proc) and `track` looks its id up on the stand-in API over loopback HTTP.
+The package is byte-compiled first: the targets are for an installed, compiled tether.
+
+    uv run python -m bench.cli_startup [--runs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import compileall
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import tether
+from bench.stand import API_KEY, Stand
+from bench.tether_proc import KEY_ENV, Tether
+
+STORED = 1_000
+TARGETS = {"--help": 0.3, "ls": 0.5, "track ID": 0.6}  # seconds, met by the median run
+
+
+def timed(argv: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    result = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=60)
+    elapsed = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} exited {result.returncode}: {result.stderr.strip()}")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=7, help="runs of each command (default 7)")
+    args = parser.parse_args()
+
+    entry = Path(sys.executable).parent / "tether"
+    compileall.compile_dir(Path(tether.__file__).parent, quiet=1)
+    with tempfile.TemporaryDirectory(prefix="tether-cli-startup-") as tmp, Stand() as stand:
+        install = Tether(Path(tmp) / "tether", stand.base_url)
+        install.track(stand.create(STORED))
+        fresh = [record.id for record in stand.create(args.runs)]  # one untracked id per `track` run
+        env = {**os.environ, KEY_ENV: API_KEY}
+        base = [str(entry), "--config", str(install.config_path)]
+        commands = {
+            "--help": lambda _: [str(entry), "--help"],
+            "ls": lambda _: [*base, "ls"],
+            "track ID": lambda run: [*base, "track", fresh[run]],
+        }
+        timed(base + ["ls"], env)  # warm the page cache once, as a second invocation would find it
+        print(f"tether CLI start-up: {args.runs} runs each, {STORED:,} stored responses, {os.cpu_count()} CPUs, "
+              f"load {os.getloadavg()[0]:.2f}")
+        print(f"{'command':<10} {'median':>8} {'max':>8} {'target':>8}  met")
+        for name, argv in commands.items():
+            times = [timed(argv(run), env) for run in range(args.runs)]
+            median, worst = statistics.median(times), max(times)
+            print(f"{name:<10} {median:>7.3f}s {worst:>7.3f}s {TARGETS[name]:>7.1f}s  "
+                  f"{'yes' if median <= TARGETS[name] else 'no'}")
+
+
+if __name__ == "__main__":
+    main()
