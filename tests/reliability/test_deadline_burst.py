@@ -93,12 +93,6 @@ def test_every_cancel_of_a_burst_of_simultaneous_deadlines_leaves_within_a_secon
 
 
 SMALL_BATCH = 20
-SHORT_LIMIT = 6.0
-SHORT_POLICY = f"""
-[[policy]]
-name = "batch"
-max_runtime = "{SHORT_LIMIT:g}s"
-"""
 CONFIRM_WINDOW = 8.0  # the first confirmation poll comes an eighth of it, 1 s, after the answer
 # Polled every 0.2 s: every response has a poll falling due while its cancel is out.
 BUSY_POLLING = f"""first = "0.2s"
@@ -116,7 +110,7 @@ def start_burst(install: Install, fake: FakeServer) -> tuple[list[str], float]:
     ]
     result = install.cli("track", *ids)
     assert result.returncode == 0, result.stderr
-    deadline = int(created) + SHORT_LIMIT
+    deadline = int(created) + LIMIT
     assert time.time() < deadline - 0.5, "tracking took so long that the deadline passed first"
     return ids, deadline
 
@@ -125,7 +119,7 @@ def test_a_burst_is_answered_in_one_transaction_and_not_polled_until_its_confirm
     tmp_path: Path, fake: FakeServer
 ):
     install = Install(root=tmp_path, base_url=fake.base_url)
-    install.write_configs(SHORT_POLICY, BUSY_POLLING)
+    install.write_configs(POLICY, BUSY_POLLING)
     daemon = install.start_daemon()
     fake.state.faults = Faults(cancel=RouteFaults(slow=1.0), slow_seconds=CANCEL_LATENCY)
     try:
@@ -163,7 +157,7 @@ def test_a_burst_is_answered_in_one_transaction_and_not_polled_until_its_confirm
 
 def test_a_bursts_failed_cancels_are_recorded_in_one_transaction_and_retried(tmp_path: Path, fake: FakeServer):
     install = Install(root=tmp_path, base_url=fake.base_url)
-    install.write_configs(SHORT_POLICY, POLLING)
+    install.write_configs(POLICY, POLLING)
     daemon = install.start_daemon()
     fake.state.faults = Faults(cancel=RouteFaults(server_error=1.0))
     try:
