@@ -1,6 +1,6 @@
-"""The `tether` command line (SPEC §4) through real subprocesses, against the stand-in API.
+"""The `tether` command line (docs/cli.md) through real subprocesses, against the stand-in API.
 
-Oracles: exit codes and JSON shapes from SPEC §4, the stand-in's own record of every call
+Oracles: exit codes and JSON shapes from docs/cli.md, the stand-in's own record of every call
 (`fake.state.snapshot()`), and tether's store read back through `ls/show/log --json`.
 Most tests need no daemon: the CLI reads and writes the store itself.
 """
@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import trustme
 
-from conftest import API_KEY, Tether, create, https_stand_in, server_record, wait_for
+from conftest import API_KEY, FAST_POLLING, Tether, create, https_stand_in, server_record, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -572,6 +572,24 @@ def test_cancel_of_an_untracked_id_exits_3_and_sends_nothing(tether, fake):
     assert result.returncode == 3, result.stderr
     assert rid in result.stderr
     assert api_calls(fake, "cancel") == 0
+
+
+@pytest.mark.parametrize("lost_after", [3, 1])
+def test_a_cancel_answered_404_is_counted_toward_lost_as_the_daemon_counts_it(tether, fake, lost_after):
+    """`tether cancel` and the daemon share one cancel path (`tether.cancelling`): a 404 is a
+    response the server does not know, counted toward `lost_after`, not a cancel_failed."""
+    rid = "resp_unknown_to_the_api"
+    tether.write_config(polling=FAST_POLLING + f"lost_after = {lost_after}\n")
+    tether.ok("track", rid, "--no-verify")
+    result = tether.cli("cancel", rid)
+    assert result.returncode == 1, result.stderr
+    assert api_calls(fake, "cancel") == 1
+    shown = tether.json("show", rid)
+    assert [e["kind"] for e in shown["events"]] == ["tracked", "cancel_requested"] + (["lost"] if lost_after == 1 else [])
+    if lost_after == 1:
+        assert shown["status"] == "lost" and "nothing left to cancel" in result.stderr
+    else:
+        assert shown["status"] is None and "a running daemon retries it" in result.stderr
 
 
 # ---- check-config ------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from tether import config
-from tether.config import ConfigError, Match, load_config, parse_config, parse_duration
+from tether.config import ConfigError, Match, load_config, loader, parse_config, parse_duration
 
 EXAMPLE = Path(__file__).parent.parent / "config" / "tether.toml"
 SECRET = "sk-test-0123456789abcdef"
@@ -1055,7 +1055,7 @@ def test_the_default_store_is_in_the_state_directory(environ, url):
     ],
 )
 def test_the_config_file_is_found_in_spec_order(tmp_path, monkeypatch, existing, cli, env, found):
-    monkeypatch.setattr(config, "SYSTEM_CONFIG", tmp_path / "etc/tether.toml")
+    monkeypatch.setattr(loader, "SYSTEM_CONFIG", tmp_path / "etc/tether.toml")
     for name in existing:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("")
@@ -1090,7 +1090,7 @@ def test_a_named_config_file_must_exist(tmp_path, cli, environ, message):
 
 
 def test_without_a_file_the_defaults_are_loaded(tmp_path, monkeypatch):
-    monkeypatch.setattr(config, "SYSTEM_CONFIG", tmp_path / "absent.toml")
+    monkeypatch.setattr(loader, "SYSTEM_CONFIG", tmp_path / "absent.toml")
     cfg = load_config(None, {"HOME": str(tmp_path), "STATE_DIRECTORY": "/var/lib/tether"}, tmp_path)
     assert cfg.path is None
     assert list(cfg.accounts) == ["default"]

@@ -84,7 +84,7 @@ def test_over_limit_responses_are_cancelled_within_a_second_of_their_deadline_an
         deadline = int(server["created_at"]) + limit
         tracked_at = datetime.fromisoformat(records[rid]["tracked_at"]).timestamp()
         [call] = server["cancels"]
-        # SPEC §3: within 1 s of the deadline; one tracked after it (a slow machine) is acted on at once.
+        # README.md: within a second of the deadline; one tracked after it (a slow machine) is acted on at once.
         due = max(deadline, tracked_at)
         assert call["at"] >= deadline and call["at"] - due <= 1.0, f"cancel {call['at'] - deadline:+.3f}s from the deadline"
         assert records[rid]["status"] == "cancelled"
@@ -486,7 +486,7 @@ def test_events_the_cli_wrote_while_no_daemon_ran_are_logged_once_at_the_next_st
 
 
 def test_a_backlog_longer_than_one_pickup_page_is_logged_whole_and_once(tether, fake):
-    from tether.daemon import PICKUP_PAGE
+    from tether.daemon.queries import PICKUP_PAGE
 
     ids = [f"resp_backlog_{i}" for i in range(PICKUP_PAGE + 5)]
     tether.ok("track", "--no-verify", *ids)  # written while no daemon runs
@@ -503,8 +503,8 @@ def test_a_backlog_longer_than_one_pickup_page_is_logged_whole_and_once(tether, 
 async def test_a_start_schedules_every_open_response_in_pages(tether, fake, monkeypatch):
     """At start the open responses are read a page at a time (bounded memory with 100,000 of
     them): every one is scheduled, across page boundaries, and no finished one."""
-    from tether import daemon as daemon_module
     from tether.config import load_config
+    from tether.daemon import Daemon, queries
     from tether.store import Store
 
     running = [create(fake, fake_run="600") for _ in range(7)]
@@ -512,11 +512,11 @@ async def test_a_start_schedules_every_open_response_in_pages(tether, fake, monk
     tether.ok("track", *running)
     wait_for(lambda: server_record(fake, finished)["status"] == "completed", timeout=10)
     tether.ok("track", finished)
-    monkeypatch.setattr(daemon_module, "LOAD_PAGE", 3)  # pages of 3, 3, 1
+    monkeypatch.setattr(queries, "LOAD_PAGE", 3)  # pages of 3, 3, 1
     config = load_config(str(tether.config_path), environ=tether.env)
-    daemon = daemon_module.Daemon(config, Store(config.store.url))
+    daemon = Daemon(config, Store(config.store.url))
     await daemon._load()
-    assert set(daemon.active) == set(running)
+    assert set(daemon.state.active) == set(running)
 
 
 def test_a_record_loaded_at_start_equals_one_made_from_the_stored_row(tmp_path):
@@ -524,7 +524,8 @@ def test_a_record_loaded_at_start_equals_one_made_from_the_stored_row(tmp_path):
     everything else from ORM rows: the two must agree, for every kind of open response."""
     from sqlmodel import select
 
-    from tether.daemon import Active, open_rows
+    from tether.daemon.queries import open_rows
+    from tether.daemon.records import Active
     from tether.models import Response
     from tether.store import Store
 
@@ -556,18 +557,18 @@ async def test_polls_held_behind_a_hung_cancel_are_freed_again_after_a_later_bur
     burst ends."""
     import asyncio
 
-    from tether import daemon as daemon_module
+    from tether.daemon import polling as polling_module
 
-    monkeypatch.setattr(daemon_module, "POLLS_HELD_MAX", 0.2)
-    daemon = bare_daemon(tmp_path)
-    hung = daemon._polls_held()
+    monkeypatch.setattr(polling_module, "POLLS_HELD_MAX", 0.2)
+    polling = bare_daemon(tmp_path).polling
+    hung = polling.held()
     hung.__enter__()  # a burst whose cancel never comes back
-    await asyncio.wait_for(daemon._polls_free.wait(), timeout=5)  # its valve frees the polls
-    with daemon._polls_held():  # a later burst, over quickly
-        assert not daemon._polls_free.is_set()
-    await asyncio.wait_for(daemon._polls_free.wait(), timeout=5)
+    await asyncio.wait_for(polling.free.wait(), timeout=5)  # its valve frees the polls
+    with polling.held():  # a later burst, over quickly
+        assert not polling.free.is_set()
+    await asyncio.wait_for(polling.free.wait(), timeout=5)
     hung.__exit__(None, None, None)
-    assert daemon._polls_free.is_set()
+    assert polling.free.is_set()
 
 
 async def test_a_deadlines_decisions_overtake_the_store_writes_queued_before_them(tmp_path):
@@ -576,8 +577,8 @@ async def test_a_deadlines_decisions_overtake_the_store_writes_queued_before_the
     import asyncio
     import threading
 
-    daemon = bare_daemon(tmp_path)
-    store = daemon.store
+    writer = bare_daemon(tmp_path).state.writer
+    store = writer.store
     store.migrate()
     running, release = threading.Event(), threading.Event()
     ran: list[tuple[str, object]] = []  # (job, the session of the transaction it ran in)
@@ -589,10 +590,10 @@ async def test_a_deadlines_decisions_overtake_the_store_writes_queued_before_the
     def job(name: str) -> None:
         ran.append((name, store._batch.open[0]))
 
-    first = asyncio.ensure_future(daemon._store(busy))
+    first = asyncio.ensure_future(writer.run(busy))
     await asyncio.to_thread(running.wait, 10)
-    queued = [asyncio.ensure_future(daemon._store(job, f"write{i}")) for i in range(3)]
-    urgent = asyncio.ensure_future(daemon._store(job, "decisions", urgent=True))
+    queued = [asyncio.ensure_future(writer.run(job, f"write{i}")) for i in range(3)]
+    urgent = asyncio.ensure_future(writer.run(job, "decisions", urgent=True))
     await asyncio.sleep(0)  # the four coroutines have queued their jobs behind `busy`
     release.set()
     await asyncio.wait_for(asyncio.gather(first, *queued, urgent), 10)
@@ -620,7 +621,7 @@ async def test_a_periodic_job_cancelled_by_the_schedulers_shutdown_ends_without_
             ended.set()
 
     scheduler = AsyncIOScheduler(timezone="UTC")
-    scheduler.add_job(daemon._guarded(pickup), "interval", seconds=0.05, max_instances=1)
+    scheduler.add_job(daemon._guarded(pickup, "pickup"), "interval", seconds=0.05, max_instances=1)
     scheduler.start()
     await asyncio.wait_for(running.wait(), 10)
     scheduler.shutdown(wait=False)

@@ -1,4 +1,4 @@
-"""The status vocabulary and allowed transitions of `tether.models` (SPEC §1 statuses, §3, §4)."""
+"""The status vocabulary and allowed transitions of `tether.models` (docs/cli.md: statuses, event kinds; docs/behaviour.md)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ TERMINALS = ["completed", "failed", "cancelled", "incomplete"]
 @pytest.mark.parametrize(
     ("name", "actual", "expected"),
     [
-        pytest.param("API_STATUSES", API_STATUSES, set(API), id="the API statuses are the six of SPEC section 1"),
+        pytest.param("API_STATUSES", API_STATUSES, set(API), id="the API statuses are the six of the Responses API"),
         pytest.param("ACTIVE", ACTIVE, {"queued", "in_progress"}, id="queued and in_progress are active"),
         pytest.param("TERMINAL", TERMINAL, set(TERMINALS), id="the four API end states are terminal"),
         pytest.param("FINAL", FINAL, {*TERMINALS, "lost"}, id="final adds the local lost status"),
@@ -131,7 +131,7 @@ def test_a_terminal_status_may_only_move_to_another_terminal_status(current, new
 
 @pytest.mark.parametrize("current", TERMINALS)
 def test_a_terminal_response_whose_final_object_is_recorded_is_never_declared_lost(current):
-    # SPEC §1: the final object is recorded as soon as it is seen; a later 404 (store=false
+    # docs/behaviour.md, "Lost": the final object is recorded as soon as it is seen; a later 404 (store=false
     # data expiring) must not overwrite it with `lost`.
     assert not is_allowed(current, "lost")
 

@@ -1,4 +1,4 @@
-"""Deadlines and decisions of `tether.policies` (SPEC §2 policies, §3 Deadlines).
+"""Deadlines and decisions of `tether.policies` (docs/configuration.md, policies; docs/behaviour.md, "Deadlines").
 
 Deadlines are absolute instants from the server's `created_at`: `created_at + max_queued`
 only while queued, `created_at + max_runtime` while not terminal. A limit already acted on is

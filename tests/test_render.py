@@ -1,4 +1,4 @@
-"""The JSON shapes of SPEC §4 and the helpers behind them in `tether.render`."""
+"""The JSON shapes of docs/cli.md and the helpers behind them in `tether.render`."""
 
 from __future__ import annotations
 

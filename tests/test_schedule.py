@@ -1,4 +1,4 @@
-"""Poll backoff, jitter and the cancel retry delay of `tether.schedule` (SPEC §2 [polling], §3)."""
+"""Poll backoff, jitter and the cancel retry delay of `tether.schedule` (docs/configuration.md, [polling]; docs/behaviour.md)."""
 
 from __future__ import annotations
 

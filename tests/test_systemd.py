@@ -61,7 +61,7 @@ def test_the_unit_reads_the_key_from_a_credential_and_never_from_an_environment_
 
 
 def test_the_stop_timeout_is_longer_than_the_daemons_shutdown_grace():
-    from tether.daemon import SHUTDOWN_GRACE
+    from tether.daemon.lifecycle import SHUTDOWN_GRACE
 
     stop = re.search(r"^TimeoutStopSec=(\d+)s$", UNIT.read_text(), re.MULTILINE)
     assert stop and int(stop.group(1)) > SHUTDOWN_GRACE + 5

@@ -34,7 +34,7 @@ def in_scope(budget: BudgetConfig, row: Response) -> bool:
 
 
 def reservation(row: Response, config: Config, pricing: Pricing) -> float:
-    """SPEC §7: max_output_tokens × output price when stated, else the policy's reserve_usd."""
+    """docs/configuration.md, "Budgets": max_output_tokens × output price when stated, else the policy's reserve_usd."""
     policy = config.policy_named(row.policy) if row.policy else None
     amount = pricing.reservation(
         row.model, row.max_output_tokens, policy.reserve_usd if policy else None, row.service_tier

@@ -138,7 +138,7 @@ class Pricing:
         reserve_usd: float | None,
         service_tier: str | None,
     ) -> float | None:
-        """What an active response commits to a budget (SPEC §7): max_output_tokens × the output
+        """What an active response commits to a budget (docs/configuration.md, "Budgets"): max_output_tokens × the output
         price × the tier multiplier when the response states a limit and its model has a price,
         else the policy's reserve_usd (taken as is), else None."""
         price = self.price(model)

@@ -1,4 +1,4 @@
-"""The JSON shapes of SPEC §4 and their human renderings (rich tables, event lines)."""
+"""The JSON shapes of docs/cli.md ("JSON shapes") and their human renderings (rich tables, event lines)."""
 
 from __future__ import annotations
 

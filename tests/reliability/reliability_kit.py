@@ -431,7 +431,7 @@ class Limits:
 class Timing:
     """Allowances for lateness, in seconds."""
 
-    spec: float = 1.0  # SPEC §3: a cancel leaves within 1 s of the deadline
+    spec: float = 1.0  # README.md, docs/behaviour.md: a cancel leaves within 1 s of the deadline
     pickup: float = 0.5  # the daemon notices what the CLI tracked within PICKUP_EVERY
     slack: float = 2.5  # this machine is loaded (CI: 3 workers on 2 cores)
     slow_seconds: float = 0.0

@@ -54,7 +54,7 @@ from reliability_kit import (
     summary,
 )
 from tether import logs
-from tether.cli import store_tracked
+from tether.cli.tracking import store_tracked
 from tether.config import load_config
 from tether.fakeapi import FakeServer, Faults, RouteFaults
 from tether.store import Store
@@ -220,7 +220,7 @@ def test_chaos(tmp_path: Path, fake: FakeServer, suite_store: str | None):
     cli_store = Store(cli_config.store.url)
 
     def track_in_process(ids: list[str], labels: dict[str, str]) -> None:
-        """Track one wave through the CLI's own code (`tether.cli.store_tracked`, as `track
+        """Track one wave through the CLI's own code (`tether.cli.tracking.store_tracked`, as `track
         --no-verify` does) without starting a process: the CLI costs a second of CPU per run,
         which on two loaded cores would delay tracking by tens of seconds."""
         began = time.monotonic()

@@ -52,7 +52,7 @@ from reliability_kit import (
     summary,
 )
 from tether import logs
-from tether.cli import store_tracked
+from tether.cli.tracking import store_tracked
 from tether.config import load_config
 from tether.fakeapi import FakeServer, Faults, RouteFaults
 from tether.store import Store

@@ -1,7 +1,7 @@
 """A burst of deadlines: many responses of one batch reach their limit in the same second.
 
 A batch job that starts 40 responses at once under one policy gives them all the same
-deadline. SPEC §3: "a cancel request leaves within 1 s of the deadline". The stand-in answers
+deadline. README.md: "a cancel leaves within a second of its deadline". The stand-in answers
 every cancel in 0.25 s (a real cancel takes a few hundred milliseconds) and injects nothing
 else; the oracle is the stand-in's own arrival time of each cancel.
 
