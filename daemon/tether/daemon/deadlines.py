@@ -85,7 +85,10 @@ class Deadlines:
                     rec.refresh_state(row)
                 if cancel:
                     rec.next_cancel_at = None
-                    state.stats.cancel_at_deadline(state.clock() - at)
+                    overrun = state.clock() - at
+                    state.stats.cancel_at_deadline(overrun)
+                    state.metrics.deadline_overrun.observe(overrun)
+                    state.metrics.cancel_requested(row.cancel_reason)
                     cancels.append(rec)
             await self._send_cancels(cancels, "deadline")
         except StoreFailure:

@@ -26,7 +26,7 @@ PICKUP_PAGE = 1000  # events read per pass: a long backlog is taken in bounded s
 
 # What Active.loaded reads; the metadata as its JSON text (parsed there).
 SCHEDULING_COLUMNS = (
-    Response.id, Response.account, Response.status, Response.deadline_at, Response.next_poll_at,
+    Response.id, Response.account, Response.policy, Response.status, Response.deadline_at, Response.next_poll_at,
     Response.poll_interval, Response.cancel_state, Response.cancel_attempts, Response.confirm_until,
     Response.model, Response.created_at, cast(Response.meta, Text).label("meta"),
 )
