@@ -456,3 +456,17 @@ def test_log_follow_through_the_daemon_prints_new_events_and_ends_when_it_stops(
         if follower.poll() is None:
             follower.kill()
             follower.wait()
+
+
+def test_an_api_call_that_fails_for_a_command_through_the_daemon_is_an_api_error_line(tether: Tether, fake):
+    daemon = tether.start_daemon()
+    rid = create(fake, fake_run="600")
+    fake.state.faults.force("get", "server_error", times=4)  # every attempt of the look-up
+    failed = tether.cli("track", rid)
+    assert failed.returncode == 1, failed.stderr
+
+    def logged() -> list[dict]:
+        return [line for line in tether.log_lines(daemon) if line["event"] == "api.error" and line.get("op") == "get"]
+
+    lines = wait_for(logged, timeout=10, what="the daemon's api.error line of the failed look-up")
+    assert lines[0]["response_id"] == rid and lines[0]["http_status"] >= 500

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from tether import actions, render
 from tether.actions import Refused
@@ -20,12 +21,15 @@ from tether.config import Config
 if TYPE_CHECKING:
     from tether.api import ResponsesClient
     from tether.daemon import Daemon
+    from tether.daemon.state import State
     from tether.models import Response
 
 Record = dict[str, Any]  # a JSON shape of docs/cli.md
 Records = list[Record]  # (named here: inside Front, `list` is the method)
 Tracked = list[tuple[Record, bool]]  # (record, newly tracked) each
 Observed = list[tuple[str, dict[str, Any] | None]]  # (id, what the API said of it, if looked up)
+
+T = TypeVar("T")
 
 FrontError = Refused  # status 400 bad input · 404 not found · 409 nothing to do · 502 the API failed · 503 the daemon cannot
 
@@ -181,7 +185,7 @@ class Front:
         client = self.state.clients.get(account)
         if client is None:
             raise Refused(503, f"account {account!r} is not configured in the running daemon", "unknown_account")
-        return client
+        return cast("ResponsesClient", LoggedClient(client, self.state))
 
     async def _store(self, items: Observed, *, account: str, policy: str | None,
                      labels: dict[str, str]) -> Tracked:
@@ -194,3 +198,34 @@ class Front:
                 state.adopt(row)  # scheduled now, not at the next pickup
         state.budget_wake.set()
         return [(render.record(row), created) for row, created in tracked]
+
+
+class LoggedClient:
+    """An account's client whose failed calls are `api.error` lines in the daemon's log, as
+    those of its own polls and cancels are: every API call the daemon makes that fails is
+    logged, whichever door asked for it."""
+
+    def __init__(self, client: ResponsesClient, state: State) -> None:
+        self._client = client
+        self._state = state
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def get(self, response_id: str, **options: Any) -> dict[str, Any]:
+        return await self._logged("get", response_id, self._client.get(response_id, **options))
+
+    async def cancel(self, response_id: str, **options: Any) -> dict[str, Any]:
+        return await self._logged("cancel", response_id, self._client.cancel(response_id, **options))
+
+    async def create(self, body: dict[str, Any], **options: Any) -> dict[str, Any]:
+        return await self._logged("create", None, self._client.create(body, **options))
+
+    async def _logged(self, op: str, response_id: str | None, call: Awaitable[T]) -> T:
+        from tether.api import APIError
+
+        try:
+            return await call
+        except APIError as exc:
+            self._state.log_api_error(self._client.account.name, response_id, op, exc)
+            raise
