@@ -50,6 +50,7 @@ CONNECT_TIMEOUT = 10.0  # at most; never more than half of request_timeout
 KEEPALIVE = 15.0  # an idle connection older than this is closed rather than reused
 
 EventHooks = Mapping[str, Sequence[Callable[[Any], Awaitable[None]]]]
+FailureHook = Callable[["APIError"], None]
 
 
 class APIError(Exception):
@@ -192,17 +193,28 @@ class ResponsesClient:
             self._unusable = f"the proxy URL in the environment cannot be used ({exc}); set HTTPS_PROXY=http://HOST:PORT"
 
     async def get(
-        self, response_id: str, *, retry: RetryPolicy | None = None, priority: bool = False
+        self,
+        response_id: str,
+        *,
+        retry: RetryPolicy | None = None,
+        priority: bool = False,
+        on_failure: FailureHook | None = None,
     ) -> dict[str, Any]:
-        return await self._call("GET", f"responses/{response_id}", None, retry, priority=priority)
+        return await self._call("GET", f"responses/{response_id}", None, retry, priority=priority, on_failure=on_failure)
 
-    async def cancel(self, response_id: str, *, retry: RetryPolicy | None = None) -> dict[str, Any]:
-        return await self._call("POST", f"responses/{response_id}/cancel", None, retry, priority=True)
+    async def cancel(
+        self, response_id: str, *, retry: RetryPolicy | None = None, on_failure: FailureHook | None = None
+    ) -> dict[str, Any]:
+        return await self._call(
+            "POST", f"responses/{response_id}/cancel", None, retry, priority=True, on_failure=on_failure
+        )
 
-    async def create(self, body: dict[str, Any], *, retry: RetryPolicy | None = None) -> dict[str, Any]:
+    async def create(
+        self, body: dict[str, Any], *, retry: RetryPolicy | None = None, on_failure: FailureHook | None = None
+    ) -> dict[str, Any]:
         """Not idempotent: retried only when the request never reached the server or
         was refused unprocessed (429), so a retry cannot start a second response."""
-        return await self._call("POST", "responses", body, retry, idempotent=False)
+        return await self._call("POST", "responses", body, retry, idempotent=False, on_failure=on_failure)
 
     def pause_remaining(self) -> float:
         return max(0.0, self.paused_until - self._clock())
@@ -219,13 +231,19 @@ class ResponsesClient:
         *,
         idempotent: bool = True,
         priority: bool = False,
+        on_failure: FailureHook | None = None,
     ) -> dict[str, Any]:
+        """`on_failure` hears of every attempt that failed, the retried ones included."""
         policy = retry or self.retry
         attempt = 0
         while True:
             try:
                 return await self._once(method, path, body, self._priority if priority else self._semaphore)
-            except TransientError as exc:
+            except APIError as exc:
+                if on_failure is not None:
+                    on_failure(exc)
+                if not isinstance(exc, TransientError):
+                    raise
                 attempt += 1
                 if attempt >= policy.attempts or (exc.delivered and not idempotent):
                     raise

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
 
 from tether import actions, render
 from tether.actions import Refused
 from tether.config import Config
 
 if TYPE_CHECKING:
-    from tether.api import ResponsesClient
+    from tether.api import APIError, ResponsesClient
     from tether.daemon import Daemon
     from tether.daemon.state import State
     from tether.models import Response
@@ -28,8 +28,6 @@ Record = dict[str, Any]  # a JSON shape of docs/cli.md
 Records = list[Record]  # (named here: inside Front, `list` is the method)
 Tracked = list[tuple[Record, bool]]  # (record, newly tracked) each
 Observed = list[tuple[str, dict[str, Any] | None]]  # (id, what the API said of it, if looked up)
-
-T = TypeVar("T")
 
 FrontError = Refused  # status 400 bad input · 404 not found · 409 nothing to do · 502 the API failed · 503 the daemon cannot
 
@@ -201,9 +199,9 @@ class Front:
 
 
 class LoggedClient:
-    """An account's client whose failed calls are `api.error` lines in the daemon's log, as
+    """An account's client whose failed attempts are `api.error` lines in the daemon's log, as
     those of its own polls and cancels are: every API call the daemon makes that fails is
-    logged, whichever door asked for it."""
+    logged, whichever door asked for it, retried attempts included."""
 
     def __init__(self, client: ResponsesClient, state: State) -> None:
         self._client = client
@@ -213,19 +211,14 @@ class LoggedClient:
         return getattr(self._client, name)
 
     async def get(self, response_id: str, **options: Any) -> dict[str, Any]:
-        return await self._logged("get", response_id, self._client.get(response_id, **options))
+        return await self._client.get(response_id, on_failure=self._logger("get", response_id), **options)
 
     async def cancel(self, response_id: str, **options: Any) -> dict[str, Any]:
-        return await self._logged("cancel", response_id, self._client.cancel(response_id, **options))
+        return await self._client.cancel(response_id, on_failure=self._logger("cancel", response_id), **options)
 
     async def create(self, body: dict[str, Any], **options: Any) -> dict[str, Any]:
-        return await self._logged("create", None, self._client.create(body, **options))
+        return await self._client.create(body, on_failure=self._logger("create", None), **options)
 
-    async def _logged(self, op: str, response_id: str | None, call: Awaitable[T]) -> T:
-        from tether.api import APIError
-
-        try:
-            return await call
-        except APIError as exc:
-            self._state.log_api_error(self._client.account.name, response_id, op, exc)
-            raise
+    def _logger(self, op: str, response_id: str | None) -> Callable[[APIError], None]:
+        account = self._client.account.name
+        return lambda exc: self._state.log_api_error(account, response_id, op, exc)
