@@ -456,3 +456,17 @@ def test_log_follow_through_the_daemon_prints_new_events_and_ends_when_it_stops(
         if follower.poll() is None:
             follower.kill()
             follower.wait()
+
+
+def test_every_failed_attempt_of_a_command_through_the_daemon_is_an_api_error_line(tether: Tether, fake):
+    daemon = tether.start_daemon()
+    rid = create(fake, fake_run="600")
+    fake.state.faults.force("get", "server_error", times=2)  # the look-up's first two attempts; the third answers
+    tracked = tether.cli("track", rid)
+    assert tracked.returncode == 0, tracked.stderr
+
+    def logged() -> list[dict]:
+        return [line for line in tether.log_lines(daemon) if line["event"] == "api.error" and line.get("op") == "get"]
+
+    lines = wait_for(lambda: len(logged()) >= 2 and logged(), timeout=10, what="an api.error line per failed attempt")
+    assert [(line["response_id"], line["http_status"] >= 500) for line in lines] == [(rid, True), (rid, True)]

@@ -44,7 +44,9 @@ class Polling:
                 if rec is None or rec.queued_poll != due:
                     continue  # superseded by a later schedule
                 rec.queued_poll = None
-                if rec.polling:
+                if rec.polling or rec.enforcing:
+                    # A deadline or cancel being acted on looks itself or gets the status in the
+                    # cancel's answer; it schedules the next poll when it is done.
                     continue
                 await self._slots.acquire()
                 state.stats.poll(state.clock() - due)

@@ -142,6 +142,9 @@ class State:
             self.budget_wake.set()
 
     def api_error(self, rec: Active, op: str, exc: APIError) -> None:
+        self.log_api_error(rec.account, rec.id, op, exc)
+
+    def log_api_error(self, account: str, response_id: str | None, op: str, exc: APIError) -> None:
         if isinstance(exc, AccountPaused):
             return  # logged once, when the account was paused
         self.stats.api_errors += 1
@@ -149,9 +152,9 @@ class State:
         level = "error" if isinstance(exc, AccountError) else "warning"
         getattr(log, level)(
             "api.error",
-            account=rec.account,
+            account=account,
             op=op,
-            response_id=rec.id,
+            response_id=response_id,
             http_status=exc.status,
             code=exc.code,
             error=exc.message,

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
 
 from tether import actions, render
 from tether.actions import Refused
 from tether.config import Config
 
 if TYPE_CHECKING:
-    from tether.api import ResponsesClient
+    from tether.api import APIError, ResponsesClient
     from tether.daemon import Daemon
+    from tether.daemon.state import State
     from tether.models import Response
 
 Record = dict[str, Any]  # a JSON shape of docs/cli.md
@@ -181,7 +183,7 @@ class Front:
         client = self.state.clients.get(account)
         if client is None:
             raise Refused(503, f"account {account!r} is not configured in the running daemon", "unknown_account")
-        return client
+        return cast("ResponsesClient", LoggedClient(client, self.state))
 
     async def _store(self, items: Observed, *, account: str, policy: str | None,
                      labels: dict[str, str]) -> Tracked:
@@ -194,3 +196,29 @@ class Front:
                 state.adopt(row)  # scheduled now, not at the next pickup
         state.budget_wake.set()
         return [(render.record(row), created) for row, created in tracked]
+
+
+class LoggedClient:
+    """An account's client whose failed attempts are `api.error` lines in the daemon's log, as
+    those of its own polls and cancels are: every API call the daemon makes that fails is
+    logged, whichever door asked for it, retried attempts included."""
+
+    def __init__(self, client: ResponsesClient, state: State) -> None:
+        self._client = client
+        self._state = state
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def get(self, response_id: str, **options: Any) -> dict[str, Any]:
+        return await self._client.get(response_id, on_failure=self._logger("get", response_id), **options)
+
+    async def cancel(self, response_id: str, **options: Any) -> dict[str, Any]:
+        return await self._client.cancel(response_id, on_failure=self._logger("cancel", response_id), **options)
+
+    async def create(self, body: dict[str, Any], **options: Any) -> dict[str, Any]:
+        return await self._client.create(body, on_failure=self._logger("create", None), **options)
+
+    def _logger(self, op: str, response_id: str | None) -> Callable[[APIError], None]:
+        account = self._client.account.name
+        return lambda exc: self._state.log_api_error(account, response_id, op, exc)
