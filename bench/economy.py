@@ -16,10 +16,9 @@ import math
 import random
 from collections.abc import Iterable
 
+from bench.procs import summary
 from tether.config import PollingConfig
 from tether.schedule import jittered, next_interval
-
-from bench.procs import summary
 
 NOMINAL = (10, 30, 60, 120, 300, 600, 900, 1200, 1800)  # seconds: 10 s to 30 min
 LOOP_INTERVAL = 2.0
@@ -55,7 +54,7 @@ def table(polling: PollingConfig, nominal: Iterable[float] = NOMINAL, samples: i
         loop = [loop_polls(x) for x in durations]
         t_polls = sum(p for p, _ in t) / samples
         l_polls = sum(p for p, _ in loop) / samples
-        rel = [lat / x for (_, lat), x in zip(t, durations)]
+        rel = [lat / x for (_, lat), x in zip(t, durations, strict=True)]
         rows.append(
             {
                 "duration": d,

@@ -239,9 +239,8 @@ def plots(r: dict[str, Any], docs: Path) -> list[str]:
         made.append("bench-deadline.png")
     e = r.get("economy")
     if e:
-        from tether.config import PollingConfig
-
         from bench.economy import curve
+        from tether.config import PollingConfig
 
         c = curve(PollingConfig())
         ds = [p["duration"] for p in c]

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +151,7 @@ def gap_excess(records: list[Any], interval: float, t0: float, t1: float) -> dic
     excess = []
     for record in records:
         gets = [g for g in record.gets if t0 <= g <= t1]
-        excess += [b - a - interval for a, b in zip(gets, gets[1:])]
+        excess += [b - a - interval for a, b in pairwise(gets)]
     return summary(excess)
 
 

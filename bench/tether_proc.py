@@ -128,8 +128,8 @@ class Tether:
         """
         from types import SimpleNamespace
 
-        from sqlalchemy import inspect as sa_inspect
         from sqlalchemy import insert, select
+        from sqlalchemy import inspect as sa_inspect
 
         from tether import logs, tracker
         from tether.config import load_config

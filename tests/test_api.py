@@ -13,7 +13,7 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,8 +36,8 @@ from tether.api import (
     retry_after,
 )
 from tether.config import AccountConfig, parse_config
-from tether.ids import valid_id
 from tether.fakeapi import FakeServer
+from tether.ids import valid_id
 
 FAST = RetryPolicy(attempts=3, base=0.01, cap=0.05)
 WRONG_KEY = "sk-wrong-fedcba9876543210-WRONG"

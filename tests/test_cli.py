@@ -103,7 +103,7 @@ def cli_all(tether: Tether, *calls: tuple[str, ...]) -> list[subprocess.Complete
         for args in calls
     ]
     results = []
-    for args, proc in zip(calls, procs):
+    for args, proc in zip(calls, procs, strict=True):
         stdout, stderr = proc.communicate(timeout=60)
         result = subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
         assert_no_secret(result)
@@ -185,7 +185,7 @@ def test_tracking_an_unknown_id_exits_3_names_it_and_stores_nothing_not_even_the
 
 def test_tracking_a_malformed_id_exits_2_without_asking_the_api(tether, fake):
     bad_ids = ["bad id!", "../x", ""]
-    for bad, result in zip(bad_ids, cli_all(tether, *(("track", bad) for bad in bad_ids))):
+    for bad, result in zip(bad_ids, cli_all(tether, *(("track", bad) for bad in bad_ids)), strict=True):
         assert result.returncode == 2, f"{bad!r}: {result.stderr}"
         assert "invalid response id" in result.stderr and no_traceback(result), bad
     assert api_calls(fake, "get") == 0
@@ -362,7 +362,7 @@ def test_ls_filters_by_status_activity_and_policy(tether, fake):
         ("--policy", "alpha"): {queued, done},
     }
     results = cli_all(tether, *(("ls", *query, "--json") for query in queries))
-    for (query, expected), result in zip(queries.items(), results):
+    for (query, expected), result in zip(queries.items(), results, strict=True):
         assert result.returncode == 0, result.stderr
         assert {r["id"] for r in json.loads(result.stdout)} == expected, query
 
@@ -486,7 +486,7 @@ def test_log_is_narrowed_by_id_and_by_since_a_duration_or_a_timestamp(tether, fa
         ("--since", "2099-01-01T00:00:00Z"): [],
     }
     results = cli_all(tether, *(("log", "--json", *query) for query in queries))
-    for (query, expected), result in zip(queries.items(), results):
+    for (query, expected), result in zip(queries.items(), results, strict=True):
         assert result.returncode == 0, result.stderr
         assert [e["response_id"] for e in json_lines(result.stdout)] == expected, query
 
@@ -667,7 +667,7 @@ def test_every_command_exits_78_on_a_bad_config_without_a_traceback(tether):
         ("db", "upgrade"),
         ("run",),
     ]
-    for args, result in zip(commands, cli_all(tether, *commands)):
+    for args, result in zip(commands, cli_all(tether, *commands), strict=True):
         assert result.returncode == 78, f"{args}: {result.stdout}{result.stderr}"
         assert "polling.first" in result.stderr, args
         assert no_traceback(result), args

@@ -23,7 +23,8 @@ import sys
 import tempfile
 import time
 import tomllib
-from datetime import date, datetime, time as dtime
+from datetime import date, datetime
+from datetime import time as dtime
 from pathlib import Path
 from typing import Any
 

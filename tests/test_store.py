@@ -105,7 +105,7 @@ def test_concurrent_writers_wait_for_each_other_instead_of_failing(store_url):
     def write(n: int) -> None:
         store = Store(url)
         try:
-            for i in range(25):
+            for _ in range(25):
                 with store.writing() as session:
                     row = session.get(Response, "resp_shared")
                     if row is None:

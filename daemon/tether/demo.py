@@ -159,7 +159,7 @@ def _submit_all(config, store: Store) -> dict[str, str]:
                 rec, config, pricing, response_id=obj["id"], account=account.name, observed=obj,
                 policy_requested=None, labels={"demo": "yes"},
             )
-    return {obj["id"]: what for obj, (what, _) in zip(created, REQUESTS)}
+    return {obj["id"]: what for obj, (what, _) in zip(created, REQUESTS, strict=True)}
 
 
 def _rows(store: Store) -> list[Response]:

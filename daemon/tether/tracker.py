@@ -24,8 +24,8 @@ from tether.config import Config, PolicyConfig
 from tether.logs import log
 from tether.models import (
     API_STATUSES,
-    BudgetMark,
     TERMINAL,
+    BudgetMark,
     CancelState,
     Event,
     EventKind,

@@ -26,7 +26,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from reliability_kit import (
     DAEMON_PROJECT,
     UNUSABLE_BODY,
@@ -42,17 +41,18 @@ from reliability_kit import (
     check_no_duplicate_events,
     check_no_tracebacks,
     check_secret_absent,
-    faults_of,
-    wait_converged,
-    env_number,
     dump_oracle,
+    env_number,
+    faults_of,
     kill_all,
     machine_stalls,
     read_store,
     save_figures,
     stats_summary,
     summary,
+    wait_converged,
 )
+
 from tether import logs
 from tether.cli.tracking import store_tracked
 from tether.config import load_config

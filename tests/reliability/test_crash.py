@@ -28,8 +28,6 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-
-from conftest import wait_for
 from reliability_kit import (
     DAEMON_PROJECT,
     Install,
@@ -42,7 +40,6 @@ from reliability_kit import (
     check_no_duplicate_events,
     check_no_tracebacks,
     check_secret_absent,
-    wait_converged,
     dump_oracle,
     env_number,
     kill_all,
@@ -50,7 +47,10 @@ from reliability_kit import (
     read_store,
     save_figures,
     summary,
+    wait_converged,
 )
+
+from conftest import wait_for
 from tether import logs
 from tether.cli.tracking import store_tracked
 from tether.config import load_config

@@ -14,8 +14,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from conftest import wait_for
 from reliability_kit import Install, env_number, kill_all, read_store, save_figures, summary
+
+from conftest import wait_for
 from tether.fakeapi import FakeServer, Faults, RouteFaults
 
 BATCH = 40
@@ -77,7 +78,7 @@ def test_every_cancel_of_a_burst_of_simultaneous_deadlines_leaves_within_a_secon
             "cancel_decision_to_wire_s": summary(to_wire),
         },
     )
-    late = sorted((round(x, 3), rid) for x, rid in zip(lateness, ids) if x > 1.0 + SLACK)
+    late = sorted((round(x, 3), rid) for x, rid in zip(lateness, ids, strict=True) if x > 1.0 + SLACK)
     assert not late, (
         f"{len(late)} of {BATCH} cancels left more than {1.0 + SLACK:g}s after their common deadline; "
         f"the latest {late[-1][0]}s (decided {max(to_wire):.3f}s before leaving)"

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+from reliability_kit import Install, kill_all, read_store, store_statuses
 
 from conftest import wait_for
-from reliability_kit import Install, kill_all, read_store, store_statuses
 from tether.fakeapi import FakeServer, Faults
 
 # Sparse polls: after the first one, the next is 10 s away, so the requests around a

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import wait_for
 from reliability_kit import (
     DAEMON_PROJECT,
     Install,
@@ -16,6 +15,8 @@ from reliability_kit import (
     kill_all,
     save_figures,
 )
+
+from conftest import wait_for
 from tether.fakeapi import FakeServer
 
 PAUSE = 30.0  # tether.api.ACCOUNT_PAUSE_FIRST

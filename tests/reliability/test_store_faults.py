@@ -28,8 +28,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from conftest import wait_for
 from reliability_kit import (
     Install,
     check_lines_are_committed,
@@ -39,6 +37,8 @@ from reliability_kit import (
     read_store,
     store_statuses,
 )
+
+from conftest import wait_for
 from tether.fakeapi import FakeServer
 
 EXT4_IOC_SHUTDOWN = 0x8004587D  # _IOR('X', 125, __u32)

@@ -100,16 +100,16 @@ def track(
     observed: list[dict[str, Any] | None] = [None] * len(ids)
     if not no_verify:
         results = asyncio.run(fetch_all(client_for(config, account), ids))
-        missing = [i for i, r in zip(ids, results) if isinstance(r, NotFound)]
+        missing = [i for i, r in zip(ids, results, strict=True) if isinstance(r, NotFound)]
         if missing:
             fail(EXIT_NOT_FOUND, f"no response {', '.join(missing)} on account {account!r}; nothing was tracked")
-        failed = [(i, r) for i, r in zip(ids, results) if isinstance(r, BaseException)]
+        failed = [(i, r) for i, r in zip(ids, results, strict=True) if isinstance(r, BaseException)]
         if failed:
             rid, exc = failed[0]
             fail(EXIT_FAILURE, f"could not look up {rid}: {exc}; nothing was tracked (retry, or use --no-verify)")
         observed = list(results)  # type: ignore[arg-type]
     store = context.store(config)
-    tracked = store_tracked(config, store, list(zip(ids, observed)), account=account, policy=policy, labels=labels)
+    tracked = store_tracked(config, store, list(zip(ids, observed, strict=True)), account=account, policy=policy, labels=labels)
     for row, created in tracked:
         if as_json:
             print(render.dumps(render.record(row)))

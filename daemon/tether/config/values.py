@@ -9,8 +9,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping
-from datetime import timezone as _timezone
-from datetime import tzinfo
+from datetime import UTC, tzinfo
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
@@ -63,7 +62,7 @@ def timezone_named(name: str) -> tzinfo:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):
         if name == "UTC":
-            return _timezone.utc
+            return UTC
         raise
 
 

@@ -69,7 +69,7 @@ class Deadlines:
             if to_look:
                 await state.until(at)
             answers = await asyncio.gather(*(self._deadline_look(rec) for rec in to_look))
-            looked = {rec.id for rec, answered in zip(to_look, answers) if answered}
+            looked = {rec.id for rec, answered in zip(to_look, answers, strict=True) if answered}
             for rec in to_look:
                 rec.look_failures = 0 if rec.id in looked else rec.look_failures + 1
             due = [rec for rec in recs if rec.id in state.active and is_active(rec.status)]
@@ -80,7 +80,7 @@ class Deadlines:
             )
             await state.until(at)
             cancels = []
-            for rec, (row, cancel) in zip(due, decisions):
+            for rec, (row, cancel) in zip(due, decisions, strict=True):
                 if row is not None:
                     rec.refresh_state(row)
                 if cancel:
@@ -135,7 +135,7 @@ class Deadlines:
         with self.polling.held():
             replies = await asyncio.gather(*(self._cancel_one(rec) for rec in recs), return_exceptions=True)
         answered: list[tuple[Active, Outcome]] = []
-        for rec, reply in zip(recs, replies):
+        for rec, reply in zip(recs, replies, strict=True):
             if isinstance(reply, BaseException):
                 if not isinstance(reply, (StoreFailure, asyncio.CancelledError)):  # those stop the daemon
                     self._cancel_broke(rec, op, reply)
@@ -154,7 +154,7 @@ class Deadlines:
             for rec, _ in answered:
                 self._cancel_broke(rec, op, exc)
             return
-        for (rec, _), row in zip(answered, rows):
+        for (rec, _), row in zip(answered, rows, strict=True):
             self._after_cancel(rec, row)
 
     def _cancel_broke(self, rec: Active, op: str, exc: BaseException) -> None:

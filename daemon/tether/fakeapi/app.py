@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .state import REMOVE, ApiError, Call, Faults, FakeState, Record
+from .state import REMOVE, ApiError, Call, FakeState, Faults, Record
 
 # Request fields a response object repeats, with the value it shows when the request lacks them.
 ECHOED_DEFAULTS: dict[str, Any] = {
