@@ -124,7 +124,7 @@ def restart_after_stop(t: Tether, stand: Stand) -> dict[str, Any]:
     deadline = time.time() + 60
     while stand.first_get is None and time.time() < deadline:
         time.sleep(0.005)
-    first = stand.first_get - t.spawned_at if stand.first_get else None
+    first = stand.first_get - t.spawned_at if stand.first_get and t.spawned_at is not None else None
     time.sleep(3)
     memory = t.memory()
     t.stop()
@@ -260,7 +260,7 @@ def deadline(work: Path, active: int, spread: float, lead: float) -> dict[str, A
         finally:
             t.kill()
         lags = []
-        by_burst: dict[int, list[float]] = {}
+        by_burst: dict[float, list[float]] = {}
         early = missing = 0
         for record in records:
             due = int(record.created_at) + DEADLINE_AFTER
@@ -302,6 +302,8 @@ def deadline(work: Path, active: int, spread: float, lead: float) -> dict[str, A
 def economy_run(work: Path, durations: list[float], per_duration: int, limit: float) -> dict[str, Any]:
     """Real responses of 10 s to 2 min: tether (default [polling]) and the documented 2 s SDK loop,
     each on its own copy of the same responses, in the same run."""
+    from sqlmodel import col
+
     from tether.config import PollingConfig
     from tether.models import Response
     from tether.store import Store
@@ -334,7 +336,7 @@ def economy_run(work: Path, durations: list[float], per_duration: int, limit: fl
             deadline = time.time() + limit
             while time.time() < deadline:
                 with store.reading() as session:
-                    open_ = session.query(Response).filter(Response.finished_at.is_(None)).count()
+                    open_ = session.query(Response).filter(col(Response.finished_at).is_(None)).count()
                 if open_ == 0:
                     break
                 time.sleep(2)

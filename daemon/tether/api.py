@@ -127,10 +127,11 @@ class OneAttemptTransport(AiohttpTransport):
 class HttpClient(httpx2.AsyncClient):
     """httpx2 on aiohttp (as httpx-aiohttp's Httpx2AiohttpClient), proxied or not."""
 
-    def _init_transport(self, transport: Any = None, **options: Any) -> httpx2.AsyncBaseTransport:
+    # httpx2 calls these two with keyword arguments only, all passed through here.
+    def _init_transport(self, transport: Any = None, **options: Any) -> httpx2.AsyncBaseTransport:  # type: ignore[override]
         return transport or OneAttemptTransport(**options)
 
-    def _init_proxy_transport(self, proxy: httpx2.Proxy, **options: Any) -> httpx2.AsyncBaseTransport:
+    def _init_proxy_transport(self, proxy: httpx2.Proxy, **options: Any) -> httpx2.AsyncBaseTransport:  # type: ignore[override]
         return OneAttemptTransport(proxy=proxy, **options)
 
 
@@ -304,7 +305,7 @@ class ResponsesClient:
             message = message.replace(self._key, "[redacted]")
         message = message[:500]
         text = f"HTTP {status} on {method} /{path}: {message}"
-        fields = dict(status=status, code=code, type_=err.get("type"), retry_after=retry_after(headers))
+        fields: dict[str, Any] = dict(status=status, code=code, type_=err.get("type"), retry_after=retry_after(headers))
         if status in (401, 403) or (status == 429 and is_quota(code, err.get("type"))):
             self._pause_account()
             return AccountError(text, **fields)

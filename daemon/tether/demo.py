@@ -22,6 +22,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 from sqlalchemy import select
+from sqlmodel import col
 
 from tether import render, tracker
 from tether.config import load_config
@@ -164,7 +165,7 @@ def _submit_all(config, store: Store) -> dict[str, str]:
 
 def _rows(store: Store) -> list[Response]:
     with store.reading() as session:
-        return list(session.execute(select(Response).order_by(Response.tracked_at, Response.id)).scalars())
+        return list(session.execute(select(Response).order_by(col(Response.tracked_at), col(Response.id))).scalars())
 
 
 def _watch(console: Console, store: Store, ids: dict[str, str], daemon: subprocess.Popen) -> bool:
@@ -216,7 +217,7 @@ def _history(console: Console, store: Store) -> None:
     console.print()
     console.print(Text("event history", style="bold"))
     with store.reading() as session:
-        for ev in session.execute(select(Event).order_by(Event.at, Event.id)).scalars():
+        for ev in session.execute(select(Event).order_by(col(Event.at), col(Event.id))).scalars():
             console.print(render.event_line(ev))
 
 
@@ -231,7 +232,7 @@ def _summary(console: Console, store: Store, config) -> None:
         if row.cancel_requested_at is None:
             continue
         policy = config.policy_named(row.policy) if row.policy else None
-        limit = getattr(policy, row.cancel_reason, None) if policy else None
+        limit = getattr(policy, row.cancel_reason, None) if policy and row.cancel_reason else None
         if limit is not None and row.created_at is not None:
             late = row.cancel_requested_at - (row.created_at + limit)
             console.print(
@@ -240,7 +241,7 @@ def _summary(console: Console, store: Store, config) -> None:
                 highlight=False,
             )
     with store.reading() as session:
-        warned = list(session.execute(select(Event).where(Event.kind == "warned")).scalars())
+        warned = list(session.execute(select(Event).where(col(Event.kind) == "warned")).scalars())
     for ev in warned:
         console.print(f"  {ev.response_id}  warned for {ev.reason}, not cancelled", highlight=False)
     costs = [r.cost_usd for r in rows if r.cost_usd is not None]

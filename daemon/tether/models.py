@@ -153,3 +153,8 @@ class Heartbeat(SQLModel, table=True):
     event_cursor: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     # Set by a clean stop, once everything is written; a running daemon's heartbeat clears it.
     stopped_at: float | None = None
+
+
+# The tables as SQLAlchemy Core sees them, for bulk statements (SQLModel leaves `__table__` untyped).
+RESPONSES = SQLModel.metadata.tables[Response.__tablename__]
+EVENTS = SQLModel.metadata.tables[Event.__tablename__]

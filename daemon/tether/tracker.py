@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeGuard
 
 from sqlalchemy import insert
 from sqlmodel import Session
@@ -24,10 +24,10 @@ from tether.config import Config, PolicyConfig
 from tether.logs import log
 from tether.models import (
     API_STATUSES,
+    EVENTS,
     TERMINAL,
     BudgetMark,
     CancelState,
-    Event,
     EventKind,
     Response,
     Status,
@@ -100,7 +100,7 @@ class Recorder:
         """Insert the event rows, in order, in one statement (an ORM object per event costs
         more than the rest of a transition)."""
         if self._rows:
-            self.session.execute(insert(Event.__table__), self._rows)
+            self.session.execute(insert(EVENTS), self._rows)
             self._rows = []
 
     def emit(self) -> None:
@@ -174,7 +174,7 @@ def track(
         if status == Status.IN_PROGRESS.value:
             row.started_at = row.created_at
     refresh_policy(row, config)
-    if status in TERMINAL:
+    if observed is not None and status in TERMINAL:
         record_outcome(rec, row, observed, pricing, previous=None)
     if is_active(row.status):
         row.next_poll_at = rec.now + config.polling.first
@@ -306,7 +306,7 @@ def fill_facts(row: Response, observed: Mapping[str, Any]) -> None:
         log.warning("api.error", kind="anomaly", response_id=row.id, error=f"ignored fields of an unexpected type or range: {', '.join(wrong)}")
 
 
-def valid_timestamp(value: Any) -> bool:
+def valid_timestamp(value: Any) -> TypeGuard[float]:
     return (
         isinstance(value, (int, float))
         and not isinstance(value, bool)

@@ -48,7 +48,7 @@ def cancel(
         out.print(f"{row.id} is already {row.status}; nothing to cancel")
         return
     with tracker.recording(store, "cli", time.time()) as rec:
-        row = rec.session.get(Response, response_id)
+        row = rec.session.get_one(Response, response_id)
         tracker.request_cancel(rec, row, "manual", note=reason)
     client = client_for(config, row.account)
 
@@ -60,12 +60,12 @@ def cancel(
 
     outcome = asyncio.run(send())
     with tracker.recording(store, "cli", time.time()) as rec:
-        row = rec.session.get(Response, response_id)
-        if outcome.answered:
+        row = rec.session.get_one(Response, response_id)
+        if outcome.failed is None:
             cancelling.settle(rec, row, outcome, config, Pricing.from_config(config))
         else:
             cancelling.record_failure(rec, row, outcome.failed, config)
-    if not outcome.answered:
+    if outcome.failed is not None:
         if row.cancel_state == CancelState.PENDING.value:
             fail(EXIT_FAILURE, f"cancel of {response_id} failed: {outcome.failed}; it is recorded and a running daemon retries it")
         fail(EXIT_FAILURE, f"cancel of {response_id} failed: {outcome.failed}; it is now {row.status}: nothing left to cancel")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -63,7 +64,7 @@ class Context:
             fail(EXIT_FAILURE, str(exc))
 
 
-def fail(code: int, message: str) -> typer.Exit:
+def fail(code: int, message: str) -> NoReturn:
     err.print(f"tether: {message}")
     raise typer.Exit(code)
 
@@ -96,7 +97,7 @@ def parse_labels(values: list[str] | None) -> dict[str, str]:
     return labels
 
 
-def check_policy(config: Config, policy: str, stored: set[str] = frozenset()) -> None:
+def check_policy(config: Config, policy: str, stored: AbstractSet[str] = frozenset()) -> None:
     """A policy named on the command line must be configured, or (to select responses) at
     least be the policy of some stored response: one removed from the config since."""
     if config.policy_named(policy) is not None or policy in stored:
@@ -127,6 +128,7 @@ def client_for(config: Config, account: str) -> ResponsesClient:
 
 def load_response(store: Store, rid: str) -> tuple[Response, list[Event]]:
     from sqlalchemy import select
+    from sqlmodel import col
 
     from tether.models import Event, Response
 
@@ -136,6 +138,6 @@ def load_response(store: Store, rid: str) -> tuple[Response, list[Event]]:
         row = session.get(Response, rid)
         if row is None:
             fail(EXIT_NOT_FOUND, f"{rid} is not tracked (see `tether ls`, or `tether track {rid}`)")
-        query = select(Event).where(Event.response_id == rid).order_by(Event.at, Event.id)
+        query = select(Event).where(col(Event.response_id) == rid).order_by(col(Event.at), col(Event.id))
         events = list(session.execute(query).scalars())
     return row, events

@@ -48,22 +48,23 @@ def list_responses(
         if s not in known:
             fail(EXIT_USAGE, f"--status {s!r}: expected one of {', '.join(sorted(known))}")
     from sqlalchemy import or_, select
+    from sqlmodel import col
 
     from tether.models import FINAL, Response
 
     labels = parse_labels(label)
     config = context.config()
     store = context.store(config)
-    query = select(Response).order_by(Response.tracked_at.desc(), Response.id)
+    query = select(Response).order_by(col(Response.tracked_at).desc(), col(Response.id))
     if status:
-        query = query.where(Response.status.in_(status))
+        query = query.where(col(Response.status).in_(status))
     if active:
-        query = query.where(or_(Response.status.is_(None), Response.status.not_in(FINAL)))
+        query = query.where(or_(col(Response.status).is_(None), col(Response.status).not_in(FINAL)))
     if policy:
-        query = query.where(Response.policy == policy)
+        query = query.where(col(Response.policy) == policy)
     with store.reading() as session:
         if policy and config.policy_named(policy) is None:
-            stored = session.execute(select(Response.policy).distinct().where(Response.policy.is_not(None))).scalars()
+            stored = session.execute(select(col(Response.policy)).distinct().where(col(Response.policy).is_not(None))).scalars()
             check_policy(config, policy, set(stored))
         if not labels:
             query = query.limit(limit)
@@ -139,15 +140,16 @@ def event_log(
 
 def read_events(store: Store, after_id: int, response_id: str | None, after_time: float | None) -> Iterator[Event]:
     from sqlalchemy import select
+    from sqlmodel import col
 
     from tether.models import Event
 
     # Time order: an event is written after the moment it records, so the ids of
     # events from the daemon and the CLI do not always follow their times.
-    query = select(Event).where(Event.id > after_id).order_by(Event.at, Event.id)
+    query = select(Event).where(col(Event.id) > after_id).order_by(col(Event.at), col(Event.id))
     if response_id:
-        query = query.where(Event.response_id == response_id)
+        query = query.where(col(Event.response_id) == response_id)
     if after_time is not None:
-        query = query.where(Event.at >= after_time)
+        query = query.where(col(Event.at) >= after_time)
     with store.reading() as session:
         yield from list(session.execute(query).scalars())

@@ -71,12 +71,12 @@ def check_config(
         accounts.append(
             {"name": account.name, "base_url": account.base_url, "key_source": account.key_source(), "key": key}
         )
-    policies = [
+    policies: list[dict[str, Any]] = [
         {"name": p.name, "match": match_shape(p.match), "max_queued": p.max_queued,
          "max_runtime": p.max_runtime, "action": p.action, "reserve_usd": p.reserve_usd}
         for p in config.policies
     ]
-    budgets = [
+    budgets: list[dict[str, Any]] = [
         {"name": b.name, "match": match_shape(b.match), "limit_usd": b.limit_usd, "period": b.period,
          "window": b.window, "timezone": b.timezone, "warn_at": list(b.warn_at), "on_exceed": b.on_exceed}
         for b in config.budgets

@@ -64,7 +64,7 @@ class AccountConfig:
         elif self.api_key_file:
             key = f"accounts.{self.name}.api_key_file"
             text = _read_secret(Path(self.api_key_file), key)
-        else:
+        elif self.api_key_credential:
             key = f"accounts.{self.name}.api_key_credential"
             directory = environ.get("CREDENTIALS_DIRECTORY")
             if not directory:
@@ -73,6 +73,8 @@ class AccountConfig:
                     f" (start the service with LoadCredential={self.api_key_credential}:PATH)"
                 )
             text = _read_secret(Path(directory) / self.api_key_credential, key)
+        else:
+            raise ConfigError(f"accounts.{self.name}: no key source (api_key_env, api_key_file or api_key_credential)")
         return _checked_key(text.strip(), key, self.key_source())
 
 

@@ -168,15 +168,16 @@ class Deadlines:
         outcome = await cancelling.send(
             state.clients[rec.account], rec.id, rec.status, state.clock(), on_error=functools.partial(state.api_error, rec)
         )
-        if outcome.answered:
+        failed = outcome.failed
+        if failed is None:
             return outcome
-        if isinstance(outcome.failed, NotFound):
+        if isinstance(failed, NotFound):
             await self.polling.record_not_found(rec, outcome.asked_at)
         else:
-            row = await state.writer.run(state.queries.write_cancel_failed, rec.id, outcome.failed)
+            row = await state.writer.run(state.queries.write_cancel_failed, rec.id, failed)
             if row is not None:
                 rec.refresh(row)
-            rec.next_cancel_at = self._retry_at(rec, rec.cancel_attempts, outcome.failed.retry_after)
+            rec.next_cancel_at = self._retry_at(rec, rec.cancel_attempts, failed.retry_after)
         return None
 
     def _after_cancel(self, rec: Active, row: Response | None) -> None:

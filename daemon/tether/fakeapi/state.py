@@ -86,7 +86,7 @@ class Simulation:
 
 # metadata key -> (Simulation field, its type); annotations are strings under `from __future__`
 _METADATA_KEYS = {
-    f"fake_{f.name}": (f.name, {"float": float, "int": int, "str": str}[f.type])
+    f"fake_{f.name}": (f.name, {"float": float, "int": int, "str": str}[str(f.type)])
     for f in dataclasses.fields(Simulation)
 }
 
@@ -258,7 +258,7 @@ class Faults:
         """Faults from the `POST /_fake/faults` body; `outage_for` (seconds) opens an outage."""
         data = dict(data)
         outage = data.pop("outage_for", None)
-        routes = {}
+        routes: dict[str, Any] = {}
         for route in ROUTES:
             if route in data:
                 if not isinstance(data[route], dict):
