@@ -121,8 +121,8 @@ class Tether:
         """Track the stand-in's records as `tether track` would; returns the seconds it took.
 
         The first `verify` records go through `tracker.track` itself. The rest are bulk
-        inserted as rows built by tracker's own functions (`fill_facts`, `known_status`,
-        `refresh_policy`), with no SQLModel object per row (constructing one costs ~0.5 ms);
+        inserted as rows built by tether's own functions (`facts.fill_facts`, `facts.known_status`,
+        `tracker.refresh_policy`), with no SQLModel object per row (constructing one costs ~0.5 ms);
         before that, the bulk rows built for the first records are compared column by
         column with what `tracker.track` stored, so the two paths provably agree.
         """
@@ -134,6 +134,7 @@ class Tether:
 
         from tether import logs, tracker
         from tether.config import load_config
+        from tether.facts import fill_facts, known_status
         from tether.fakeapi.app import response_object
         from tether.models import EVENTS, RESPONSES, TERMINAL, EventKind, Response, Status, is_active
         from tether.pricing import Pricing
@@ -153,8 +154,8 @@ class Tether:
             observed = response_object(record, at)
             row: Any = SimpleNamespace(**{**defaults, "labels": {}, "meta": {}, "limits_hit": []})
             row.id, row.account, row.tracked_at, row.policy_requested = record.id, "default", at, None
-            tracker.fill_facts(row, observed)
-            row.status = tracker.known_status(observed)
+            fill_facts(row, observed)
+            row.status = known_status(observed)
             if row.status in TERMINAL:
                 raise ValueError("the bulk path tracks active responses only")
             if row.status == Status.IN_PROGRESS.value:

@@ -38,7 +38,7 @@ from tether import render, tracker
 from tether.cli import app
 from tether.config import parse_config
 from tether.fakeapi import FakeServer, Faults, RouteFaults
-from tether.models import Response
+from tether.models import API_STATUSES, TERMINAL, Response
 from tether.pricing import Pricing
 from tether.store import Store
 
@@ -334,7 +334,7 @@ def known_bug(payload: dict[str, Any]) -> str | None:
         return "a status that is a list or an object"
     details = payload.get("incomplete_details")
     reason = details.get("reason") if isinstance(details, dict) else None
-    if status in tracker.TERMINAL and not isinstance(reason, (str, int, float, bool, type(None))):
+    if status in TERMINAL and not isinstance(reason, (str, int, float, bool, type(None))):
         return "incomplete_details.reason that is not a scalar"
     for value in (reason, payload.get("max_output_tokens")):
         if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
@@ -380,7 +380,7 @@ def test_a_reply_of_any_shape_never_raises_and_the_record_still_renders(payload_
     row = apply(payload_store, payload, f"resp_fuzz_{n}")
     record = render.record(row)
     json.dumps(record)
-    assert row.status is None or row.status in tracker.API_STATUSES
+    assert row.status is None or row.status in API_STATUSES
 
 
 def reproduce(payload_store: Any, payload: dict[str, Any]) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tether.facts import facts_after, facts_of, row_facts
 from tether.models import Response
-from tether.tracker import facts, facts_after, facts_of
 
 KNOWN = facts_of("o3-pro", 1000.0, {"team": "search"})
 
@@ -47,7 +47,7 @@ def test_the_order_of_metadata_keys_does_not_change_the_facts():
 
 def test_a_row_never_seen_has_facts_that_any_complete_observation_changes():
     row = Response(id="resp_x", account="default", tracked_at=0.0)
-    unseen = facts(row)
+    unseen = row_facts(row)
     assert unseen == facts_of(None, None, {})
     assert facts_after({"model": "o3", "created_at": 5, "metadata": {}}, unseen) != unseen
 
