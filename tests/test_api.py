@@ -1064,6 +1064,24 @@ async def test_a_create_on_a_fresh_connection_dropped_after_it_was_read_is_sent_
     assert server.requests == ["POST /v1/responses HTTP/1.1"]
 
 
+async def test_a_cookie_a_server_sets_is_never_sent_back(client_to) -> None:
+    heads: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Scripted) -> None:
+        while True:
+            heads.append(await reader.readuntil(b"\r\n\r\n"))
+            writer.write(reply(b'{"id": "resp_1", "status": "queued"}', "Content-Length: 36", "Set-Cookie: lb=abc; Path=/"))
+            await writer.drain()
+
+    async with Scripted(serve) as server:
+        client = client_to(server.url)
+        await client.get("resp_1")
+        await client.get("resp_1")
+
+    assert len(heads) == 2
+    assert b"cookie:" not in heads[1].lower(), heads[1]
+
+
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
 async def test_a_reply_longer_than_max_reply_bytes_is_a_transient_error_not_read_whole(client_to, framing: str) -> None:
     bound = 64 * 1024

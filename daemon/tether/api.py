@@ -26,6 +26,7 @@ import asyncio
 import json
 import random
 import ssl
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -183,6 +184,7 @@ class ResponsesClient:
                 ),
                 event_hooks={name: list(hooks) for name, hooks in (event_hooks or {}).items()},
                 verify=trust_store(),
+                cookies=CookieJar(DefaultCookiePolicy(allowed_domains=[])),  # none kept: each request stands alone
             )
         except httpx2.InvalidURL as exc:  # a proxy URL from the environment (the base URL is checked in config)
             self._http = HttpClient(trust_env=False)  # never used: each request fails with what to set
