@@ -26,10 +26,10 @@ import asyncio
 import json
 import random
 import ssl
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
 import aiohttp
