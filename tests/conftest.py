@@ -169,10 +169,16 @@ class Tether:
         return self.root / "tether.db"
 
     @property
+    def socket_path(self) -> Path:
+        return self.root / "run" / "tether" / "tether.sock"
+
+    @property
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("TETHER_", "OPENAI_", "JOURNAL_", "NOTIFY_"))}
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("TETHER_", "OPENAI_", "JOURNAL_", "NOTIFY_", "RUNTIME_DIRECTORY"))}
         env.update(
             TETHER_TEST_KEY=API_KEY,
+            XDG_RUNTIME_DIR=str(self.root / "run"),  # the daemon's socket: $XDG_RUNTIME_DIR/tether/tether.sock
             XDG_STATE_HOME=str(self.root / "state"),
             XDG_CONFIG_HOME=str(self.root / "xdg-config"),
             PYTHONUNBUFFERED="1",

@@ -1,4 +1,6 @@
+import base64
 import dataclasses
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -595,7 +597,7 @@ def test_an_invalid_budget_or_price_is_rejected_with_its_key_path(text, message)
         pytest.param(
             '[budgets]\nname = "b"',
             "budgets: unknown key (known: store, log, accounts, polling, policy, prices, service_tiers, estimate, "
-            "budget)",
+            "budget, server, proxy, webhooks)",
             id="an unknown top-level table",
         ),
         pytest.param(
@@ -954,6 +956,190 @@ def test_an_unreadable_api_key_is_a_config_error_that_never_shows_the_key(tmp_pa
     assert SECRET not in str(caught.value)
 
 
+# --- webhooks ------------------------------------------------------------------------------------
+
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+LISTEN = '[server]\nlisten = "127.0.0.1:8787"\n'  # the listener webhooks arrive on
+
+
+def test_without_a_webhooks_table_webhooks_are_off():
+    assert parse("").webhooks is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('secret_credential = "openai-webhook-secret"',
+         config.WebhooksConfig(secret_credential="openai-webhook-secret", safety_poll=600.0)),
+        ('secret_env = "OPENAI_WEBHOOK_SECRET"\nsafety_poll = "30m"',
+         config.WebhooksConfig(secret_env="OPENAI_WEBHOOK_SECRET", safety_poll=1800.0)),
+        ('secret_file = "/etc/tether/webhook.secret"\nsafety_poll = 90',
+         config.WebhooksConfig(secret_file="/etc/tether/webhook.secret", safety_poll=90.0)),
+    ],
+)
+def test_the_webhooks_table_names_one_secret_source_and_a_safety_poll(text, expected):
+    assert parse(f"{LISTEN}[webhooks]\n{text}").webhooks == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param(
+            f'secret = "{WEBHOOK_SECRET}"',
+            "webhooks.secret: the signing secret never goes in the config file; "
+            "use secret_credential, secret_env or secret_file",
+            id="an inline secret",
+        ),
+        pytest.param(
+            "",
+            "webhooks: give exactly one of secret_credential, secret_env, secret_file",
+            id="no secret source",
+        ),
+        pytest.param(
+            'secret_env = "S"\nsecret_file = "/s"',
+            "webhooks: give exactly one of secret_credential, secret_env, secret_file (found secret_env, secret_file)",
+            id="two secret sources",
+        ),
+        pytest.param(
+            f'secret_env = "{WEBHOOK_SECRET}"',
+            "webhooks.secret_env: expected the name of an environment variable, such as OPENAI_API_KEY",
+            id="a secret pasted as its variable's name",
+        ),
+        pytest.param(
+            'secret_file = "webhook.secret"',
+            "webhooks.secret_file: expected an absolute path, such as /etc/tether/openai.key",
+            id="a relative secret file",
+        ),
+        pytest.param(
+            'secret_env = "S"\nsafety_poll = "0s"',
+            'webhooks.safety_poll: expected a duration > 0, got "0s"',
+            id="a safety poll of zero",
+        ),
+        pytest.param(
+            'secret_env = "S"\nsafety_pol = "5m"',
+            "webhooks.safety_pol: unknown key (known: secret_credential, secret_env, secret_file, safety_poll)",
+            id="an unknown webhooks key",
+        ),
+        pytest.param(
+            'webhooks = "on"', 'webhooks: expected a table, got "on"', id="webhooks that are not a table"
+        ),
+    ],
+)
+def test_an_invalid_webhooks_table_is_rejected_with_its_key_path(text, message):
+    text = f"{text}\n{LISTEN}" if text.startswith("webhooks =") else f"{LISTEN}[webhooks]\n{text}"
+    message_found = error_of(text)
+    assert message_found == message
+    assert WEBHOOK_SECRET not in message_found
+
+
+@pytest.mark.parametrize("source", ["env", "file", "credential"])
+def test_a_webhook_secret_is_read_from_its_source_without_surrounding_whitespace(tmp_path, source):
+    (tmp_path / "webhook.secret").write_text(f"  {WEBHOOK_SECRET}\n")
+    (tmp_path / "openai-webhook-secret").write_text(f"{WEBHOOK_SECRET}\n")
+    setting = {
+        "env": 'secret_env = "HOOK"',
+        "file": f'secret_file = "{tmp_path / "webhook.secret"}"',
+        "credential": 'secret_credential = "openai-webhook-secret"',
+    }[source]
+    environ = {"HOOK": f"{WEBHOOK_SECRET}\n", "CREDENTIALS_DIRECTORY": str(tmp_path)}
+    webhooks = parse(f"{LISTEN}[webhooks]\n{setting}").webhooks
+    assert webhooks.read_secret(environ) == WEBHOOK_SECRET
+    assert WEBHOOK_SECRET not in repr(webhooks)
+
+
+@pytest.mark.parametrize(
+    ("setting", "environ", "files", "message"),
+    [
+        pytest.param(
+            'secret_env = "HOOK"',
+            {},
+            {},
+            "webhooks.secret_env: environment variable HOOK is not set",
+            id="an unset variable",
+        ),
+        pytest.param(
+            'secret_env = "HOOK"',
+            {"HOOK": " \n"},
+            {},
+            "webhooks.secret_env: the secret from env HOOK is empty",
+            id="a blank variable",
+        ),
+        pytest.param(
+            'secret_file = "{dir}/missing.secret"',
+            {},
+            {},
+            "webhooks.secret_file: cannot read {dir}/missing.secret: No such file or directory",
+            id="a missing secret file",
+        ),
+        pytest.param(
+            'secret_file = "{dir}/webhook.secret"',
+            {},
+            {"webhook.secret": "whsec_a"},
+            "webhooks.secret_file: the secret from file {dir}/webhook.secret is not a webhook signing secret "
+            "(expected whsec_ followed by base64, as the OpenAI dashboard shows it)",
+            id="a secret that is not base64",
+        ),
+        pytest.param(
+            'secret_credential = "openai-webhook-secret"',
+            {},
+            {},
+            "webhooks.secret_credential: $CREDENTIALS_DIRECTORY is not set "
+            "(start the service with LoadCredential=openai-webhook-secret:PATH)",
+            id="a credential outside systemd",
+        ),
+        pytest.param(
+            'secret_credential = "openai-webhook-secret"',
+            {"CREDENTIALS_DIRECTORY": "{dir}"},
+            {},
+            "webhooks.secret_credential: cannot read {dir}/openai-webhook-secret: No such file or directory",
+            id="a credential that was not loaded",
+        ),
+    ],
+)
+def test_an_unreadable_webhook_secret_is_a_config_error_that_never_shows_it(tmp_path, setting, environ, files, message):
+    for name, content in files.items():
+        (tmp_path / name).write_text(content)
+    environ = {name: value.format(dir=tmp_path) for name, value in environ.items()}
+    webhooks = parse(f"{LISTEN}[webhooks]\n{setting.format(dir=tmp_path)}").webhooks
+    with pytest.raises(ConfigError) as caught:
+        webhooks.read_secret(environ)
+    assert str(caught.value) == message.format(dir=tmp_path)
+    assert "whsec_a" not in str(caught.value)
+
+
+def test_an_inline_webhook_secret_stops_check_config_and_run_with_78_naming_the_key(tether):
+    tether.write_config()
+    with tether.config_path.open("a") as file:
+        file.write(f'\n{LISTEN}[webhooks]\nsecret = "{WEBHOOK_SECRET}"\n')
+    for command in ("check-config", "run"):
+        result = tether.cli(command)
+        assert result.returncode == 78, result.stdout + result.stderr
+        assert "webhooks.secret: the signing secret never goes in the config file" in result.stderr
+        assert WEBHOOK_SECRET not in result.stdout + result.stderr
+
+
+def test_run_refuses_to_start_with_78_when_the_webhook_secret_cannot_be_read(tether):
+    tether.write_config()
+    with tether.config_path.open("a") as file:
+        file.write(f'\n{LISTEN}[webhooks]\nsecret_env = "TETHER_TEST_WEBHOOK_SECRET"\n')
+    result = tether.cli("run")
+    assert result.returncode == 78, result.stdout + result.stderr
+    assert "webhooks.secret_env: environment variable TETHER_TEST_WEBHOOK_SECRET is not set" in result.stderr
+    checked = tether.ok("check-config")  # check-config warns about it, and passes
+    assert "webhooks.secret_env: environment variable TETHER_TEST_WEBHOOK_SECRET is not set" in checked.stderr
+
+
+def test_webhooks_without_a_listener_stop_check_config_and_run_with_78_naming_webhooks(tether):
+    tether.write_config()
+    with tether.config_path.open("a") as file:
+        file.write('\n[webhooks]\nsecret_env = "TETHER_TEST_WEBHOOK_SECRET"\n')
+    tether.extra_env["TETHER_TEST_WEBHOOK_SECRET"] = WEBHOOK_SECRET
+    for command in ("check-config", "run"):
+        result = tether.cli(command)
+        assert result.returncode == 78, result.stdout + result.stderr
+        assert "webhooks: needs [server] listen" in result.stderr
+
+
 def test_a_key_file_that_is_not_text_is_a_config_error(tmp_path):
     (tmp_path / "openai.key").write_bytes(b"\xff\xfe" + SECRET.encode())
     account = parse(f'[accounts.default]\napi_key_file = "{tmp_path}/openai.key"').accounts["default"]
@@ -1136,3 +1322,156 @@ def test_a_key_file_readable_by_group_or_others_is_warned_about(tmp_path, mode, 
     else:
         assert warning is not None and warned in warning and "chmod 600" in warning
         assert "sk-test-value" not in warning
+
+
+# ---- [server] ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("environ", "socket"),
+    [
+        ({"RUNTIME_DIRECTORY": "/run/tether", "XDG_RUNTIME_DIR": "/run/user/1000"}, "/run/tether/tether.sock"),
+        ({"RUNTIME_DIRECTORY": "/run/tether:/run/other"}, "/run/tether/tether.sock"),
+        ({"XDG_RUNTIME_DIR": "/run/user/1000"}, "/run/user/1000/tether/tether.sock"),
+        ({"XDG_RUNTIME_DIR": "relative"}, None),
+        ({}, None),
+    ],
+)
+def test_the_default_socket_is_in_the_runtime_directory(environ, socket):
+    cfg = parse("", environ)
+    assert cfg.server == config.ServerConfig(socket=socket)
+    assert cfg.server.read_token({}) is None
+
+
+def test_every_server_setting_is_read(tmp_path):
+    cfg = parse('[server]\nsocket = "/run/t/t.sock"\nlisten = "127.0.0.1:8787"\ntoken_env = "T"', {})
+    assert cfg.server == config.ServerConfig(socket="/run/t/t.sock", listen=("127.0.0.1", 8787), token_env="T")
+    assert parse('[server]\nsocket = ""\nlisten = "[::1]:9"', {"XDG_RUNTIME_DIR": "/run/user/1"}).server == \
+        config.ServerConfig(socket=None, listen=("::1", 9))
+    token = tmp_path / "token"
+    token.write_text("  abcdefghijklmnopqrstuvwxyz\n")
+    from_file = parse(f'[server]\ntoken_file = "{token}"', {}).server
+    assert from_file.read_token({}) == "abcdefghijklmnopqrstuvwxyz"
+    (tmp_path / "creds").mkdir()
+    (tmp_path / "creds" / "tether-token").write_text("0123456789abcdef0123")
+    from_credential = parse('[server]\ntoken_credential = "tether-token"', {}).server
+    assert from_credential.read_token({"CREDENTIALS_DIRECTORY": str(tmp_path / "creds")}) == "0123456789abcdef0123"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[server]\nsocket = "run/t.sock"', 'server.socket: expected an absolute path, such as /run/tether/tether.sock, or "" for none'),
+        ('[server]\nsocket = 1', 'server.socket: expected an absolute path, such as /run/tether/tether.sock, or "" for none'),
+        (f'[server]\nsocket = "/{"x" * 120}"', f"server.socket: /{'x' * 120} is longer than a Unix socket path may be (107 bytes)"),
+        ('[server]\nlisten = "8787"', 'server.listen: expected HOST:PORT, such as "127.0.0.1:8787" or "[::1]:8787", got "8787"'),
+        ('[server]\nlisten = "127.0.0.1:99999"', 'server.listen: expected HOST:PORT, such as "127.0.0.1:8787" or "[::1]:8787", got "127.0.0.1:99999"'),
+        ('[server]\nlisten = ""', 'server.listen: expected a non-empty string, got ""'),
+        ('[server]\ntoken = "s3cret-token-inline"', "server.token: unknown key (known: socket, listen, token_env, token_file, token_credential)"),
+        ('[server]\ntoken_env = "T"\ntoken_file = "/etc/t"', "server: give only one of token_env, token_file, token_credential (found token_env, token_file)"),
+        ('[server]\ntoken_file = "etc/t"', "server.token_file: expected an absolute path, such as /etc/tether/openai.key"),
+        ('[server]\ntoken_env = "not a name"', "server.token_env: expected the name of an environment variable, such as OPENAI_API_KEY"),
+        ("server = 1", "server: expected a table, got 1"),
+    ],
+)
+def test_an_invalid_server_table_is_rejected_with_its_key_path(text, message):
+    assert error_of(text) == message
+
+
+@pytest.mark.parametrize(
+    ("setting", "environ", "message"),
+    [
+        ('token_env = "T"', {}, "server.token_env: environment variable T is not set"),
+        ('token_env = "T"', {"T": "short"}, "server.token_env: the token must be at least 16 printable characters without spaces"),
+        ('token_file = "/nonexistent/token"', {}, "server.token_file: cannot read /nonexistent/token: No such file or directory"),
+        ('token_credential = "tok"', {}, "server.token_credential: $CREDENTIALS_DIRECTORY is not set (start the service with LoadCredential=tok:PATH)"),
+    ],
+)
+def test_an_unreadable_token_is_a_config_error_that_never_shows_it(setting, environ, message):
+    server = parse(f"[server]\n{setting}", {}).server
+    with pytest.raises(ConfigError) as caught:
+        server.read_token(environ)
+    assert str(caught.value) == message
+
+
+def test_a_token_that_cannot_be_read_stops_the_start_with_exit_78(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "t.toml"
+    path.write_text(f'[store]\nurl = "sqlite:///{tmp_path}/t.db"\n[server]\nsocket = ""\ntoken_env = "TETHER_NO_TOKEN"\n')
+    result = subprocess.run([sys.executable, "-m", "tether", "--config", str(path), "run"], capture_output=True,
+                            text=True, timeout=60, env={"PATH": "/usr/bin", "OPENAI_API_KEY": "sk-x-0123456789"})
+    assert result.returncode == 78
+    assert "server.token_env: environment variable TETHER_NO_TOKEN is not set" in result.stderr
+
+
+# --- [proxy] -------------------------------------------------------------------------------------
+
+
+def test_the_proxy_is_off_by_default_on_the_default_account_passing_the_client_key():
+    assert parse("").proxy == config.ProxyConfig(enabled=False, account="default", key="client", max_body=32 * 1024**2)
+    # Without an account called "default", the first one is the proxy's.
+    assert parse('[accounts.batch]\napi_key_env = "K"').proxy.account == "batch"
+
+
+@pytest.mark.parametrize(
+    ("max_body", "size"),
+    [("16MiB", 16 * 1024**2), ("512KiB", 512 * 1024), ("1GiB", 1024**3), ("100B", 100), ("100", 100), (4096, 4096)],
+)
+def test_every_setting_of_the_proxy_is_read(max_body, size):
+    text = (
+        '[server]\nlisten = "127.0.0.1:8787"\ntoken_env = "T"\n[accounts.default]\n[accounts.batch]\napi_key_env = "K"\n'
+        f'[proxy]\nenabled = true\naccount = "batch"\nkey = "account"\nmax_body = {json.dumps(max_body)}'
+    )
+    assert parse(text).proxy == config.ProxyConfig(enabled=True, account="batch", key="account", max_body=size)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('enabled = "yes"', 'proxy.enabled: expected true or false, got "yes"'),
+        ('account = "batch"', 'proxy.account: unknown account "batch" (accounts: default)'),
+        ('account = "a b"', 'proxy.account: invalid name "a b" (use letters, digits, _, - and .)'),
+        ('key = "server"', 'proxy.key: expected one of client, account, got "server"'),
+        ('max_body = "32MB"', 'proxy.max_body: expected a size such as "32MiB", "512KiB" or a number of bytes, got "32MB"'),
+        ("max_body = 0", "proxy.max_body: expected a size of at least 1 byte, got 0"),
+        ("max_body = true", 'proxy.max_body: expected a size such as "32MiB", "512KiB" or a number of bytes, got true'),
+        ('listen = "0.0.0.0:8787"', "proxy.listen: unknown key (known: enabled, account, key, max_body)"),
+    ],
+)
+def test_an_invalid_proxy_setting_is_rejected_with_its_key_path(text, message):
+    assert error_of(f"[proxy]\n{text}") == message
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[proxy]\nenabled = true", "proxy.enabled: needs [server] listen, the TCP listener that serves /v1/*"),
+        ('[server]\nlisten = "127.0.0.1:8787"\n[proxy]\nenabled = true\nkey = "account"',
+         'proxy.key: "account" needs a server token (server.token_file, token_env or token_credential): '
+         "callers present it instead of an API key"),
+    ],
+)
+def test_a_proxy_without_the_listener_or_token_it_needs_is_rejected(text, message):
+    assert error_of(text) == message
+
+
+def test_a_proxy_whose_key_needs_a_token_stops_run_with_78_naming_proxy_key(tether):
+    tether.write_config()
+    with tether.config_path.open("a") as file:
+        file.write('\n[server]\nlisten = "127.0.0.1:8787"\n[proxy]\nenabled = true\nkey = "account"\n')
+    result = tether.cli("run")
+    assert result.returncode == 78, result.stdout + result.stderr
+    assert 'proxy.key: "account" needs a server token' in result.stderr
+
+
+def test_check_config_warns_when_the_proxy_listens_beyond_loopback(tether):
+    tether.write_config()
+    with tether.config_path.open("a") as file:
+        file.write('\n[server]\nlisten = "0.0.0.0:8787"\n[proxy]\nenabled = true\n')
+    checked = tether.ok("check-config")
+    assert "server.listen (0.0.0.0) is not a loopback address and the proxy is on" in checked.stderr
+    file_text = tether.config_path.read_text().replace("0.0.0.0", "127.0.0.1")
+    tether.config_path.write_text(file_text)
+    assert "not a loopback address" not in tether.ok("check-config").stderr

@@ -358,6 +358,62 @@ def test_sighup_with_a_broken_config_keeps_the_old_one_and_a_good_one_applies_at
     assert tether.stop_daemon(daemon) == 0
 
 
+WEBHOOK_SECRET = "whsec_dGV0aGVyLXRlc3Qtd2ViaG9vay1rZXktMDEyMzQ1Njc4OQ=="
+WEBHOOKS = """
+[webhooks]
+secret_env = "TETHER_TEST_WEBHOOK_SECRET"
+safety_poll = "1h"
+"""
+
+
+def with_listener(table: str) -> str:
+    """`table` and the TCP listener webhooks need, on a free loopback port."""
+    from test_server import free_port
+
+    return f'\n[server]\nlisten = "127.0.0.1:{free_port()}"\n{table}'
+
+
+def test_with_webhooks_a_response_is_polled_every_safety_poll_but_deadlines_and_confirmations_are_not(tether, fake):
+    """docs/behaviour.md: with webhooks on, after the first polls only `safety_poll`; the look at
+    a deadline, the cancel and the confirmation polls after it go on as without webhooks."""
+    runaway_policy = '[[policy]]\nname = "runaway"\nmatch = { metadata = { case = "runaway" } }\nmax_runtime = "4s"\n'
+    tether.write_config(runaway_policy + with_listener(WEBHOOKS))
+    fake.state.faults.cancel_then_complete = 1.0  # the cancelled one ends `completed` 0.3 s later
+    fake.state.faults.cancel_then_complete_after = 0.3
+    daemon = tether.start_daemon({"TETHER_TEST_WEBHOOK_SECRET": WEBHOOK_SECRET})
+    quiet, runaway = create(fake, fake_run="60"), create(fake, case="runaway", fake_run="60")
+    tether.ok("track", quiet, runaway)
+    tracked_at = time.time()
+    wait_for(lambda: tether.records()[runaway]["status"] == "completed", timeout=45, what="the confirmed completion")
+    changes = [(e["from"], e["to"]) for e in tether.json("show", runaway)["events"] if e["kind"] == "status"]
+    assert changes == [("in_progress", "cancelled"), ("cancelled", "completed")]
+    [cancel] = server_record(fake, runaway)["cancels"]
+    assert cancel["at"] - (server_record(fake, runaway)["created_at"] + 4.0) <= 1.0
+
+    wait_for(lambda: time.time() - tracked_at > 5, timeout=10, what="5 s of tracking")
+    gets = [c for c in fake.state.calls() if c["response_id"] == quiet and c["route"] == "get"]
+    # `tether track`'s GET, then polls after `first` (0.2 s) twice; without webhooks, a dozen by now.
+    assert len(gets) == 3, [round(c["at"] - tracked_at, 2) for c in gets]
+    assert tether.stop_daemon(daemon) == 0
+
+
+def test_a_reload_whose_webhook_secret_cannot_be_read_keeps_the_old_config(tether, fake):
+    tables = with_listener(WEBHOOKS)
+    tether.write_config(policies=tables)
+    daemon = tether.start_daemon({"TETHER_TEST_WEBHOOK_SECRET": WEBHOOK_SECRET})
+    tether.write_config(policies=tables.replace("TETHER_TEST_WEBHOOK_SECRET", "TETHER_TEST_UNSET"))
+    daemon.send_signal(signal.SIGHUP)
+    failed = wait_for(
+        lambda: [line for line in tether.log_lines(daemon) if line["event"] == "daemon.reload_failed"],
+        timeout=45,
+        what="daemon.reload_failed",
+    )
+    assert failed[0]["error"] == "webhooks.secret_env: environment variable TETHER_TEST_UNSET is not set"
+    assert daemon.poll() is None
+    assert WEBHOOK_SECRET not in daemon.log_path.read_text()
+    assert tether.stop_daemon(daemon) == 0
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_the_daemon_stops_cleanly_with_exit_0(tether, fake, sig):
     daemon = tether.start_daemon()

@@ -17,7 +17,8 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from openai.types.responses import Response
+from openai.types.responses import Response, ResponseStreamEvent
+from pydantic import TypeAdapter
 from openai.types.shared import ErrorObject
 
 from tether.fakeapi import FakeServer, FakeState, Faults, RouteFaults
@@ -153,6 +154,65 @@ async def test_the_official_async_sdk_creates_retrieves_and_cancels(server):
         assert (await sdk.responses.retrieve(created.id)).status == "in_progress"
         cancelled = await sdk.responses.cancel(created.id)
     assert cancelled.status == "cancelled" and cancelled.usage is None and cancelled.service_tier == "flex"
+
+
+STREAM_EVENT = TypeAdapter(ResponseStreamEvent)
+
+
+def test_a_streamed_create_sends_sdk_valid_events_each_when_the_simulation_reaches_it(server):
+    """The official SDK reads the stream; every event validates against its models, the deltas
+    add up to the answer, and the first event arrives long before the response finishes."""
+    sdk = openai.OpenAI(base_url=server.base_url, api_key=KEY, max_retries=0)
+    arrivals: list[tuple[float, Any]] = []
+    with sdk.responses.create(
+        model="o3-pro", input="hi", background=True, stream=True, metadata={"fake_queue": "0.2", "fake_run": "0.6"}
+    ) as stream:
+        for event in stream:
+            if not arrivals:  # the stand-in's own view when the first event is in the SDK's hands
+                status_at_first = server.state.record(event.response.id).status(time.time())
+            arrivals.append((time.time(), event))
+    events = [STREAM_EVENT.validate_python(event.model_dump(mode="json")) for _, event in arrivals]
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    kinds = [e.type for e in events]
+    assert kinds[:4] == ["response.created", "response.in_progress", "response.output_item.added", "response.content_part.added"]
+    assert kinds[-4:] == ["response.output_text.done", "response.content_part.done", "response.output_item.done", "response.completed"]
+    created, completed = events[0].response, events[-1].response
+    assert created.status == "queued" and created.background and completed.status == "completed"
+    assert completed.id == created.id and completed.usage is not None
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert deltas == completed.output_text == "Simulated answer from o3-pro."
+    # Created at once (still queued when it arrived), completed when the simulation finished.
+    assert status_at_first == "queued" and arrivals[-1][0] >= server.state.record(created.id).finishes_at
+    assert get(httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {KEY}"}), created.id).status == "completed"
+
+
+def test_a_background_stream_resumes_after_a_sequence_number_without_a_gap_or_a_repeat(server):
+    sdk = openai.OpenAI(base_url=server.base_url, api_key=KEY, max_retries=0)
+    with sdk.responses.create(
+        model="o3-pro", input="hi", background=True, stream=True, metadata={"fake_run": "0.5"}
+    ) as stream:
+        first = [next(iter(stream)) for _ in range(3)]  # then the client leaves
+    rid = first[0].response.id
+    with sdk.responses.retrieve(rid, stream=True, starting_after=2) as resumed:
+        rest = list(resumed)
+    assert [e.sequence_number for e in first + rest] == list(range(len(first) + len(rest)))
+    assert rest[-1].type == "response.completed" and rest[-1].response.id == rid
+    for event in rest:
+        STREAM_EVENT.validate_python(event.model_dump(mode="json"))
+    with sdk.responses.retrieve(rid, stream=True) as again:  # from the start, all at once now
+        assert [e.type for e in again] == [e.type for e in first + rest]
+
+
+def test_a_cancel_ends_the_stream_and_a_synchronous_response_cannot_be_resumed(client, server):
+    sdk = openai.OpenAI(base_url=server.base_url, api_key=KEY, max_retries=0)
+    with sdk.responses.create(model="o3-pro", input="hi", background=True, stream=True) as stream:
+        events = iter(stream)
+        rid = next(events).response.id
+        valid_response(client.post(f"/responses/{rid}/cancel"))
+        assert all(e.type != "response.completed" for e in events)
+    synchronous = create(client, background=False, metadata={"fake_run": "0"})
+    valid_error(client.get(f"/responses/{synchronous.id}", params={"stream": "true"}), 400)
+    valid_error(client.get(f"/responses/{rid}", params={"stream": "true", "starting_after": "x"}), 400)
 
 
 def test_cancelling_an_active_response_cancels_it_for_good(client, server):

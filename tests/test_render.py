@@ -366,7 +366,7 @@ def test_show_prints_money_booleans_labels_and_times_for_people():
     row = full_response()
     row.cost_usd, row.cost_estimated = 0.15119740104675292, True
     row.usage = {"input_tokens": 100, "output_tokens": 2000}
-    lines = dict(line.strip().split(None, 1) for line in rendered(response_table(row)).splitlines() if line.strip())
+    lines = dict(line.strip().split(None, 1) for line in rendered(response_table(record(row))).splitlines() if line.strip())
     assert lines["cost"] == "$0.1512 (estimated)"
     assert "cost_estimated" not in lines and "cost_usd" not in lines
     assert lines["labels"] == "job=42" and lines["metadata"] == "team=search"
@@ -378,7 +378,7 @@ def test_show_prints_money_booleans_labels_and_times_for_people():
 def test_an_event_line_has_a_fixed_width_time_and_labels_as_pairs():
     ev = Event(at=T0, response_id="resp_abc123", kind="tracked", to_status="queued",
                detail={"account": "default", "policy": None, "labels": {"job": "42", "team": "search"}})
-    line = event_line(ev).plain
+    line = event_line(event(ev)).plain
     assert line.startswith("2026-11-25T20:00:00.000Z  resp_abc123  tracked")
     assert "account=default, labels=(job=42, team=search)" in line
     assert "{" not in line and "policy" not in line
@@ -386,5 +386,5 @@ def test_an_event_line_has_a_fixed_width_time_and_labels_as_pairs():
 
 def test_the_responses_table_prints_every_id_whole_even_on_a_narrow_terminal():
     rows = [Response(id=LONG_ID[:-1] + str(i), account="default", tracked_at=T0, status="queued") for i in range(3)]
-    text = rendered(responses_table(rows, T0 + 60), width=80)
+    text = rendered(responses_table([record(r) for r in rows], T0 + 60), width=80)
     assert all(row.id in text for row in rows), text

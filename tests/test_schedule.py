@@ -97,6 +97,24 @@ def test_the_next_interval_honours_a_max_interval_lowered_by_a_reload(previous, 
     assert next_interval(previous, polling(first="1s", backoff=1.5, max_interval="30s")) == expected
 
 
+@pytest.mark.parametrize(
+    ("config", "safety_poll", "expected"),
+    [
+        pytest.param(polling(), 600.0, [1.0, 600.0, 600.0, 600.0], id="the defaults: 1s, then every safety_poll"),
+        pytest.param(
+            polling(first="5s", max_interval="30s"), 1800.0, [5.0, 1800.0, 1800.0], id="past max_interval too"
+        ),
+        pytest.param(polling(first="1m", max_interval="5m"), 20.0, [60.0, 20.0, 20.0], id="below first too"),
+    ],
+)
+def test_with_webhooks_the_polls_after_the_first_come_every_safety_poll(config, safety_poll, expected):
+    found, previous = [], None
+    for _ in expected:
+        previous = next_interval(previous, config, safety_poll)
+        found.append(previous)
+    assert found == pytest.approx(expected)
+
+
 # --- jittered ----------------------------------------------------------------------------------
 
 

@@ -22,6 +22,7 @@ import pytest
 from conftest import API_KEY, Tether, wait_for
 
 UNIT = Path(__file__).parent.parent / "systemd" / "tether.service"
+SYSUSERS = UNIT.with_name("tether.sysusers")
 INSTALLED_TETHER = "/opt/tether/venv/bin/tether"
 
 
@@ -45,11 +46,28 @@ def test_the_unit_scores_an_exposure_of_1_5_or_lower():
 
 @pytest.mark.parametrize(
     "line",
-    ["Type=notify", "RestartPreventExitStatus=78", "DynamicUser=yes", "StateDirectory=tether",
-     "ConfigurationDirectory=tether", "SyslogIdentifier=tether", "Restart=on-failure"],
+    ["Type=notify", "RestartPreventExitStatus=78", "User=tether", "Group=tether", "StateDirectory=tether",
+     "RuntimeDirectory=tether", "RuntimeDirectoryMode=0750", "ConfigurationDirectory=tether",
+     "SyslogIdentifier=tether", "Restart=on-failure"],
 )
 def test_the_unit_has(line):
     assert line in UNIT.read_text().splitlines()
+
+
+def test_the_unit_runs_as_the_static_user_that_the_sysusers_file_makes():
+    # A static user and group, not DynamicUser=: the socket's group is one an operator can join.
+    assert not re.search(r"^DynamicUser=", UNIT.read_text(), re.MULTILINE)
+    lines = [line for line in SYSUSERS.read_text().splitlines() if line and not line.startswith("#")]
+    assert lines == ['u tether - "tether daemon" /var/lib/tether']
+
+
+def test_the_sysusers_file_is_accepted_by_systemd_sysusers(tmp_path):
+    # --root: into an empty tree, never this machine's /etc/passwd.
+    (tmp_path / "etc").mkdir()
+    result = subprocess.run(["systemd-sysusers", f"--root={tmp_path}", str(SYSUSERS)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "etc" / "passwd").read_text().startswith("tether:x:")
+    assert "tether:x:" in (tmp_path / "etc" / "group").read_text()
 
 
 def test_the_unit_reads_the_key_from_a_credential_and_never_from_an_environment_file():

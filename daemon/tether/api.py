@@ -50,6 +50,7 @@ CONNECT_TIMEOUT = 10.0  # at most; never more than half of request_timeout
 KEEPALIVE = 15.0  # an idle connection older than this is closed rather than reused
 
 EventHooks = Mapping[str, Sequence[Callable[[Any], Awaitable[None]]]]
+FailureHook = Callable[["APIError"], None]
 
 
 class APIError(Exception):
@@ -171,10 +172,12 @@ class ResponsesClient:
         if account.project:
             headers["OpenAI-Project"] = account.project
         connections = account.max_concurrency + priority_slots
+        # Requests name their whole URL: httpx2 joins a relative one to its base_url by parsing
+        # two URLs (50 µs a request against 35 µs for one whole URL).
+        self._base = account.base_url.rstrip("/") + "/"
         self._unusable: str | None = None
         try:
             self._http = HttpClient(
-                base_url=account.base_url.rstrip("/") + "/",
                 headers=headers,
                 timeout=httpx2.Timeout(
                     account.request_timeout, connect=min(CONNECT_TIMEOUT, account.request_timeout / 2)
@@ -191,17 +194,28 @@ class ResponsesClient:
             self._unusable = f"the proxy URL in the environment cannot be used ({exc}); set HTTPS_PROXY=http://HOST:PORT"
 
     async def get(
-        self, response_id: str, *, retry: RetryPolicy | None = None, priority: bool = False
+        self,
+        response_id: str,
+        *,
+        retry: RetryPolicy | None = None,
+        priority: bool = False,
+        on_failure: FailureHook | None = None,
     ) -> dict[str, Any]:
-        return await self._call("GET", f"responses/{response_id}", None, retry, priority=priority)
+        return await self._call("GET", f"responses/{response_id}", None, retry, priority=priority, on_failure=on_failure)
 
-    async def cancel(self, response_id: str, *, retry: RetryPolicy | None = None) -> dict[str, Any]:
-        return await self._call("POST", f"responses/{response_id}/cancel", None, retry, priority=True)
+    async def cancel(
+        self, response_id: str, *, retry: RetryPolicy | None = None, on_failure: FailureHook | None = None
+    ) -> dict[str, Any]:
+        return await self._call(
+            "POST", f"responses/{response_id}/cancel", None, retry, priority=True, on_failure=on_failure
+        )
 
-    async def create(self, body: dict[str, Any], *, retry: RetryPolicy | None = None) -> dict[str, Any]:
+    async def create(
+        self, body: dict[str, Any], *, retry: RetryPolicy | None = None, on_failure: FailureHook | None = None
+    ) -> dict[str, Any]:
         """Not idempotent: retried only when the request never reached the server or
         was refused unprocessed (429), so a retry cannot start a second response."""
-        return await self._call("POST", "responses", body, retry, idempotent=False)
+        return await self._call("POST", "responses", body, retry, idempotent=False, on_failure=on_failure)
 
     def pause_remaining(self) -> float:
         return max(0.0, self.paused_until - self._clock())
@@ -218,13 +232,19 @@ class ResponsesClient:
         *,
         idempotent: bool = True,
         priority: bool = False,
+        on_failure: FailureHook | None = None,
     ) -> dict[str, Any]:
+        """`on_failure` hears of every attempt that failed, the retried ones included."""
         policy = retry or self.retry
         attempt = 0
         while True:
             try:
                 return await self._once(method, path, body, self._priority if priority else self._semaphore)
-            except TransientError as exc:
+            except APIError as exc:
+                if on_failure is not None:
+                    on_failure(exc)
+                if not isinstance(exc, TransientError):
+                    raise
                 attempt += 1
                 if attempt >= policy.attempts or (exc.delivered and not idempotent):
                     raise
@@ -263,7 +283,7 @@ class ResponsesClient:
         """One request; its reply read up to max_reply_bytes (decoded), longer ones refused."""
         data = json.dumps(body).encode() if body is not None else None
         request = self._http.build_request(
-            method, path, content=data, headers={"Content-Type": "application/json"} if data is not None else None
+            method, self._base + path, content=data, headers={"Content-Type": "application/json"} if data is not None else None
         )
         response = await self._http.send(request, stream=True)
         try:

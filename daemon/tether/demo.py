@@ -218,7 +218,7 @@ def _history(console: Console, store: Store) -> None:
     console.print(Text("event history", style="bold"))
     with store.reading() as session:
         for ev in session.execute(select(Event).order_by(col(Event.at), col(Event.id))).scalars():
-            console.print(render.event_line(ev))
+            console.print(render.event_line(render.event(ev)))
 
 
 def _summary(console: Console, store: Store, config) -> None:

@@ -134,56 +134,64 @@ def human(value: Any) -> str:
 TIMES = ("created_at", "tracked_at", "deadline_at", "last_polled_at", "cancel_requested_at", "finished_at")
 
 
-def response_table(row: Response) -> Table:
+def moment(text: str | None) -> float | None:
+    """A time of a JSON shape (`iso`) back as seconds since the epoch."""
+    return None if text is None else datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+# The human renderings are drawn from the JSON shapes, so a command prints the same whether
+# it read the store itself or asked the daemon (which answers with these shapes).
+
+
+def response_table(record: Mapping[str, Any]) -> Table:
     """One response, a field a line (`tether show`): the keys of its record, human values."""
     table = Table(show_header=False, box=None)
-    for key, value in record(row).items():
-        if key == "cost_estimated":
+    for key, value in record.items():
+        if key in ("cost_estimated", "events"):
             continue  # the cost says it: "$0.1512 (estimated)"
         if key == "status":
             table.add_row(key, status_text(value))
         elif key == "cost_usd":
-            table.add_row("cost", usd(value, row.cost_estimated))
+            table.add_row("cost", usd(value, record["cost_estimated"]))
         else:
-            table.add_row(key, stamp(getattr(row, key)) if key in TIMES else human(value))
+            table.add_row(key, stamp(moment(value)) if key in TIMES else human(value))
     return table
 
 
-def responses_table(rows: list[Response], now: float, title: str | None = None) -> Table:
+def responses_table(records: list[Mapping[str, Any]], now: float, title: str | None = None) -> Table:
     table = Table(title=title, header_style="bold", expand=False)
     # Ids whole whatever the terminal's width: one is useless unless pasted whole.
-    table.add_column("id", no_wrap=True, min_width=max((len(row.id) for row in rows), default=2))
+    table.add_column("id", no_wrap=True, min_width=max((len(r["id"]) for r in records), default=2))
     for name in ("status", "model", "policy", "age", "deadline", "polls", "cost", "cancel"):
         table.add_column(name, no_wrap=name == "status")
-    for row in rows:
-        cancel = row.cancel_reason or ""
+    for r in records:
         table.add_row(
-            row.id,
-            status_text(row.status),
-            row.model or "-",
-            row.policy or "-",
-            age(row.created_at or row.tracked_at, now),
-            until(row.deadline_at, now),
-            str(row.polls),
-            usd(row.cost_usd, row.cost_estimated),
-            cancel,
+            r["id"],
+            status_text(r["status"]),
+            r["model"] or "-",
+            r["policy"] or "-",
+            age(moment(r["created_at"] or r["tracked_at"]), now),
+            until(moment(r["deadline_at"]), now),
+            str(r["polls"]),
+            usd(r["cost_usd"], r["cost_estimated"]),
+            r["cancel_reason"] or "",
         )
     return table
 
 
-def event_line(ev: Event) -> Text:
-    """One event as a line: time, response, kind, what changed, why."""
+def event_line(ev: Mapping[str, Any]) -> Text:
+    """One event (its JSON shape) as a line: time, response, kind, what changed, why."""
     line = Text()
-    line.append(stamp(ev.at), style="dim")
-    line.append(f"  {ev.response_id or 'budget ' + str(ev.budget)}  ")
-    line.append(f"{ev.kind:<16}", style="bold")
-    if ev.from_status or ev.to_status:
-        line.append(f" {ev.from_status or '-'} -> ")
-        line.append_text(status_text(ev.to_status))
-    if ev.reason:
-        line.append(f"  ({ev.reason})")
-    if ev.detail:
-        extra = {k: v for k, v in ev.detail.items() if v not in (None, {}, [])}
+    line.append(stamp(moment(ev["at"])), style="dim")
+    line.append(f"  {ev['response_id'] or 'budget ' + str((ev['detail'] or {}).get('budget'))}  ")
+    line.append(f"{ev['kind']:<16}", style="bold")
+    if ev["from"] or ev["to"]:
+        line.append(f" {ev['from'] or '-'} -> ")
+        line.append_text(status_text(ev["to"]))
+    if ev["reason"]:
+        line.append(f"  ({ev['reason']})")
+    if ev["detail"]:
+        extra = {k: v for k, v in ev["detail"].items() if v not in (None, {}, [])}
         if extra:
             line.append(f"  {human(extra)}", style="dim")
     return line
@@ -206,20 +214,20 @@ def budget(state: BudgetState) -> dict[str, Any]:
 BUDGET_STYLES = {"ok": "green", "warn": "yellow", "exceeded": "red"}
 
 
-def budgets_table(states: list[BudgetState]) -> Table:
+def budgets_table(budgets: list[Mapping[str, Any]]) -> Table:
     table = Table(title="budgets", header_style="bold")
     for name in ("name", "window", "limit", "spent", "committed", "remaining", "state", "active"):
         table.add_column(name, justify="right" if name in ("limit", "spent", "committed", "remaining", "active") else "left")
-    for b in states:
+    for b in budgets:
         table.add_row(
-            b.name,
-            f"{stamp(b.window.start)} .. {stamp(b.window.end)}",
-            usd(b.limit_usd),
-            usd(b.spent_usd),
-            usd(b.committed_usd),
-            usd(b.remaining_usd),
-            Text(b.state, style=BUDGET_STYLES[b.state]),
-            human(b.active),
+            b["name"],
+            f"{stamp(moment(b['window_start']))} .. {stamp(moment(b['window_end']))}",
+            usd(b["limit_usd"]),
+            usd(b["spent_usd"]),
+            usd(b["committed_usd"]),
+            usd(b["remaining_usd"]),
+            Text(b["state"], style=BUDGET_STYLES[b["state"]]),
+            human(b["active"]),
         )
     return table
 

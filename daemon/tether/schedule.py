@@ -10,10 +10,15 @@ CANCEL_RETRY_BASE = 1.0
 CANCEL_RETRY_CAP = 60.0
 
 
-def next_interval(previous: float | None, polling: PollingConfig) -> float:
-    """`first` for the first poll, then ×backoff per poll, capped at max_interval."""
+def next_interval(previous: float | None, polling: PollingConfig, safety_poll: float | None = None) -> float:
+    """`first` for the first poll, then ×backoff per poll, capped at max_interval.
+
+    With webhooks on, a response's end is told by its webhook: polls after the first are
+    only a safety net against a lost event, every `safety_poll`."""
     if previous is None:
         return polling.first
+    if safety_poll is not None:
+        return safety_poll
     return min(previous * polling.backoff, polling.max_interval)
 
 

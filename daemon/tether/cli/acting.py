@@ -2,27 +2,12 @@
 
 from __future__ import annotations
 
-import time
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
-from tether import render
-from tether.cli.common import (
-    EXIT_FAILURE,
-    Context,
-    JsonFlag,
-    app,
-    client_for,
-    err,
-    fail,
-    load_response,
-    out,
-    quiet_logs,
-)
-
-if TYPE_CHECKING:
-    pass
+from tether import actions, render
+from tether.cli.common import Context, JsonFlag, app, client_for, err, exit_for, fail, out, quiet_logs, refusals
 
 
 @app.command()
@@ -33,63 +18,74 @@ def cancel(
     as_json: JsonFlag = False,
 ) -> None:
     """Cancel a tracked response now."""
+    context: Context = ctx.obj
+    with refusals():
+        actions.checked_id(response_id)
+    if remote := context.remote():
+        answer = remote.call("POST", f"/api/responses/{response_id}/cancel", body={"reason": reason}, accept=(409,))
+        if "message" in answer:  # 409: it had finished already
+            out.print(answer["message"])
+            return
+        record = answer
+    else:
+        record = cancel_here(context, response_id, reason)
+    if as_json:
+        print(render.dumps(record))
+    else:
+        out.print(f"cancel sent: {record['id']} is {record['status']}")
+
+
+def cancel_here(context: Context, response_id: str, reason: str | None) -> dict:
     import asyncio
 
-    from tether import cancelling, tracker
-    from tether.models import TERMINAL, CancelState, Response
     from tether.pricing import Pricing
 
     quiet_logs()
-    context: Context = ctx.obj
     config = context.config()
     store = context.store(config)
-    row, _ = load_response(store, response_id)
-    if row.status in TERMINAL or row.status == "lost":
-        out.print(f"{row.id} is already {row.status}; nothing to cancel")
-        return
-    with tracker.recording(store, "cli", time.time()) as rec:
-        row = rec.session.get_one(Response, response_id)
-        tracker.request_cancel(rec, row, "manual", note=reason)
-    client = client_for(config, row.account)
+    clients = []
 
-    async def send() -> cancelling.Outcome:
+    def client(account: str):
+        clients.append(client_for(config, account))
+        return clients[-1]
+
+    async def run(fn):
+        return fn()
+
+    async def cancel_it():
         try:
-            return await cancelling.send(client, row.id, row.status, time.time(), retry=None)
+            return await actions.cancel(store, config, Pricing.from_config(config), client, response_id, reason,
+                                        run=run, origin="cli")
         finally:
-            await client.aclose()
+            for c in clients:
+                await c.aclose()
 
-    outcome = asyncio.run(send())
-    with tracker.recording(store, "cli", time.time()) as rec:
-        row = rec.session.get_one(Response, response_id)
-        if outcome.failed is None:
-            cancelling.settle(rec, row, outcome, config, Pricing.from_config(config))
-        else:
-            cancelling.record_failure(rec, row, outcome.failed, config)
-    if outcome.failed is not None:
-        if row.cancel_state == CancelState.PENDING.value:
-            fail(EXIT_FAILURE, f"cancel of {response_id} failed: {outcome.failed}; it is recorded and a running daemon retries it")
-        fail(EXIT_FAILURE, f"cancel of {response_id} failed: {outcome.failed}; it is now {row.status}: nothing left to cancel")
-    if as_json:
-        print(render.dumps(render.record(row)))
-    else:
-        out.print(f"cancel sent: {row.id} is {row.status}")
+    try:
+        row, failure = asyncio.run(cancel_it())
+    except actions.Refused as exc:
+        if exc.status == 409:
+            out.print(exc.message)
+            raise typer.Exit(0) from None
+        fail(exit_for(exc.status), exc.message)
+    if failure is not None:
+        fail(exit_for(failure.status), failure.message)
+    return render.record(row)
 
 
 @app.command()
 def budget(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     """Budget windows: limit, spent, committed, remaining, state."""
-    from tether import accounting
     from tether.pricing import Pricing
 
     context: Context = ctx.obj
     config = context.config()
-    store = context.store(config)
-    with store.reading() as session:
-        measured = accounting.measure(session, config, Pricing.from_config(config), time.time())
-    states = [m.state for m in measured]
+    if remote := context.remote():
+        budgets = remote.call("GET", "/api/budgets")
+    else:
+        budgets = actions.budget_records(context.store(config), config, Pricing.from_config(config))
     if as_json:
-        print(render.dumps([render.budget(state) for state in states]))
-    elif states:
-        out.print(render.budgets_table(states))
+        print(render.dumps(budgets))
+    elif budgets:
+        out.print(render.budgets_table(budgets))
     else:
         err.print("no budgets configured (add [[budget]] tables to the config)", style="dim")

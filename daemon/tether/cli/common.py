@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
 
+from tether.actions import Refused
 from tether.config import Config, ConfigError, load_config
-from tether.ids import valid_id
 
 if TYPE_CHECKING:
     from tether.api import ResponsesClient
-    from tether.models import Event, Response
+    from tether.cli.remote import Remote
     from tether.store import Store
 
 
@@ -46,12 +47,22 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts."
 @dataclass
 class Context:
     config_path: str | None
+    _config: Config | None = field(default=None, repr=False)
 
     def config(self) -> Config:
-        try:
-            return load_config(self.config_path)
-        except ConfigError as exc:
-            fail(EXIT_CONFIG, f"invalid configuration: {exc}")
+        config = self._config
+        if config is None:
+            try:
+                config = self._config = load_config(self.config_path)
+            except ConfigError as exc:
+                fail(EXIT_CONFIG, f"invalid configuration: {exc}")
+        return config
+
+    def remote(self) -> Remote | None:
+        """The running daemon to ask, when one answers on the configured socket."""
+        from tether.cli.remote import reach
+
+        return reach(self.config().server.socket)
 
     def store(self, config: Config) -> Store:
         from tether.store import Store, StoreError
@@ -67,6 +78,20 @@ class Context:
 def fail(code: int, message: str) -> NoReturn:
     err.print(f"tether: {message}")
     raise typer.Exit(code)
+
+
+def exit_for(status: int) -> int:
+    """The exit code of a refusal's HTTP status (tether.actions.Refused, or the daemon's answer)."""
+    return {400: EXIT_USAGE, 404: EXIT_NOT_FOUND}.get(status, EXIT_FAILURE)
+
+
+@contextmanager
+def refusals() -> Iterator[None]:
+    """An operation refused ends the command with its message and exit code."""
+    try:
+        yield
+    except Refused as exc:
+        fail(exit_for(exc.status), exc.message)
 
 
 @app.callback()
@@ -97,26 +122,6 @@ def parse_labels(values: list[str] | None) -> dict[str, str]:
     return labels
 
 
-def check_policy(config: Config, policy: str, stored: AbstractSet[str] = frozenset()) -> None:
-    """A policy named on the command line must be configured, or (to select responses) at
-    least be the policy of some stored response: one removed from the config since."""
-    if config.policy_named(policy) is not None or policy in stored:
-        return
-    known = ", ".join(p.name for p in config.policies) or "none configured"
-    former = sorted(stored - {p.name for p in config.policies})
-    if former:
-        known += f"; no longer configured but in the store: {', '.join(former)}"
-    fail(EXIT_USAGE, f"--policy {policy!r}: no such policy (known: {known})")
-
-
-def check_names(config: Config, policy: str | None, account: str | None) -> str:
-    if policy is not None:
-        check_policy(config, policy)
-    if account is not None and account not in config.accounts:
-        fail(EXIT_USAGE, f"--account {account!r}: no such account (known: {', '.join(config.accounts)})")
-    return account or config.default_account
-
-
 def client_for(config: Config, account: str) -> ResponsesClient:
     from tether.api import ResponsesClient
 
@@ -124,20 +129,3 @@ def client_for(config: Config, account: str) -> ResponsesClient:
         return ResponsesClient(config.accounts[account], config.accounts[account].read_api_key())
     except ConfigError as exc:
         fail(EXIT_CONFIG, f"invalid configuration: {exc}")
-
-
-def load_response(store: Store, rid: str) -> tuple[Response, list[Event]]:
-    from sqlalchemy import select
-    from sqlmodel import col
-
-    from tether.models import Event, Response
-
-    if not valid_id(rid):
-        fail(EXIT_USAGE, f"invalid response id {rid!r}: ids are letters, digits, '_' and '-'")
-    with store.reading() as session:
-        row = session.get(Response, rid)
-        if row is None:
-            fail(EXIT_NOT_FOUND, f"{rid} is not tracked (see `tether ls`, or `tether track {rid}`)")
-        query = select(Event).where(col(Event.response_id) == rid).order_by(col(Event.at), col(Event.id))
-        events = list(session.execute(query).scalars())
-    return row, events

@@ -5,29 +5,15 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from datetime import datetime
-from itertools import islice
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from tether import render
-from tether.cli.common import (
-    EXIT_USAGE,
-    Context,
-    JsonFlag,
-    app,
-    check_policy,
-    err,
-    fail,
-    load_response,
-    out,
-    parse_labels,
-)
+from tether import actions, render
+from tether.cli.common import EXIT_USAGE, Context, JsonFlag, app, err, fail, out, parse_labels, refusals
 from tether.config import ConfigError, parse_duration
-from tether.ids import valid_id
 
 if TYPE_CHECKING:
-    from tether.models import Event
     from tether.store import Store
 
 
@@ -43,37 +29,23 @@ def list_responses(
 ) -> None:
     """Tracked responses, newest first."""
     context: Context = ctx.obj
-    known = {"queued", "in_progress", "completed", "failed", "cancelled", "incomplete", "lost"}
-    for s in status or []:
-        if s not in known:
-            fail(EXIT_USAGE, f"--status {s!r}: expected one of {', '.join(sorted(known))}")
-    from sqlalchemy import or_, select
-    from sqlmodel import col
-
-    from tether.models import FINAL, Response
-
+    statuses = status or []
+    with refusals():
+        actions.check_statuses(statuses)
     labels = parse_labels(label)
     config = context.config()
-    store = context.store(config)
-    query = select(Response).order_by(col(Response.tracked_at).desc(), col(Response.id))
-    if status:
-        query = query.where(col(Response.status).in_(status))
-    if active:
-        query = query.where(or_(col(Response.status).is_(None), col(Response.status).not_in(FINAL)))
-    if policy:
-        query = query.where(col(Response.policy) == policy)
-    with store.reading() as session:
-        if policy and config.policy_named(policy) is None:
-            stored = session.execute(select(col(Response.policy)).distinct().where(col(Response.policy).is_not(None))).scalars()
-            check_policy(config, policy, set(stored))
-        if not labels:
-            query = query.limit(limit)
-        matching = (r for r in session.execute(query).scalars() if all(r.labels.get(k) == v for k, v in labels.items()))
-        rows = list(islice(matching, limit))
+    if remote := context.remote():
+        params = {"status": statuses, "active": str(active).lower(), "policy": policy,
+                  "label": [f"{k}={v}" for k, v in labels.items()], "limit": limit}
+        records = remote.call("GET", "/api/responses", params={k: v for k, v in params.items() if v is not None})
+    else:
+        with refusals():
+            records = actions.list_records(context.store(config), config, statuses=statuses, active=active,
+                                           policy=policy, labels=labels, limit=limit)
     if as_json:
-        print(render.dumps([render.record(r) for r in rows]))
-    elif rows:
-        out.print(render.responses_table(rows, time.time()))
+        print(render.dumps(records))
+    elif records:
+        out.print(render.responses_table(records, time.time()))
     else:
         err.print("no tracked responses match", style="dim")
 
@@ -82,14 +54,20 @@ def list_responses(
 def show(ctx: typer.Context, response_id: Annotated[str, typer.Argument(metavar="ID")], as_json: JsonFlag = False) -> None:
     """One response with its whole event history."""
     context: Context = ctx.obj
+    with refusals():
+        actions.checked_id(response_id)
     config = context.config()
-    row, events = load_response(context.store(config), response_id)
+    if remote := context.remote():
+        shown = remote.call("GET", f"/api/responses/{response_id}")
+    else:
+        with refusals():
+            shown = actions.show_record(context.store(config), response_id)
     if as_json:
-        print(render.dumps({**render.record(row), "events": [render.event(e) for e in events]}))
+        print(render.dumps(shown))
         return
-    out.print(render.response_table(row))
+    out.print(render.response_table(shown))
     out.print()
-    for ev in events:
+    for ev in shown["events"]:
         out.print(render.event_line(ev))
 
 
@@ -117,39 +95,33 @@ def event_log(
 ) -> None:
     """The event history, oldest first (new events as they come with --follow)."""
     context: Context = ctx.obj
-    if response_id is not None and not valid_id(response_id):
-        fail(EXIT_USAGE, f"invalid response id {response_id!r}: ids are letters, digits, '_' and '-'")
+    if response_id is not None:
+        with refusals():
+            actions.checked_id(response_id)
     after_time = parse_since(since, time.time()) if since else None
     config = context.config()
-    store = context.store(config)
-    last_id = 0
+    if remote := context.remote():
+        params = {k: v for k, v in (("response_id", response_id), ("since", after_time)) if v is not None}
+        events = remote.events(params) if follow else iter(remote.call("GET", "/api/events", params=params))
+    else:
+        events = store_events(context.store(config), response_id, after_time, follow)
     try:
-        while True:
-            for ev in read_events(store, last_id, response_id, after_time):
-                last_id = max(last_id, ev.id or 0)
-                if as_json:
-                    print(render.dumps(render.event(ev)), flush=True)
-                else:
-                    out.print(render.event_line(ev))
-            if not follow:
-                return
-            time.sleep(0.5)
+        for ev in events:
+            ev.pop("id", None)
+            if as_json:
+                print(render.dumps(ev), flush=True)
+            else:
+                out.print(render.event_line(ev))
     except KeyboardInterrupt:
         return
 
 
-def read_events(store: Store, after_id: int, response_id: str | None, after_time: float | None) -> Iterator[Event]:
-    from sqlalchemy import select
-    from sqlmodel import col
-
-    from tether.models import Event
-
-    # Time order: an event is written after the moment it records, so the ids of
-    # events from the daemon and the CLI do not always follow their times.
-    query = select(Event).where(col(Event.id) > after_id).order_by(col(Event.at), col(Event.id))
-    if response_id:
-        query = query.where(col(Event.response_id) == response_id)
-    if after_time is not None:
-        query = query.where(col(Event.at) >= after_time)
-    with store.reading() as session:
-        yield from list(session.execute(query).scalars())
+def store_events(store: Store, response_id: str | None, after_time: float | None, follow: bool) -> Iterator[dict]:
+    last_id = 0
+    while True:
+        for ev in actions.read_events(store, rid=response_id, since=after_time, after_id=last_id):
+            last_id = max(last_id, ev["id"])
+            yield ev
+        if not follow:
+            return
+        time.sleep(0.5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -32,6 +33,9 @@ def run(ctx: typer.Context) -> None:
             account.read_api_key()
             if (loose := account.key_file_warning()) is not None:
                 logs.log.warning("config.key_file_readable", error=loose)
+        config.server.read_token()
+        if config.webhooks is not None:
+            config.webhooks.read_secret()
     except ConfigError as exc:
         fail(EXIT_CONFIG, f"invalid configuration: {exc}")
     try:
@@ -71,6 +75,11 @@ def check_config(
         accounts.append(
             {"name": account.name, "base_url": account.base_url, "key_source": account.key_source(), "key": key}
         )
+    if config.webhooks is not None:
+        try:
+            config.webhooks.read_secret()
+        except ConfigError as exc:
+            warnings.append(f"warning: {exc} (the daemon will refuse to start without it)")
     policies: list[dict[str, Any]] = [
         {"name": p.name, "match": match_shape(p.match), "max_queued": p.max_queued,
          "max_runtime": p.max_runtime, "action": p.action, "reserve_usd": p.reserve_usd}
@@ -81,7 +90,7 @@ def check_config(
          "window": b.window, "timezone": b.timezone, "warn_at": list(b.warn_at), "on_exceed": b.on_exceed}
         for b in config.budgets
     ]
-    warnings += after_the_fact_warnings(config)
+    warnings += after_the_fact_warnings(config) + server_warnings(config)
     from tether.store import StoreError, write_problem
 
     try:
@@ -91,12 +100,13 @@ def check_config(
         warnings.append(f"warning: {exc}")
     source = str(config.path) if config.path else None
     if as_json:
-        shape = {"config": source, "store": config.store.url, "accounts": accounts, "policies": policies,
+        shape = {"config": source, "store": config.store.url, "socket": config.server.socket, "accounts": accounts, "policies": policies,
                  "budgets": budgets, "warnings": warnings}
         print(render.dumps(shape))
         return
     out.print(f"config: {source or '(none found: defaults)'}")
     out.print(f"store:  {config.store.url}")
+    out.print(f"socket: {config.server.socket or '(none)'}")
     out.print(render.table("accounts", ["name", "base_url", "key source", "key"],
                            [[a["name"], a["base_url"], a["key_source"], a["key"]] for a in accounts]))
     out.print(render.table(
@@ -114,6 +124,32 @@ def check_config(
     for warning in warnings:
         err.print(warning, style="yellow")
     out.print("configuration OK", style="green")
+
+
+def server_warnings(config: Config) -> list[str]:
+    server = config.server
+    try:
+        token = server.read_token()
+    except ConfigError as exc:
+        return [f"warning: {exc} (the daemon will refuse to start without it)"]
+    warnings = []
+    if server.listen and token is None:
+        host, port = server.listen
+        warnings.append(f"warning: server.listen ({host}:{port}) is set without a token (token_file, token_env or "
+                        "token_credential): the control API is not served on TCP, only on the socket")
+    if server.listen and config.proxy.enabled and not is_loopback(server.listen[0]):
+        warnings.append(f"warning: server.listen ({server.listen[0]}) is not a loopback address and the proxy is on: "
+                        "other machines reach the proxy over plain HTTP, their keys and the token in clear")
+    return warnings
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve anywhere
+        return False
 
 
 def match_shape(match) -> dict[str, Any]:

@@ -4,44 +4,29 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from tether import render
+from tether import actions, render
 from tether.cli.common import (
-    EXIT_FAILURE,
-    EXIT_NOT_FOUND,
     EXIT_USAGE,
     Context,
     JsonFlag,
     app,
-    check_names,
     client_for,
     fail,
     out,
     parse_labels,
     quiet_logs,
+    refusals,
 )
 from tether.config import Config
-from tether.ids import valid_id
 
 if TYPE_CHECKING:
-    from tether.api import ResponsesClient
     from tether.models import Response
     from tether.store import Store
-
-
-
-async def fetch_all(client: ResponsesClient, ids: list[str]) -> list[dict[str, Any] | BaseException]:
-    import asyncio
-
-    try:
-        return await asyncio.gather(*(client.get(i) for i in ids), return_exceptions=True)
-    finally:
-        await client.aclose()
 
 
 def store_tracked(
@@ -53,25 +38,9 @@ def store_tracked(
     policy: str | None,
     labels: dict[str, str],
 ) -> list[tuple[Response, bool]]:
-    from tether import tracker
-    from tether.pricing import Pricing
-
+    """Track responses in the store the CLI opened (without a daemon to ask)."""
     quiet_logs()
-    pricing = Pricing.from_config(config)
-    with tracker.recording(store, "cli", time.time()) as rec:
-        return [
-            tracker.track(
-                rec,
-                config,
-                pricing,
-                response_id=rid,
-                account=account,
-                observed=observed,
-                policy_requested=policy,
-                labels=labels,
-            )
-            for rid, observed in items
-        ]
+    return actions.track_rows(config, store, items, account=account, policy=policy, labels=labels, origin="cli")
 
 
 @app.command()
@@ -85,37 +54,50 @@ def track(
     as_json: JsonFlag = False,
 ) -> None:
     """Start tracking existing responses (re-tracking is a no-op)."""
-    import asyncio
-
-    from tether.api import NotFound
-
     context: Context = ctx.obj
-    bad = [i for i in ids if not valid_id(i)]
-    if bad:
-        fail(EXIT_USAGE, f"invalid response id {bad[0]!r}: ids are letters, digits, '_' and '-'")
+    with refusals():
+        for rid in ids:
+            actions.checked_id(rid)
     config = context.config()
-    account = check_names(config, policy, account)
+    remote = context.remote()
+    if remote is None:
+        with refusals():
+            chosen = actions.check_names(config, policy, account)
     labels = parse_labels(label)
     ids = list(dict.fromkeys(ids))
-    observed: list[dict[str, Any] | None] = [None] * len(ids)
-    if not no_verify:
-        results = asyncio.run(fetch_all(client_for(config, account), ids))
-        missing = [i for i, r in zip(ids, results, strict=True) if isinstance(r, NotFound)]
-        if missing:
-            fail(EXIT_NOT_FOUND, f"no response {', '.join(missing)} on account {account!r}; nothing was tracked")
-        failed = [(i, r) for i, r in zip(ids, results, strict=True) if isinstance(r, BaseException)]
-        if failed:
-            rid, exc = failed[0]
-            fail(EXIT_FAILURE, f"could not look up {rid}: {exc}; nothing was tracked (retry, or use --no-verify)")
-        observed = list(results)  # type: ignore[arg-type]
-    store = context.store(config)
-    tracked = store_tracked(config, store, list(zip(ids, observed, strict=True)), account=account, policy=policy, labels=labels)
-    for row, created in tracked:
+    if remote is not None:
+        answer = remote.call("POST", "/api/responses", body={
+            "ids": ids, "policy": policy, "account": account, "labels": labels, "verify": not no_verify})
+        tracked = [(record, record["id"] in answer["new"]) for record in answer["responses"]]
+    else:
+        tracked = track_here(context, config, ids, policy=policy, account=chosen, labels=labels, verify=not no_verify)
+    for record, created in tracked:
         if as_json:
-            print(render.dumps(render.record(row)))
+            print(render.dumps(record))
         else:
             note = "tracked" if created else "already tracked"
-            out.print(f"{note} {row.id}  status={row.status or 'unseen'}  policy={row.policy or '-'}")
+            out.print(f"{note} {record['id']}  status={record['status'] or 'unseen'}  policy={record['policy'] or '-'}")
+
+
+def track_here(context: Context, config: Config, ids: list[str], *, policy: str | None, account: str,
+               labels: dict[str, str], verify: bool) -> list[tuple[dict[str, Any], bool]]:
+    import asyncio
+
+    observed: list[dict[str, Any] | None] = [None] * len(ids)
+    if verify:
+        client = client_for(config, account)
+
+        async def look_up() -> list[dict[str, Any]]:
+            try:
+                return await actions.look_up(client, ids, account)
+            finally:
+                await client.aclose()
+
+        with refusals():
+            observed = [*asyncio.run(look_up())]
+    store = context.store(config)
+    tracked = store_tracked(config, store, list(zip(ids, observed, strict=True)), account=account, policy=policy, labels=labels)
+    return [(render.record(row), created) for row, created in tracked]
 
 
 @app.command()
@@ -130,39 +112,33 @@ def submit(
     """Create a background response from a request body, track it, print its id."""
     import asyncio
 
-    from tether.api import APIError, TransientError
-
     context: Context = ctx.obj
     config = context.config()
-    account = check_names(config, policy, account)
+    remote = context.remote()
+    if remote is None:
+        with refusals():
+            chosen = actions.check_names(config, policy, account)
     labels = parse_labels(label)
     body = read_body(file)
-    body["background"] = True
-    client = client_for(config, account)
+    if remote is not None:
+        record = remote.call("POST", "/api/responses/submit",
+                             body={"body": body, "policy": policy, "account": account, "labels": labels})
+    else:
+        client = client_for(config, chosen)
 
-    async def create() -> dict[str, Any]:
-        try:
-            return await client.create(body)
-        finally:
-            await client.aclose()
+        async def create() -> dict[str, Any]:
+            try:
+                return await actions.create(client, body)
+            finally:
+                await client.aclose()
 
-    try:
-        created = asyncio.run(create())
-    except TransientError as exc:
-        if not exc.delivered:
-            fail(EXIT_FAILURE, f"the API did not take the request ({exc}): nothing was created; submit it again later")
-        fail(EXIT_FAILURE, f"the request failed after it was sent ({exc}): it may have created a response "
-             "whose id tether did not get; make sure it did not before you submit again "
-             "(tether never sends a create twice)")
-    except APIError as exc:
-        code = EXIT_USAGE if exc.status in (400, 422) else EXIT_FAILURE
-        fail(code, f"the API refused the request: {exc}")
-    rid = created.get("id")
-    if not isinstance(rid, str) or not valid_id(rid):
-        fail(EXIT_FAILURE, f"the API answered without a usable response id: {str(rid)[:80]!r}")
-    store = context.store(config)
-    [(row, _)] = store_tracked(config, store, [(rid, created)], account=account, policy=policy, labels=labels)
-    print(render.dumps(render.record(row)) if as_json else row.id)
+        with refusals():
+            created = asyncio.run(create())
+        store = context.store(config)
+        [(row, _)] = store_tracked(config, store, [(created["id"], created)], account=chosen, policy=policy,
+                                   labels=labels)
+        record = render.record(row)
+    print(render.dumps(record) if as_json else record["id"])
 
 
 def read_body(file: str) -> dict[str, Any]:
@@ -174,6 +150,5 @@ def read_body(file: str) -> dict[str, Any]:
         body = json.loads(text)
     except ValueError as exc:
         fail(EXIT_USAGE, f"{'stdin' if file == '-' else file}: not valid JSON ({exc})")
-    if not isinstance(body, dict) or not isinstance(body.get("model"), str):
-        fail(EXIT_USAGE, "the request body must be a JSON object with a \"model\"")
-    return body
+    with refusals():
+        return actions.checked_body(body)

@@ -28,13 +28,16 @@ from tether.config.model import (
     PolicyConfig,
     PollingConfig,
     Price,
+    ProxyConfig,
+    ServerConfig,
     StoreConfig,
+    WebhooksConfig,
 )
 from tether.config.selectors import Match
 from tether.config.values import ConfigError, parse_duration, timezone_named
 
 __all__ = [
     "AccountConfig", "BudgetConfig", "Config", "ConfigError", "LogConfig", "Match", "PolicyConfig", "PollingConfig",
-    "Price", "StoreConfig", "default_store_url", "find_config_path", "load_config", "parse_config", "parse_duration",
-    "parse_prices", "parse_service_tiers", "timezone_named",
+    "Price", "ProxyConfig", "ServerConfig", "StoreConfig", "WebhooksConfig", "default_store_url", "find_config_path",
+    "load_config", "parse_config", "parse_duration", "parse_prices", "parse_service_tiers", "timezone_named",
 ]

@@ -18,7 +18,10 @@ from tether.config.model import (
     PolicyConfig,
     PollingConfig,
     Price,
+    ProxyConfig,
+    ServerConfig,
     StoreConfig,
+    WebhooksConfig,
 )
 from tether.config.selectors import Match, parse_match
 from tether.config.values import (
@@ -26,6 +29,8 @@ from tether.config.values import (
     ConfigError,
     absolute_path,
     as_table,
+    boolean,
+    byte_size,
     check_known,
     check_name,
     choice,
@@ -48,6 +53,7 @@ from tether.config.values import (
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 SYSTEM_CONFIG = Path("/etc/tether/tether.toml")
 _KEY_SOURCES = ("api_key_env", "api_key_file", "api_key_credential")
+_SECRET_SOURCES = ("secret_credential", "secret_env", "secret_file")
 
 
 def default_store_url(environ: Mapping[str, str] | None = None) -> str:
@@ -112,11 +118,14 @@ def parse_config(
 ) -> Config:
     environ = os.environ if environ is None else environ
     check_known(
-        data, "", ("store", "log", "accounts", "polling", "policy", "prices", "service_tiers", "estimate", "budget")
+        data, "", (
+            "store", "log", "accounts", "polling", "policy", "prices", "service_tiers", "estimate", "budget",
+            "server", "proxy", "webhooks",
+        ),
     )
     accounts = _parse_accounts(data.get("accounts"), environ)
     estimate = converted(data.get("estimate", {}), "estimate", _ESTIMATE_FIELDS)
-    return Config(
+    config = Config(
         path=path,
         store=_parse_store(data.get("store", {}), environ),
         log=LogConfig(**converted(data.get("log", {}), "log", _LOG_FIELDS)),
@@ -127,7 +136,29 @@ def parse_config(
         service_tiers=parse_service_tiers(data.get("service_tiers", {}), "service_tiers"),
         output_tokens_per_second=estimate.get("output_tokens_per_second", DEFAULT_OUTPUT_TOKENS_PER_SECOND),
         budgets=_parse_budgets(data.get("budget", []), accounts),
+        proxy=_parse_proxy(data.get("proxy", {}), accounts),
+        server=_parse_server(data.get("server", {}), environ),
+        webhooks=_parse_webhooks(data["webhooks"]) if "webhooks" in data else None,
     )
+    _check_doors(config)
+    return config
+
+
+def _check_doors(config: Config) -> None:
+    """What the daemon's doors need of each other's tables."""
+    server = config.server
+    if config.webhooks is not None and server.listen is None:
+        raise ConfigError(
+            "webhooks: needs [server] listen, the TCP listener that serves POST /webhooks/openai "
+            "(without it no event arrives, while polling slows to webhooks.safety_poll)"
+        )
+    if config.proxy.enabled and server.listen is None:
+        raise ConfigError("proxy.enabled: needs [server] listen, the TCP listener that serves /v1/*")
+    if config.proxy.enabled and config.proxy.key == "account" and not server.has_token:
+        raise ConfigError(
+            'proxy.key: "account" needs a server token (server.token_file, token_env or token_credential): '
+            "callers present it instead of an API key"
+        )
 
 
 def _parse_store(value: Any, environ: Mapping[str, str]) -> StoreConfig:
@@ -165,6 +196,21 @@ def _reject_inline_keys(table: Mapping[str, Any], path: str) -> None:
             raise ConfigError(f"{path}.api_key: {advice}")
         if isinstance(value, str) and value.startswith("sk-"):
             raise ConfigError(f"{path}.{key}: this looks like an API key; {advice}")
+
+
+def _parse_webhooks(value: Any) -> WebhooksConfig:
+    table = as_table(value, "webhooks")
+    if "secret" in table:
+        raise ConfigError(
+            "webhooks.secret: the signing secret never goes in the config file;"
+            " use secret_credential, secret_env or secret_file"
+        )
+    fields = converted(table, "webhooks", _WEBHOOKS_FIELDS)
+    sources = [key for key in _SECRET_SOURCES if key in fields]
+    if len(sources) != 1:
+        found = f" (found {', '.join(sources)})" if sources else ""
+        raise ConfigError(f"webhooks: give exactly one of {', '.join(_SECRET_SOURCES)}{found}")
+    return WebhooksConfig(**fields)
 
 
 def _parse_polling(value: Any) -> PollingConfig:
@@ -225,6 +271,58 @@ def _parse_budgets(value: Any, accounts: Mapping[str, AccountConfig]) -> tuple[B
     return tuple(budgets)
 
 
+def _parse_proxy(value: Any, accounts: Mapping[str, AccountConfig]) -> ProxyConfig:
+    fields = converted(value, "proxy", _PROXY_FIELDS)
+    # Unset, it is the default account: the one called "default", else the first.
+    fields.setdefault("account", "default" if "default" in accounts else next(iter(accounts)))
+    if fields["account"] not in accounts:
+        raise ConfigError(f"proxy.account: unknown account {show(fields['account'])} (accounts: {', '.join(accounts)})")
+    return ProxyConfig(**fields)
+
+
+# ---- [server] -------------------------------------------------------------------
+
+_TOKEN_SOURCES = ("token_env", "token_file", "token_credential")
+
+
+def default_socket(environ: Mapping[str, str]) -> str | None:
+    """$RUNTIME_DIRECTORY/tether.sock under systemd, else $XDG_RUNTIME_DIR/tether/tether.sock, else none."""
+    runtime = environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    if os.path.isabs(runtime):
+        return str(Path(runtime) / "tether.sock")
+    xdg = environ.get("XDG_RUNTIME_DIR", "")
+    return str(Path(xdg) / "tether" / "tether.sock") if os.path.isabs(xdg) else None
+
+
+def _socket_path(value: Any, key: str) -> str | None:
+    if value == "":
+        return None  # no socket
+    if not isinstance(value, str) or not os.path.isabs(value):
+        raise ConfigError(f'{key}: expected an absolute path, such as /run/tether/tether.sock, or "" for none')
+    if len(os.fsencode(value)) > 107:  # sun_path holds 108 bytes with the terminating NUL
+        raise ConfigError(f"{key}: {value} is longer than a Unix socket path may be (107 bytes)")
+    return value
+
+
+def _listen_address(value: Any, key: str) -> tuple[str, int]:
+    text = string(value, key)
+    host, sep, port = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f'{key}: expected HOST:PORT, such as "127.0.0.1:8787" or "[::1]:8787", got {show(text)}')
+    return host, int(port)
+
+
+def _parse_server(value: Any, environ: Mapping[str, str]) -> ServerConfig:
+    fields = converted(value, "server", _SERVER_FIELDS)
+    sources = [key for key in _TOKEN_SOURCES if key in fields]
+    if len(sources) > 1:
+        raise ConfigError(f"server: give only one of {', '.join(_TOKEN_SOURCES)} (found {', '.join(sources)})")
+    if "socket" not in fields:
+        fields["socket"] = default_socket(environ)
+    return ServerConfig(**fields)
+
+
 def parse_prices(value: Any, path: str) -> Mapping[str, Price]:
     """A table of `[MODEL]` tables of USD per 1M tokens (also reads the built-in prices.toml)."""
     prices = {}
@@ -273,6 +371,12 @@ _POLLING_FIELDS = {
     "confirm_window": parse_duration,
     "lost_after": integer(1),
 }
+_WEBHOOKS_FIELDS = {
+    "secret_credential": credential_name,
+    "secret_env": env_name,
+    "secret_file": absolute_path,
+    "safety_poll": positive_duration,
+}
 _POLICY_FIELDS = {
     "name": check_name,
     "match": parse_match,
@@ -286,6 +390,13 @@ _PRICE_FIELDS = {
     "cached_input": number_where("a number >= 0", lambda x: x >= 0),
     "output": number_where("a number >= 0", lambda x: x >= 0),
 }
+_SERVER_FIELDS = {
+    "socket": _socket_path,
+    "listen": _listen_address,
+    "token_env": env_name,
+    "token_file": absolute_path,
+    "token_credential": credential_name,
+}
 _ESTIMATE_FIELDS = {"output_tokens_per_second": number_where("a number > 0", lambda x: x > 0)}
 _BUDGET_FIELDS = {
     "name": check_name,
@@ -296,4 +407,10 @@ _BUDGET_FIELDS = {
     "timezone": timezone_name,
     "warn_at": fractions,
     "on_exceed": choice("cancel", "warn"),
+}
+_PROXY_FIELDS = {
+    "enabled": boolean,
+    "account": check_name,
+    "key": choice("client", "account"),
+    "max_body": byte_size,
 }

@@ -9,6 +9,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
 
+from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook
+
 from tether.config.selectors import Match
 from tether.config.values import ConfigError
 
@@ -55,27 +57,37 @@ class AccountConfig:
 
     def read_api_key(self, environ: Mapping[str, str] | None = None) -> str:
         """The key from this account's one source, without surrounding whitespace."""
-        environ = os.environ if environ is None else environ
-        if self.api_key_env:
-            key = f"accounts.{self.name}.api_key_env"
-            text = environ.get(self.api_key_env)
-            if text is None:
-                raise ConfigError(f"{key}: environment variable {self.api_key_env} is not set")
-        elif self.api_key_file:
-            key = f"accounts.{self.name}.api_key_file"
-            text = _read_secret(Path(self.api_key_file), key)
-        elif self.api_key_credential:
-            key = f"accounts.{self.name}.api_key_credential"
-            directory = environ.get("CREDENTIALS_DIRECTORY")
-            if not directory:
-                raise ConfigError(
-                    f"{key}: $CREDENTIALS_DIRECTORY is not set"
-                    f" (start the service with LoadCredential={self.api_key_credential}:PATH)"
-                )
-            text = _read_secret(Path(directory) / self.api_key_credential, key)
-        else:
-            raise ConfigError(f"accounts.{self.name}: no key source (api_key_env, api_key_file or api_key_credential)")
+        text, key = _secret_text(
+            f"accounts.{self.name}.api_key",
+            self.api_key_env,
+            self.api_key_file,
+            self.api_key_credential,
+            os.environ if environ is None else environ,
+        )
         return _checked_key(text.strip(), key, self.key_source())
+
+
+def _secret_text(
+    prefix: str, env: str | None, file: str | None, credential: str | None, environ: Mapping[str, str]
+) -> tuple[str, str]:
+    """The text from the one source given (an environment variable, a file, a systemd
+    credential), and the key that named it (`{prefix}_env`, `_file` or `_credential`)."""
+    if env:
+        key = f"{prefix}_env"
+        text = environ.get(env)
+        if text is None:
+            raise ConfigError(f"{key}: environment variable {env} is not set")
+        return text, key
+    if file:
+        key = f"{prefix}_file"
+        return _read_secret(Path(file), key), key
+    key = f"{prefix}_credential"
+    directory = environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        raise ConfigError(
+            f"{key}: $CREDENTIALS_DIRECTORY is not set (start the service with LoadCredential={credential}:PATH)"
+        )
+    return _read_secret(Path(directory) / str(credential), key), key
 
 
 SECRET_MAX_BYTES = 64 * 1024  # a key file is tiny; /dev/zero or a log file by mistake is not
@@ -102,6 +114,47 @@ def _checked_key(text: str, key: str, source: str) -> str:
     if not text.isascii() or not text.isprintable() or any(c.isspace() for c in text):
         raise ConfigError(f"{key}: the API key from {source} contains whitespace or control characters")
     return text
+
+
+@dataclass(frozen=True)
+class WebhooksConfig:
+    """`[webhooks]`: where the signing secret of `POST /webhooks/openai` is (exactly one
+    source; it is read by the daemon, never held here), and how often an active response is
+    still polled while its end is expected from a webhook."""
+
+    secret_env: str | None = None
+    secret_file: str | None = None
+    secret_credential: str | None = None
+    safety_poll: float = 600.0
+
+    def secret_source(self) -> str:
+        if self.secret_env:
+            return f"env {self.secret_env}"
+        if self.secret_file:
+            return f"file {self.secret_file}"
+        return f"credential {self.secret_credential}"
+
+    def read_secret(self, environ: Mapping[str, str] | None = None) -> str:
+        """The signing secret (`whsec_` and base64, as the OpenAI dashboard shows it), checked
+        to be one that Standard Webhooks signatures can be verified with."""
+        text, key = _secret_text(
+            "webhooks.secret",
+            self.secret_env,
+            self.secret_file,
+            self.secret_credential,
+            os.environ if environ is None else environ,
+        )
+        secret = text.strip()
+        if not secret:
+            raise ConfigError(f"{key}: the secret from {self.secret_source()} is empty")
+        try:
+            Webhook(secret)
+        except (ValueError, EmptyWebhookSecretError):  # binascii.Error is a ValueError
+            raise ConfigError(
+                f"{key}: the secret from {self.secret_source()} is not a webhook signing secret"
+                " (expected whsec_ followed by base64, as the OpenAI dashboard shows it)"
+            ) from None
+        return secret
 
 
 @dataclass(frozen=True)
@@ -170,6 +223,62 @@ class LogConfig:
     stats_interval: float = 60.0  # tether extension: a `daemon.stats` line this often; 0 = never
 
 
+DEFAULT_MAX_BODY = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """The OpenAI-compatible proxy (`/v1/...` on the daemon's TCP listener): the one upstream is
+    `account`'s base_url; `key` says whose key goes upstream ("client": the caller's
+    Authorization passes through; "account": callers present the server token, tether sends
+    the account's key)."""
+
+    enabled: bool = False
+    account: str = "default"  # the loader puts the default account here when the file names none
+    key: Literal["client", "account"] = "client"
+    max_body: int = DEFAULT_MAX_BODY  # bytes; a longer request body is refused with 413
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The daemon's HTTP doors: a Unix socket (control API, guarded by its file modes) and an
+    optional TCP listener whose control API needs the bearer token named here (never the token
+    itself)."""
+
+    socket: str | None = None  # an absolute path, or None: no socket
+    listen: tuple[str, int] | None = None  # (host, port)
+    token_env: str | None = None
+    token_file: str | None = None
+    token_credential: str | None = None
+
+    @property
+    def has_token(self) -> bool:
+        return bool(self.token_env or self.token_file or self.token_credential)
+
+    def read_token(self, environ: Mapping[str, str] | None = None) -> str | None:
+        """The bearer token from its one source (None when none is configured)."""
+        environ = os.environ if environ is None else environ
+        if self.token_env:
+            key, text = "server.token_env", environ.get(self.token_env)
+            if text is None:
+                raise ConfigError(f"{key}: environment variable {self.token_env} is not set")
+        elif self.token_file:
+            key, text = "server.token_file", _read_secret(Path(self.token_file), "server.token_file")
+        elif self.token_credential:
+            key = "server.token_credential"
+            directory = environ.get("CREDENTIALS_DIRECTORY")
+            if not directory:
+                raise ConfigError(f"{key}: $CREDENTIALS_DIRECTORY is not set"
+                                  f" (start the service with LoadCredential={self.token_credential}:PATH)")
+            text = _read_secret(Path(directory) / self.token_credential, key)
+        else:
+            return None
+        token = text.strip()
+        if len(token) < 16 or not token.isascii() or not token.isprintable() or any(c.isspace() for c in token):
+            raise ConfigError(f"{key}: the token must be at least 16 printable characters without spaces")
+        return token
+
+
 @dataclass(frozen=True)
 class Config:
     path: Path | None
@@ -183,6 +292,9 @@ class Config:
     service_tiers: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     output_tokens_per_second: float = DEFAULT_OUTPUT_TOKENS_PER_SECOND
     budgets: tuple[BudgetConfig, ...] = ()
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    webhooks: WebhooksConfig | None = None  # None: no [webhooks] table, the route is not served
 
     @property
     def default_account(self) -> str:

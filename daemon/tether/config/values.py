@@ -107,6 +107,12 @@ def string(value: Any, key: str) -> str:
     return value
 
 
+def boolean(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {show(value)}")
+    return value
+
+
 def choice(*choices: str) -> Converter:
     def convert(value: Any, key: str) -> str:
         if not isinstance(value, str) or value not in choices:
@@ -156,6 +162,23 @@ def fractions(value: Any, key: str) -> tuple[float, ...]:
         raise ConfigError(f"{key}: expected an array of fractions of the limit in (0, 1], got {show(value)}")
     convert = number_where("a fraction of the limit in (0, 1]", lambda x: 0 < x <= 1)
     return tuple(sorted({convert(item, f"{key}[{number}]") for number, item in enumerate(value, start=1)}))
+
+
+_SIZE = re.compile(r"(\d+)\s*(B|KiB|MiB|GiB)?")
+_SIZE_UNITS = {None: 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
+
+
+def byte_size(value: Any, key: str) -> int:
+    """Bytes, from an integer or a string such as "512KiB", "32MiB" or "1GiB"; at least 1."""
+    if isinstance(value, str) and (match := _SIZE.fullmatch(value.strip())):
+        size = int(match[1]) * _SIZE_UNITS[match[2]]
+    elif isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    else:
+        raise ConfigError(f'{key}: expected a size such as "32MiB", "512KiB" or a number of bytes, got {show(value)}')
+    if size < 1:
+        raise ConfigError(f"{key}: expected a size of at least 1 byte, got {show(value)}")
+    return size
 
 
 def positive_duration(value: Any, key: str) -> float:

@@ -27,6 +27,7 @@ class BudgetWatch:
             rollover = self._next_rollover()
             await state.sleep(state.budget_wake, None if rollover is None else rollover - state.clock())
             if not state.config.budgets:
+                state.metrics.measured([])
                 state.budget_wake.clear()
                 continue
             await asyncio.sleep(BUDGET_SETTLE)
@@ -36,6 +37,7 @@ class BudgetWatch:
             except StoreFailure:
                 return
             for row in rows:  # newly cancelled by a budget: send at once
+                state.metrics.cancel_requested(row.cancel_reason)
                 state.adopt(row)
 
     def _next_rollover(self) -> float | None:
@@ -49,7 +51,9 @@ class BudgetWatch:
         state = self.state
         cancelled: list[Response] = []
         with tracker.recording(state.store, "daemon", state.clock()) as rec:
-            for measured in accounting.measure(rec.session, state.config, state.pricing, rec.now):
+            measurement = accounting.measure(rec.session, state.config, state.pricing, rec.now)
+            state.metrics.measured(measurement)
+            for measured in measurement:
                 cancelled += self._enforce_budget(rec, measured)
         return cancelled
 

@@ -85,7 +85,10 @@ class Deadlines:
                     rec.refresh_state(row)
                 if cancel:
                     rec.next_cancel_at = None
-                    state.stats.cancel_at_deadline(state.clock() - at)
+                    overrun = state.clock() - at
+                    state.stats.cancel_at_deadline(overrun)
+                    state.metrics.deadline_overrun.observe(overrun)
+                    state.metrics.cancel_requested(row.cancel_reason)
                     cancels.append(rec)
             await self._send_cancels(cancels, "deadline")
         except StoreFailure:
@@ -130,55 +133,53 @@ class Deadlines:
             self.state.schedule(rec)
 
     async def _send_cancels(self, recs: list[Active], op: str) -> None:
-        """Send the cancels at once (polls held back meanwhile), then record their answers in
-        one transaction."""
+        """Send the cancels at once (polls held back meanwhile), then record their answers and
+        their failures to retry in one transaction."""
         with self.polling.held():
             replies = await asyncio.gather(*(self._cancel_one(rec) for rec in recs), return_exceptions=True)
-        answered: list[tuple[Active, Outcome]] = []
+        outcomes: list[tuple[Active, Outcome]] = []
         for rec, reply in zip(recs, replies, strict=True):
             if isinstance(reply, BaseException):
                 if not isinstance(reply, (StoreFailure, asyncio.CancelledError)):  # those stop the daemon
                     self._cancel_broke(rec, op, reply)
             elif reply is not None:
-                answered.append((rec, reply))
-        if not answered:
+                outcomes.append((rec, reply))
+        if not outcomes:
             return
         state = self.state
         try:
             rows = await state.writer.run(
-                state.queries.write_cancels_settled, [(rec.id, outcome) for rec, outcome in answered]
+                state.queries.write_cancels_settled, [(rec.id, outcome) for rec, outcome in outcomes]
             )
         except StoreFailure:
             return
         except Exception as exc:
-            for rec, _ in answered:
+            for rec, _ in outcomes:
                 self._cancel_broke(rec, op, exc)
             return
-        for (rec, _), row in zip(answered, rows, strict=True):
-            self._after_cancel(rec, row)
+        for (rec, outcome), row in zip(outcomes, rows, strict=True):
+            if outcome.answered:
+                self._after_cancel(rec, row)
+            else:
+                if row is not None:
+                    rec.refresh(row)
+                rec.next_cancel_at = self._retry_at(rec, rec.cancel_attempts, outcome.failed.retry_after)
 
     def _cancel_broke(self, rec: Active, op: str, exc: BaseException) -> None:
         log.error("daemon.error", response_id=rec.id, op=op, error=repr(exc))
         rec.next_cancel_at = self.state.clock() + self.state.config.polling.max_interval
 
     async def _cancel_one(self, rec: Active) -> Outcome | None:
-        """Call cancel (`cancelling.send`); returns its outcome to record as the answer, or None
-        when there is no answer (the failure is recorded here and a retry is scheduled)."""
+        """Call cancel (`cancelling.send`); returns its outcome to record with the burst's (an
+        answer, or a failure to retry), or None after a 404 (recorded here)."""
         state = self.state
         outcome = await cancelling.send(
             state.clients[rec.account], rec.id, rec.status, state.clock(), on_error=functools.partial(state.api_error, rec)
         )
-        failed = outcome.failed
-        if failed is None:
-            return outcome
-        if isinstance(failed, NotFound):
+        if isinstance(outcome.failed, NotFound):
             await self.polling.record_not_found(rec, outcome.asked_at)
-        else:
-            row = await state.writer.run(state.queries.write_cancel_failed, rec.id, failed)
-            if row is not None:
-                rec.refresh(row)
-            rec.next_cancel_at = self._retry_at(rec, rec.cancel_attempts, failed.retry_after)
-        return None
+            return None
+        return outcome
 
     def _after_cancel(self, rec: Active, row: Response | None) -> None:
         rec.next_cancel_at = None

@@ -28,6 +28,7 @@ from tether.logs import log
 from tether.models import is_active
 from tether.notify import Notifier
 from tether.pricing import Pricing
+from tether.server.app import Server, ServerError
 from tether.store import Store, WriterLock
 
 FLUSH_EVERY = 1.0  # poll bookkeeping reaches the store at most this late
@@ -53,6 +54,7 @@ class Daemon:
         self.budgets = BudgetWatch(self.state)
         self.lock = lock  # the store's single-writer lock, held by the caller
         self.notify = notifier or Notifier()
+        self.server = Server(self)
         self.config_path = config_path
         self._reload_note = "config loaded at start"
         self._reloading = asyncio.Lock()
@@ -67,6 +69,12 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, lambda: state.spawn(self.reload(), "reload"))
         state.clients = self._build_clients(state.config)
         await self._load()
+        try:
+            await self.server.start()  # the doors open on a loaded daemon
+        except ServerError as exc:
+            log.critical("daemon.listen_failed", error=str(exc))
+            await self._finish()
+            return 1
         # What start-up loaded lives as long as the daemon: the cycle collector need not go
         # over it again (a full collection of 10,000 records stalled the loop 0.1 to 0.3 s).
         gc.freeze()
@@ -91,6 +99,7 @@ class Daemon:
         done, _ = await asyncio.wait([stopped, *loops], return_when=asyncio.FIRST_COMPLETED)
         log.info("daemon.stopping", active=self._counts()[0], in_flight=len(state.tasks))
         self.notify.stopping()
+        await self.server.stop()  # nothing new comes in while the rest winds down
         scheduler.shutdown(wait=False)
         for task in [stopped, *loops]:
             task.cancel()
@@ -243,6 +252,8 @@ class Daemon:
                     for name, account in config.accounts.items()
                     if state.config.accounts.get(name) != account
                 }
+                if config.webhooks is not None and config.webhooks != state.config.webhooks:
+                    config.webhooks.read_secret()  # as a key: one that cannot be read fails the reload
             except ConfigError as exc:
                 log.error("daemon.reload_failed", error=str(exc), hint="the previous config stays in force")
                 self._reload_note = f"reload FAILED at {time.strftime('%H:%M:%S')}: {exc}; previous config in force"

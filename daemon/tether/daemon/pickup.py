@@ -5,6 +5,7 @@ from __future__ import annotations
 from tether import tracker
 from tether.daemon.queries import PICKUP_PAGE
 from tether.daemon.state import State
+from tether.models import EventKind
 
 PICKUP_EVERY = 0.5  # newly tracked responses are noticed within a second
 
@@ -32,6 +33,8 @@ class Pickup:
             self.event_cursor = last
             for ev in events:
                 tracker.log_event(ev.kind, ev.response_id, ev.from_status, ev.to_status, ev.reason, ev.detail, origin=ev.origin)
+                if ev.kind == EventKind.CANCEL_REQUESTED:
+                    state.metrics.cancel_requested(ev.reason or "manual")
             state.budget_wake.set()
             for row in rows:
                 state.adopt(row)

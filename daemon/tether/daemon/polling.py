@@ -1,5 +1,6 @@
-"""The poll loop: each active response is looked at (GET) on the `[polling]` backoff; a look
-that changes nothing is only counted, and the counts reach the store in batches (`flush`)."""
+"""The poll loop: each active response is looked at (GET) on the `[polling]` backoff (with
+webhooks on, every `[webhooks] safety_poll` after the first polls); a look that changes
+nothing is only counted, and the counts reach the store in batches (`flush`)."""
 
 from __future__ import annotations
 
@@ -43,10 +44,13 @@ class Polling:
                 if rec is None or rec.queued_poll != due:
                     continue  # superseded by a later schedule
                 rec.queued_poll = None
-                if rec.polling:
+                if rec.polling or rec.enforcing:
+                    # A deadline or cancel being acted on looks itself or gets the status in the
+                    # cancel's answer; it schedules the next poll when it is done.
                     continue
                 await self._slots.acquire()
                 state.stats.poll(state.clock() - due)
+                state.metrics.polls.inc()
                 rec.polling = True
                 state.spawn(self._poll(rec), f"poll:{rid}")
             await state.sleep(state.poll_wake, state.polls[0][0] - state.clock() if state.polls else None)
@@ -111,6 +115,7 @@ class Polling:
         if answered:
             rec.answered_at = now
         if self._changes(rec, observed):
+            state.metrics.saw_status(rec.status, observed, state.clock())
             mark = self._next_mark(rec, now)
             row = await state.writer.run(state.queries.write_observation, rec.id, observed, reason, mark)
             self._after_look(rec, row, now)
@@ -147,7 +152,7 @@ class Polling:
     def _next_mark(self, rec: Active, now: float) -> PollMark:
         previous = self.marks.pop(rec.id, None)
         polling = self.state.config.polling
-        rec.interval = next_interval(rec.interval, polling)
+        rec.interval = next_interval(rec.interval, polling, self._safety_poll(rec))
         return PollMark(
             polls=(previous.polls if previous else 0) + 1,
             last_polled_at=now,
@@ -165,6 +170,12 @@ class Polling:
 
     def _reschedule_after_error(self, rec: Active, client: ResponsesClient, now: float) -> None:
         polling = self.state.config.polling
-        rec.interval = next_interval(rec.interval, polling)
+        rec.interval = next_interval(rec.interval, polling, self._safety_poll(rec))
         delay = max(jittered(rec.interval, polling.jitter, self.state.rng), client.pause_remaining())
         rec.next_poll_at = now + delay
+
+    def _safety_poll(self, rec: Active) -> float | None:
+        """`[webhooks] safety_poll` when webhooks are on; None (the plain backoff) when they
+        are off, and in the confirmation window after a cancel, which no webhook shortens."""
+        webhooks = self.state.config.webhooks
+        return webhooks.safety_poll if webhooks is not None and rec.confirm_until is None else None

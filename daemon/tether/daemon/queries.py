@@ -12,7 +12,6 @@ from sqlalchemy import Text, bindparam, cast, func, or_, select, update
 from sqlmodel import Session, col
 
 from tether import cancelling, tracker
-from tether.api import APIError
 from tether.cancelling import Outcome
 from tether.daemon.records import PollMark
 from tether.models import ACTIVE, RESPONSES, CancelState, Event, Heartbeat, Response
@@ -31,6 +30,7 @@ class ScheduledRow(NamedTuple):
 
     id: str
     account: str
+    policy: str | None
     status: str | None
     deadline_at: float | None
     next_poll_at: float | None
@@ -221,22 +221,18 @@ class Queries:
         tracker.refresh_deadline(row, policy)
         return row, cancel
 
-    def write_cancel_failed(self, rid: str, error: APIError) -> Response | None:
-        with self._recording() as rec:
-            row = rec.session.get(Response, rid)
-            if row is None:
-                return None
-            cancelling.record_failure(rec, row, error, self.state.config)
-            return row
-
     def write_cancels_settled(self, items: list[tuple[str, Outcome]]) -> list[Response | None]:
-        """Record the answers to cancels, one transaction for a burst."""
+        """Record the outcomes of cancels, answers and failures to retry: one transaction for a burst."""
         with self._recording() as rec:
             ids = [rid for rid, _ in items]
             rows = rows_by_id(rec.session, ids)
             for rid, outcome in items:
-                if (row := rows.get(rid)) is not None:
+                if (row := rows.get(rid)) is None:
+                    continue
+                if outcome.answered:
                     cancelling.settle(rec, row, outcome, self.state.config, self.state.pricing)
+                else:
+                    cancelling.record_failure(rec, row, outcome.failed, self.state.config)
             return [rows.get(rid) for rid in ids]
 
     def _recording(self):

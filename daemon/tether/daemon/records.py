@@ -18,6 +18,7 @@ class Active:
 
     id: str
     account: str
+    policy: str | None
     status: str | None
     deadline_at: float | None
     next_poll_at: float | None
@@ -56,6 +57,7 @@ class Active:
         return cls(
             id=row.id,
             account=sys.intern(row.account),
+            policy=interned(row.policy),
             status=interned(row.status),
             deadline_at=row.deadline_at,
             next_poll_at=row.next_poll_at,
@@ -75,6 +77,7 @@ class Active:
         """`refresh` but for the facts (model, created_at, metadata): a deadline decision
         does not change them."""
         self.status = interned(row.status)
+        self.policy = interned(row.policy)
         self.deadline_at = row.deadline_at
         self.cancel_state = sys.intern(row.cancel_state)
         self.cancel_attempts = row.cancel_attempts

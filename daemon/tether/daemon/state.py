@@ -18,6 +18,7 @@ from tether.daemon.queries import Queries
 from tether.daemon.records import Active
 from tether.daemon.writer import StoreWriter
 from tether.logs import log
+from tether.metrics import Metrics
 from tether.models import CancelState, Response, is_active
 from tether.pricing import Pricing
 from tether.stats import Stats
@@ -46,9 +47,10 @@ class State:
         self.started_at = clock()
         self.rng = random.Random()
         self.stats = Stats()
-        self.writer = StoreWriter(store, self._store_failed)
-        self.queries = Queries(self)
         self.active: dict[str, Active] = {}
+        self.metrics = Metrics(lambda: self.active.values())
+        self.writer = StoreWriter(store, self._store_failed, self.metrics.store_transactions.inc)
+        self.queries = Queries(self)
         self.polls: list[tuple[float, int, str]] = []
         self.timers: list[tuple[float, int, str, str, float]] = []
         self._seq = itertools.count()
@@ -140,15 +142,19 @@ class State:
             self.budget_wake.set()
 
     def api_error(self, rec: Active, op: str, exc: APIError) -> None:
+        self.log_api_error(rec.account, rec.id, op, exc)
+
+    def log_api_error(self, account: str, response_id: str | None, op: str, exc: APIError) -> None:
         if isinstance(exc, AccountPaused):
             return  # logged once, when the account was paused
         self.stats.api_errors += 1
+        self.metrics.api_error(op, exc)
         level = "error" if isinstance(exc, AccountError) else "warning"
         getattr(log, level)(
             "api.error",
-            account=rec.account,
+            account=account,
             op=op,
-            response_id=rec.id,
+            response_id=response_id,
             http_status=exc.status,
             code=exc.code,
             error=exc.message,

@@ -33,9 +33,15 @@ class StoreWriter:
     not for everything queued behind it.
     """
 
-    def __init__(self, store: Store, on_failure: Callable[[OperationalError], None]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        on_failure: Callable[[OperationalError], None],
+        on_commit: Callable[[], None] = lambda: None,
+    ) -> None:
         self.store = store
         self._on_failure = on_failure  # a store error: logged and the daemon stopped there
+        self._on_commit = on_commit  # a batch committed (counted by the metrics)
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="tether-store")
         self._jobs: list[StoreJob] = []
         self._urgent: list[StoreJob] = []  # run before `_jobs`
@@ -79,6 +85,7 @@ class StoreWriter:
                     # The first callback once the batch has committed: its callers (cancels
                     # waiting for their decision) go on before the batch's log lines are written.
                     self.store.after_commit(functools.partial(loop.call_soon_threadsafe, _settle, outcomes))
+                    self.store.after_commit(self._on_commit)
                     for fn, args, future in jobs:
                         try:
                             outcomes.append((future, fn(*args), None))

@@ -4,7 +4,10 @@ Serves `POST /v1/responses`, `GET /v1/responses/{id}` and `POST /v1/responses/{i
 Each response plays out from the clock: `queue` seconds `queued`, `run` seconds `in_progress`,
 then its outcome; request metadata keys `fake_queue`, `fake_run`, `fake_outcome`,
 `fake_input_tokens`, `fake_output_tokens`, `fake_reasoning_tokens` and `fake_cached_tokens`
-override the server's defaults. The server keeps its own record of every call for test oracles
+override the server's defaults. `stream: true` answers a create with server-sent events
+(`response.created`, `response.output_text.delta`, ..., `response.completed`, each when the
+simulation reaches it); `GET /v1/responses/{id}?stream=true&starting_after=N` resumes a background
+response's stream after event N. The server keeps its own record of every call for test oracles
 (`FakeState`, `GET /_fake/state`; `FakeState.calls()`: the request log, faulted requests
 included; `FakeState.stalls()`: its own event-loop stalls), injects faults on demand
 (`FakeState.faults`, `POST /_fake/faults`; `Faults.force` for one-shot faults, `Faults.echo_key`

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import secrets
 import time
 from collections.abc import Mapping
@@ -43,6 +44,7 @@ ECHOED_DEFAULTS: dict[str, Any] = {
 # Fields the SDK's `Response` model requires, plus status: all a "missing fields" reply keeps.
 REQUIRED_FIELDS = ("id", "object", "created_at", "model", "output", "parallel_tool_calls", "tool_choice", "tools", "status")
 MAX_METADATA_KEYS = 16
+CANCEL_LOOK = 0.05  # how often a stream waiting for its next event looks for a cancel
 PROXY_PAGE = (
     b"<html><head><title>{status}</title></head><body><center><h1>{status}</h1></center>"
     b"<hr><center>nginx</center></body></html>"
@@ -124,10 +126,11 @@ class FakeAPI:
             if request.transport is not None:
                 request.transport.close()
             return web.Response()
-        reply.headers["x-request-id"] = f"req_{secrets.token_hex(16)}"
+        if not reply.prepared:  # an event stream has its id already
+            reply.headers["x-request-id"] = f"req_{secrets.token_hex(16)}"
         return reply
 
-    async def _handle(self, request: web.BaseRequest) -> web.Response:
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         path = request.rel_url.raw_path  # an absolute-form target (through a proxy) is made relative
         if path.startswith("/_fake/"):
             return await self._admin(request, path)
@@ -147,16 +150,24 @@ class FakeAPI:
         self.state.end_call(call, reply.status)
         return reply
 
-    async def _api(self, route: str, response_id: str, request: web.BaseRequest, call: Call) -> web.Response:
+    async def _api(self, route: str, response_id: str, request: web.BaseRequest, call: Call) -> web.StreamResponse:
         forced = self.state.faults.take_forced(route)
         fault = await self._injected_fault(route, call, forced)
         if fault is not None:
             return fault
         self._authorize(request.headers)
         if route == "create":
-            record = await self._create(_json_object(await request.read()))
+            fields = _json_object(await request.read())
+            stream = _stream_flag(fields.get("stream"))
+            record = await self._create(fields, hold=not stream)
+            if stream:
+                return await _event_stream(request, record, after=-1)
         elif route == "get":
             record = self.state.get(response_id)
+            if request.rel_url.query.get("stream") == "true":
+                if not record.background:
+                    raise ApiError(400, "Only background responses can be streamed again.", param="stream")
+                return await _event_stream(request, record, after=_starting_after(request.rel_url.query))
         else:
             record = self.state.cancel(response_id)
         return self._garbled(route, response_object(record, time.time()), call, forced)
@@ -283,7 +294,7 @@ class FakeAPI:
         if key is not None and headers.get("authorization") != f"Bearer {key}":
             raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
 
-    async def _create(self, fields: dict[str, Any], created_at: float | None = None) -> Record:
+    async def _create(self, fields: dict[str, Any], created_at: float | None = None, hold: bool = True) -> Record:
         model = fields.get("model")
         if model is None:
             raise ApiError(400, "Missing required parameter: 'model'.", param="model", code="missing_required_parameter")
@@ -300,10 +311,78 @@ class FakeAPI:
             echoed={k: fields[k] for k in ECHOED_DEFAULTS if fields.get(k) is not None}
             | _service_tier(fields.get("service_tier")),
         )
-        if not background and created_at is None:
+        if hold and not background and created_at is None:
             # Answered when it finishes, or not at all: the client leaving cancels the handler.
             await asyncio.sleep(max(0.0, record.finishes_at - time.time()))
         return record
+
+
+def stream_events(record: Record) -> list[tuple[float, dict[str, Any]]]:
+    """The server-sent events of a streamed response, each with the instant it is due: created
+    at once; in progress when its queue time ends; the answer's words as `output_text` deltas
+    spread over its run; the outcome event when it finishes. `sequence_number` counts from 0."""
+    start, end = record.created_at + record.simulation.queue, record.finishes_at
+    outcome = record.simulation.outcome
+    timeline: list[tuple[float, str, dict[str, Any]]] = [
+        (record.created_at, "response.created", {"response": response_object(record, record.created_at)}),
+        (start, "response.in_progress", {"response": response_object(record, start)}),
+    ]
+    if outcome != "failed":
+        done = response_object(record, end)
+        item = done["output"][0]
+        text = item["content"][0]["text"]
+        at_item = {"item_id": item["id"], "output_index": 0, "content_index": 0}
+        words = re.findall(r"\S+\s*", text)
+        part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+        timeline += [
+            (start, "response.output_item.added", {"output_index": 0, "item": {**item, "status": "in_progress", "content": []}}),
+            (start, "response.content_part.added", {**at_item, "part": part}),
+        ]
+        run = record.simulation.run
+        timeline += [
+            (start + run * (n + 1) / (len(words) + 1), "response.output_text.delta", {**at_item, "delta": word, "logprobs": []})
+            for n, word in enumerate(words)
+        ]
+        timeline += [
+            (end, "response.output_text.done", {**at_item, "text": text, "logprobs": []}),
+            (end, "response.content_part.done", {**at_item, "part": item["content"][0]}),
+            (end, "response.output_item.done", {"output_index": 0, "item": item}),
+        ]
+    timeline.append((end, f"response.{outcome}", {"response": response_object(record, end)}))
+    return [
+        (at, {"type": kind, "sequence_number": number, **fields})
+        for number, (at, kind, fields) in enumerate(timeline)
+    ]
+
+
+async def _event_stream(request: web.BaseRequest, record: Record, after: int) -> web.StreamResponse:
+    """Stream the events after sequence number `after`, each when it is due; a cancel ends the
+    stream. Events already due go out at once, so a resumed stream catches up first."""
+    reply = web.StreamResponse(headers={"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"})
+    reply.headers["x-request-id"] = f"req_{secrets.token_hex(16)}"
+    await reply.prepare(request)
+    for at, event in stream_events(record)[after + 1 :]:
+        while record.cancelled_at is None and (wait := at - time.time()) > 0:
+            await asyncio.sleep(min(wait, CANCEL_LOOK))
+        if record.cancelled_at is not None:
+            break
+        await reply.write(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
+    await reply.write_eof()
+    return reply
+
+
+def _stream_flag(value: Any) -> bool:
+    if value is not None and not isinstance(value, bool):
+        raise _invalid_type("stream", "a boolean")
+    return bool(value)
+
+
+def _starting_after(query: Mapping[str, str]) -> int:
+    text = query.get("starting_after", "-1")
+    try:
+        return max(-1, int(text))
+    except ValueError:
+        raise _invalid_type("starting_after", "an integer") from None
 
 
 def _route(method: str, path: str) -> tuple[str, str]:

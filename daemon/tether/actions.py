@@ -1,0 +1,296 @@
+"""The control operations on a store, shared by every door: the CLI (on the store it opens
+itself) and the daemon's `Front` (tether/server/front.py) run the same code, so a command
+answers the same whichever way it went.
+
+A refused operation raises `Refused` with an HTTP status (the CLI maps it to its exit code,
+the control API answers with it) and the message both show as is.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from itertools import islice
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from tether import render
+from tether.config import Config
+from tether.ids import valid_id
+
+if TYPE_CHECKING:
+    from tether.api import ResponsesClient
+    from tether.models import Response
+    from tether.pricing import Pricing
+    from tether.store import Store
+
+T = TypeVar("T")
+StoreRunner = Callable[..., Awaitable[Any]]  # runs a store function: in the CLI's thread, or the daemon's store thread
+
+STATUSES = ("cancelled", "completed", "failed", "in_progress", "incomplete", "lost", "queued")
+HEARTBEAT_STALE = 30.0  # seconds without a heartbeat before `tether check` fails
+
+
+class Refused(Exception):
+    """An operation refused: `status` 400 (bad input), 404 (not found), 409 (nothing to do),
+    502 (the API failed) or 503 (the daemon cannot); `code` names the case for scripts."""
+
+    def __init__(self, status: int, message: str, code: str) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code = status, message, code
+
+
+def checked_id(rid: str) -> str:
+    if not valid_id(rid):
+        raise Refused(400, f"invalid response id {rid!r}: ids are letters, digits, '_' and '-'", "invalid_id")
+    return rid
+
+
+def check_policy(config: Config, policy: str, stored: frozenset[str] | set[str] = frozenset()) -> None:
+    """A policy named on the command line must be configured, or (to select responses) at
+    least be the policy of some stored response: one removed from the config since."""
+    if config.policy_named(policy) is not None or policy in stored:
+        return
+    known = ", ".join(p.name for p in config.policies) or "none configured"
+    former = sorted(stored - {p.name for p in config.policies})
+    if former:
+        known += f"; no longer configured but in the store: {', '.join(former)}"
+    raise Refused(400, f"--policy {policy!r}: no such policy (known: {known})", "unknown_policy")
+
+
+def check_names(config: Config, policy: str | None, account: str | None) -> str:
+    """The account to use (the default when none is named)."""
+    if policy is not None:
+        check_policy(config, policy)
+    if account is not None and account not in config.accounts:
+        raise Refused(400, f"--account {account!r}: no such account (known: {', '.join(config.accounts)})",
+                      "unknown_account")
+    return account or config.default_account
+
+
+def check_statuses(statuses: list[str]) -> None:
+    for s in statuses:
+        if s not in STATUSES:
+            raise Refused(400, f"--status {s!r}: expected one of {', '.join(STATUSES)}", "invalid_status")
+
+
+# ---- reading ------------------------------------------------------------------------
+
+
+def list_records(
+    store: Store, config: Config, *, statuses: list[str], active: bool, policy: str | None,
+    labels: dict[str, str], limit: int,
+) -> list[dict[str, Any]]:
+    """Tracked responses, newest first (`tether ls`)."""
+    from sqlalchemy import or_, select
+
+    from tether.models import FINAL, Response
+
+    check_statuses(statuses)
+    if limit < 1:
+        raise Refused(400, f"limit {limit}: expected at least 1", "invalid_limit")
+    query = select(Response).order_by(Response.tracked_at.desc(), Response.id)
+    if statuses:
+        query = query.where(Response.status.in_(statuses))
+    if active:
+        query = query.where(or_(Response.status.is_(None), Response.status.not_in(FINAL)))
+    if policy:
+        query = query.where(Response.policy == policy)
+    with store.reading() as session:
+        if policy and config.policy_named(policy) is None:
+            stored = session.execute(select(Response.policy).distinct().where(Response.policy.is_not(None))).scalars()
+            check_policy(config, policy, set(stored))
+        if not labels:
+            query = query.limit(limit)
+        matching = (r for r in session.execute(query).scalars() if all(r.labels.get(k) == v for k, v in labels.items()))
+        return [render.record(r) for r in islice(matching, limit)]
+
+
+def show_record(store: Store, rid: str) -> dict[str, Any]:
+    """One response's record with its whole event history (`tether show`)."""
+    from sqlalchemy import select
+
+    from tether.models import Event, Response
+
+    checked_id(rid)
+    with store.reading() as session:
+        row = session.get(Response, rid)
+        if row is None:
+            raise Refused(404, f"{rid} is not tracked (see `tether ls`, or `tether track {rid}`)", "not_tracked")
+        query = select(Event).where(Event.response_id == rid).order_by(Event.at, Event.id)
+        events = [render.event(e) for e in session.execute(query).scalars()]
+    return {**render.record(row), "events": events}
+
+
+def read_events(store: Store, *, rid: str | None, since: float | None, after_id: int) -> list[dict[str, Any]]:
+    """Events after the one with id `after_id`, oldest first, each with its "id" (`tether log`)."""
+    from sqlalchemy import select
+
+    from tether.models import Event
+
+    if rid is not None:
+        checked_id(rid)
+    # Time order: an event is written after the moment it records, so the ids of
+    # events from the daemon and the CLI do not always follow their times.
+    query = select(Event).where(Event.id > after_id).order_by(Event.at, Event.id)
+    if rid:
+        query = query.where(Event.response_id == rid)
+    if since is not None:
+        query = query.where(Event.at >= since)
+    with store.reading() as session:
+        return [{"id": ev.id, **render.event(ev)} for ev in session.execute(query).scalars()]
+
+
+def budget_records(store: Store, config: Config, pricing: Pricing) -> list[dict[str, Any]]:
+    """Every budget's window as it stands now (`tether budget`)."""
+    from tether import accounting
+
+    with store.reading() as session:
+        measured = accounting.measure(session, config, pricing, time.time())
+    return [render.budget(m.state) for m in measured]
+
+
+def health(store: Store, running: bool | None, now: float) -> tuple[bool, str]:
+    """(healthy, what `tether check` says): a daemon runs on the store (`running`: its lock is
+    held; None: unknown) and its heartbeat is fresh."""
+    from tether.models import Heartbeat
+
+    with store.reading() as session:
+        beat = session.get(Heartbeat, "daemon")
+    if beat is None:
+        return False, "unhealthy: no daemon has ever run on this store"
+    daemon = f"pid {beat.pid} on {beat.host}"
+    if beat.stopped_at is not None:
+        return False, f"unhealthy: the daemon ({daemon}) stopped at {render.iso(beat.stopped_at)}; none is running"
+    if running is False:
+        return False, (f"unhealthy: the daemon is not running: its lock on the store is free ({daemon} did not stop "
+                       f"cleanly; its last heartbeat was {now - beat.beat_at:.0f}s ago)")
+    age = now - beat.beat_at
+    if age > HEARTBEAT_STALE:
+        return False, f"unhealthy: the daemon's last heartbeat was {age:.0f}s ago ({daemon})"
+    return True, f"healthy: daemon {daemon}, heartbeat {age:.1f}s ago"
+
+
+# ---- acting ---------------------------------------------------------------------------
+
+
+def track_rows(
+    config: Config,
+    store: Store,
+    items: list[tuple[str, dict[str, Any] | None]],
+    *,
+    account: str,
+    policy: str | None,
+    labels: dict[str, str],
+    origin: str,
+) -> list[tuple[Response, bool]]:
+    """Store responses as tracked, in one transaction: (row, newly tracked) each."""
+    from tether import tracker
+    from tether.pricing import Pricing
+
+    pricing = Pricing.from_config(config)
+    with tracker.recording(store, origin, time.time()) as rec:
+        return [
+            tracker.track(
+                rec, config, pricing, response_id=rid, account=account, observed=observed,
+                policy_requested=policy, labels=labels,
+            )
+            for rid, observed in items
+        ]
+
+
+async def look_up(client: ResponsesClient, ids: list[str], account: str) -> list[dict[str, Any]]:
+    """Each response as the API has it, before tracking it; nothing is tracked unless all are found."""
+    import asyncio
+
+    from tether.api import NotFound
+
+    results = await asyncio.gather(*(client.get(i) for i in ids), return_exceptions=True)
+    missing = [i for i, r in zip(ids, results, strict=True) if isinstance(r, NotFound)]
+    if missing:
+        raise Refused(404, f"no response {', '.join(missing)} on account {account!r}; nothing was tracked", "not_found")
+    failed = [(i, r) for i, r in zip(ids, results, strict=True) if isinstance(r, BaseException)]
+    if failed:
+        rid, exc = failed[0]
+        raise Refused(502, f"could not look up {rid}: {exc}; nothing was tracked (retry, or use --no-verify)",
+                      "api_failed")
+    return list(results)  # type: ignore[arg-type]
+
+
+def checked_body(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+        raise Refused(400, "the request body must be a JSON object with a \"model\"", "invalid_body")
+    return {**body, "background": True}
+
+
+async def create(client: ResponsesClient, body: dict[str, Any]) -> dict[str, Any]:
+    """POST /v1/responses (sent once, never retried); the created Response object."""
+    from tether.api import APIError, TransientError
+
+    try:
+        created = await client.create(body)
+    except TransientError as exc:
+        if not exc.delivered:
+            raise Refused(502, f"the API did not take the request ({exc}): nothing was created; submit it again later",
+                          "api_failed") from None
+        raise Refused(502, f"the request failed after it was sent ({exc}): it may have created a response "
+                      "whose id tether did not get; make sure it did not before you submit again "
+                      "(tether never sends a create twice)", "api_failed_after_sending") from None
+    except APIError as exc:
+        status = 400 if exc.status in (400, 422) else 502
+        raise Refused(status, f"the API refused the request: {exc}", "api_refused") from None
+    rid = created.get("id")
+    if not isinstance(rid, str) or not valid_id(rid):
+        raise Refused(502, f"the API answered without a usable response id: {str(rid)[:80]!r}", "api_failed")
+    return created
+
+
+async def cancel(
+    store: Store,
+    config: Config,
+    pricing: Pricing,
+    client_for: Callable[[str], ResponsesClient],
+    rid: str,
+    reason: str | None,
+    *,
+    run: StoreRunner,
+    origin: str,
+) -> tuple[Response, Refused | None]:
+    """A manual cancel: the intent recorded, the API called, its answer recorded (one cancel
+    path: tether.cancelling). Returns the row after it, and what failed (None: answered)."""
+    from tether import cancelling, tracker
+    from tether.models import TERMINAL, CancelState, Response
+
+    checked_id(rid)
+
+    def request() -> Response:
+        with tracker.recording(store, origin, time.time()) as rec:
+            row = rec.session.get(Response, rid)
+            if row is None:
+                raise Refused(404, f"{rid} is not tracked (see `tether ls`, or `tether track {rid}`)", "not_tracked")
+            if row.status in TERMINAL or row.status == "lost":
+                raise Refused(409, f"{row.id} is already {row.status}; nothing to cancel", "already_finished")
+            tracker.request_cancel(rec, row, "manual", note=reason)
+            return row
+
+    row = await run(request)
+    outcome = await cancelling.send(client_for(row.account), rid, row.status, time.time(), retry=None)
+
+    def record() -> Response:
+        with tracker.recording(store, origin, time.time()) as rec:
+            row = rec.session.get(Response, rid)
+            if row is None:  # forgotten meanwhile: nothing to record it on
+                raise Refused(404, f"{rid} is not tracked (see `tether ls`, or `tether track {rid}`)", "not_tracked")
+            if outcome.failed is None:
+                cancelling.settle(rec, row, outcome, config, pricing)
+            else:
+                cancelling.record_failure(rec, row, outcome.failed, config)
+            return row
+
+    row = await run(record)
+    if outcome.answered:
+        return row, None
+    if row.cancel_state == CancelState.PENDING.value:
+        message = f"cancel of {rid} failed: {outcome.failed}; it is recorded and a running daemon retries it"
+    else:
+        message = f"cancel of {rid} failed: {outcome.failed}; it is now {row.status}: nothing left to cancel"
+    return row, Refused(502, message, "cancel_failed")
