@@ -18,8 +18,8 @@ import httpx
 import openai
 import pytest
 from openai.types.responses import Response, ResponseStreamEvent
-from pydantic import TypeAdapter
 from openai.types.shared import ErrorObject
+from pydantic import TypeAdapter
 
 from tether.fakeapi import FakeServer, FakeState, Faults, RouteFaults
 

@@ -17,11 +17,10 @@ from aiohttp import web
 from openai.types.responses import ResponseStreamEvent
 from pydantic import TypeAdapter
 
+from conftest import API_KEY
 from tether.config import parse_config
 from tether.fakeapi import FakeServer
 from tether.proxy import Proxy
-
-from conftest import API_KEY
 
 TOKEN = "tether-server-token-0123456789"
 STREAM_EVENT = TypeAdapter(ResponseStreamEvent)

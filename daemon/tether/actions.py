@@ -82,22 +82,23 @@ def list_records(
 ) -> list[dict[str, Any]]:
     """Tracked responses, newest first (`tether ls`)."""
     from sqlalchemy import or_, select
+    from sqlmodel import col
 
     from tether.models import FINAL, Response
 
     check_statuses(statuses)
     if limit < 1:
         raise Refused(400, f"limit {limit}: expected at least 1", "invalid_limit")
-    query = select(Response).order_by(Response.tracked_at.desc(), Response.id)
+    query = select(Response).order_by(col(Response.tracked_at).desc(), col(Response.id))
     if statuses:
-        query = query.where(Response.status.in_(statuses))
+        query = query.where(col(Response.status).in_(statuses))
     if active:
-        query = query.where(or_(Response.status.is_(None), Response.status.not_in(FINAL)))
+        query = query.where(or_(col(Response.status).is_(None), col(Response.status).not_in(FINAL)))
     if policy:
-        query = query.where(Response.policy == policy)
+        query = query.where(col(Response.policy) == policy)
     with store.reading() as session:
         if policy and config.policy_named(policy) is None:
-            stored = session.execute(select(Response.policy).distinct().where(Response.policy.is_not(None))).scalars()
+            stored = session.execute(select(col(Response.policy)).distinct().where(col(Response.policy).is_not(None))).scalars()
             check_policy(config, policy, set(stored))
         if not labels:
             query = query.limit(limit)
@@ -108,6 +109,7 @@ def list_records(
 def show_record(store: Store, rid: str) -> dict[str, Any]:
     """One response's record with its whole event history (`tether show`)."""
     from sqlalchemy import select
+    from sqlmodel import col
 
     from tether.models import Event, Response
 
@@ -116,7 +118,7 @@ def show_record(store: Store, rid: str) -> dict[str, Any]:
         row = session.get(Response, rid)
         if row is None:
             raise Refused(404, f"{rid} is not tracked (see `tether ls`, or `tether track {rid}`)", "not_tracked")
-        query = select(Event).where(Event.response_id == rid).order_by(Event.at, Event.id)
+        query = select(Event).where(col(Event.response_id) == rid).order_by(col(Event.at), col(Event.id))
         events = [render.event(e) for e in session.execute(query).scalars()]
     return {**render.record(row), "events": events}
 
@@ -124,6 +126,7 @@ def show_record(store: Store, rid: str) -> dict[str, Any]:
 def read_events(store: Store, *, rid: str | None, since: float | None, after_id: int) -> list[dict[str, Any]]:
     """Events after the one with id `after_id`, oldest first, each with its "id" (`tether log`)."""
     from sqlalchemy import select
+    from sqlmodel import col
 
     from tether.models import Event
 
@@ -131,11 +134,11 @@ def read_events(store: Store, *, rid: str | None, since: float | None, after_id:
         checked_id(rid)
     # Time order: an event is written after the moment it records, so the ids of
     # events from the daemon and the CLI do not always follow their times.
-    query = select(Event).where(Event.id > after_id).order_by(Event.at, Event.id)
+    query = select(Event).where(col(Event.id) > after_id).order_by(col(Event.at), col(Event.id))
     if rid:
-        query = query.where(Event.response_id == rid)
+        query = query.where(col(Event.response_id) == rid)
     if since is not None:
-        query = query.where(Event.at >= since)
+        query = query.where(col(Event.at) >= since)
     with store.reading() as session:
         return [{"id": ev.id, **render.event(ev)} for ev in session.execute(query).scalars()]
 

@@ -104,10 +104,10 @@ class Metrics:
     def api_error(self, op: str, exc: APIError) -> None:
         self._api_errors.labels(op, str(exc.status) if exc.status is not None else "network").inc()
 
-    def cancel_requested(self, reason: str) -> None:
+    def cancel_requested(self, reason: str | None) -> None:
         """A cancel's intent recorded. Reasons outside the bounded set count as `manual`: the
         daemon's own are bounded by its config, and a manual cancel's note is not its reason."""
-        if reason not in CANCEL_REASONS and not reason.startswith("budget:"):
+        if reason is None or (reason not in CANCEL_REASONS and not reason.startswith("budget:")):
             reason = "manual"
         self._cancels.labels(reason).inc()
 

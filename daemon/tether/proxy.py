@@ -22,8 +22,8 @@ import asyncio
 import hmac
 import json
 import re
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from http.cookiejar import CookieJar, DefaultCookiePolicy
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol
 from urllib.parse import unquote
 
@@ -49,7 +49,8 @@ _CANCEL = re.compile(r"responses/([^/]+)/cancel")
 class FrontLike(Protocol):
     """What the proxy needs of the daemon (tether.server.front.Front)."""
 
-    config: Config
+    @property
+    def config(self) -> Config: ...
 
     async def track_created(
         self, response: dict[str, Any], *, account: str, policy: str | None, labels: dict[str, str]
@@ -190,7 +191,8 @@ class Proxy:
         if fields.get("background") is not True:
             return await _relay(request, await self._send("POST", url, headers, body))
         labels = _labels(request.headers.getall(LABEL_HEADER, []))
-        metadata = fields.get("metadata") if isinstance(fields.get("metadata"), dict) else {}
+        given = fields.get("metadata")
+        metadata: dict[str, Any] = given if isinstance(given, dict) else {}
         policy = request.headers.get(POLICY_HEADER)
         if policy is not None and self.front.config.policy_named(policy) is None:
             raise Refused(400, f"{POLICY_HEADER}: unknown policy {policy!r}.", "tether_unknown_policy")
@@ -341,7 +343,7 @@ def _whole(upstream: httpx2.Response, body: bytes) -> web.Response:
 
 
 async def _relay(
-    request: web.Request, upstream: httpx2.Response, on_event: Callable[[Any], Awaitable[None]] | None = None
+    request: web.Request, upstream: httpx2.Response, on_event: Callable[[Any], Coroutine[Any, Any, None]] | None = None
 ) -> web.StreamResponse:
     """Stream the upstream's reply to the caller chunk by chunk, as it arrives. With `on_event`,
     the server-sent events are read on the side and the first one carrying a response object is

@@ -81,8 +81,9 @@ class Deadlines:
             await state.until(at)
             cancels = []
             for rec, (row, cancel) in zip(due, decisions, strict=True):
-                if row is not None:
-                    rec.refresh_state(row)
+                if row is None:  # forgotten meanwhile: nothing decided
+                    continue
+                rec.refresh_state(row)
                 if cancel:
                     rec.next_cancel_at = None
                     overrun = state.clock() - at
@@ -158,7 +159,7 @@ class Deadlines:
                 self._cancel_broke(rec, op, exc)
             return
         for (rec, outcome), row in zip(outcomes, rows, strict=True):
-            if outcome.answered:
+            if outcome.failed is None:
                 self._after_cancel(rec, row)
             else:
                 if row is not None:

@@ -229,7 +229,7 @@ class Queries:
             for rid, outcome in items:
                 if (row := rows.get(rid)) is None:
                     continue
-                if outcome.answered:
+                if outcome.failed is None:
                     cancelling.settle(rec, row, outcome, self.state.config, self.state.pricing)
                 else:
                     cancelling.record_failure(rec, row, outcome.failed, self.state.config)

@@ -145,7 +145,7 @@ class FakeAPI:
         except (Dropped, asyncio.CancelledError):  # dropped, or the client left a held request
             self.state.end_call(call, 0)
             raise
-        if reply.status >= 400 and self.state.faults.echo_key:
+        if reply.status >= 400 and self.state.faults.echo_key and isinstance(reply, web.Response):
             _echo_key(reply, headers.get("authorization", ""))
         self.state.end_call(call, reply.status)
         return reply

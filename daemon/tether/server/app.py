@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from tether import __version__, webhooks
-from tether.proxy import Proxy
 from tether.metrics import METRICS, Metrics, metrics_handler
+from tether.proxy import Proxy
 from tether.server import control, openapi
 from tether.server.front import Front
 
