@@ -163,8 +163,9 @@ def test_cli_and_daemon_writing_under_an_outside_write_lock_wait_for_it_instead_
         first = create(fake, 30, run="6", limited="yes")  # still running when tracked on a loaded machine
         assert install.cli("track", *first).returncode == 0
         # The daemon has them (on a slow machine they may be cancelled by then: max_runtime 4 s).
-        picked_up = lambda: {line.get("response_id") for line in install.all_log_lines()  # noqa: E731
-                             if line.get("event") == "response.tracked"}
+        def picked_up() -> set[str | None]:
+            return {line.get("response_id") for line in install.all_log_lines() if line.get("event") == "response.tracked"}
+
         wait_for(lambda: set(first) <= picked_up(), timeout=30, what="the daemon to pick up the first responses")
         later, manual = create(fake, 10, run="30"), create(fake, 1, run="30")
         assert install.cli("track", *manual).returncode == 0
