@@ -45,7 +45,9 @@ def loop_polls(duration: float, interval: float = LOOP_INTERVAL) -> tuple[int, f
     return polls, polls * interval - duration
 
 
-def table(polling: PollingConfig, nominal: Iterable[float] = NOMINAL, samples: int = SAMPLES, seed: int = 6) -> list[dict]:
+def table(
+    polling: PollingConfig, nominal: Iterable[float] = NOMINAL, samples: int = SAMPLES, seed: int = 6
+) -> list[dict]:
     rng = random.Random(seed)
     rows = []
     for d in nominal:
@@ -69,7 +71,9 @@ def table(polling: PollingConfig, nominal: Iterable[float] = NOMINAL, samples: i
     return rows
 
 
-def curve(polling: PollingConfig, up_to: float = 1800.0, step: float = 5.0, samples: int = 200, seed: int = 7) -> list[dict]:
+def curve(
+    polling: PollingConfig, up_to: float = 1800.0, step: float = 5.0, samples: int = 200, seed: int = 7
+) -> list[dict]:
     """Polls and detection latency (mean, p99) against duration, for the plots."""
     rng = random.Random(seed)
     out = []
@@ -90,7 +94,9 @@ def curve(polling: PollingConfig, up_to: float = 1800.0, step: float = 5.0, samp
     return out
 
 
-def expected(durations: Iterable[float], polling: PollingConfig, offsets: Iterable[float] | None = None, seed: int = 8) -> list[tuple[float, float]]:
+def expected(
+    durations: Iterable[float], polling: PollingConfig, offsets: Iterable[float] | None = None, seed: int = 8
+) -> list[tuple[float, float]]:
     """Mean (polls, latency) predicted for each given duration (200 jitter draws each)."""
     rng = random.Random(seed)
     offsets = list(offsets) if offsets is not None else None

@@ -195,7 +195,9 @@ class Tether:
             with store.reading() as session:
                 stored = {
                     r.id: {name: getattr(r, key) for key, name in columns}
-                    for r in session.execute(select(Response).where(col(Response.id).in_([x.id for x in head]))).scalars()
+                    for r in session.execute(
+                        select(Response).where(col(Response.id).in_([x.id for x in head]))
+                    ).scalars()
                 }
             for record in head:
                 built, _ = build(record, at)

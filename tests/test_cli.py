@@ -142,8 +142,16 @@ def track_at(tether: Tether, rid: str, at: float) -> None:
 
     config = load_config(str(tether.config_path), environ=tether.env)
     with tracker.recording(Store(config.store.url), "cli", at) as rec:
-        tracker.track(rec, config, Pricing.from_config(config), response_id=rid, account="default",
-                      observed=None, policy_requested=None, labels={})
+        tracker.track(
+            rec,
+            config,
+            Pricing.from_config(config),
+            response_id=rid,
+            account="default",
+            observed=None,
+            policy_requested=None,
+            labels={},
+        )
 
 
 # ---- track -------------------------------------------------------------------------------
@@ -209,7 +217,9 @@ def test_https_works_with_the_ca_named_by_ssl_cert_file_and_an_untrusted_one_is_
         untrusted = Tether(root=tmp_path, base_url=https_fake.base_url, extra_env={"SSL_CERT_FILE": "/dev/null"})
         untrusted.write_config()
         refused = untrusted.cli("track", rid)
-        trusted = Tether(root=tmp_path, base_url=https_fake.base_url, extra_env={"SSL_CERT_FILE": str(tmp_path / "ca.pem")})
+        trusted = Tether(
+            root=tmp_path, base_url=https_fake.base_url, extra_env={"SSL_CERT_FILE": str(tmp_path / "ca.pem")}
+        )
         tracked = trusted.json("track", rid)
     assert refused.returncode == 1 and no_traceback(refused)
     assert "certificate of 127.0.0.1 is not trusted" in refused.stderr, refused.stderr
@@ -326,7 +336,9 @@ def test_submit_to_an_api_that_cannot_be_reached_says_nothing_was_created(tether
 def test_submit_refused_unprocessed_with_a_429_is_sent_again_and_tracked_once(tether, fake):
     fake.state.faults.retry_after = 0.2
     fake.state.faults.force("create", "rate_limit")
-    result = tether.cli("submit", "-", input=json.dumps({"model": "o3-pro", "input": "x", "metadata": {"fake_run": "60"}}))
+    result = tether.cli(
+        "submit", "-", input=json.dumps({"model": "o3-pro", "input": "x", "metadata": {"fake_run": "60"}})
+    )
     assert result.returncode == 0, result.stderr
     assert api_calls(fake, "create") == 2
     [rid] = fake.state.snapshot()["responses"]
@@ -585,7 +597,9 @@ def test_a_cancel_answered_404_is_counted_toward_lost_as_the_daemon_counts_it(te
     assert result.returncode == 1, result.stderr
     assert api_calls(fake, "cancel") == 1
     shown = tether.json("show", rid)
-    assert [e["kind"] for e in shown["events"]] == ["tracked", "cancel_requested"] + (["lost"] if lost_after == 1 else [])
+    assert [e["kind"] for e in shown["events"]] == ["tracked", "cancel_requested"] + (
+        ["lost"] if lost_after == 1 else []
+    )
     if lost_after == 1:
         assert shown["status"] == "lost" and "nothing left to cancel" in result.stderr
     else:

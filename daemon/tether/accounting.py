@@ -60,7 +60,9 @@ def measure(session: Session, config: Config, pricing: Pricing, now: float) -> l
     measured = []
     for budget in config.budgets:
         window = window_at(budget, now)
-        spent = sum(r.cost_usd or 0.0 for r in finished_between(session, window.start, window.end) if in_scope(budget, r))
+        spent = sum(
+            r.cost_usd or 0.0 for r in finished_between(session, window.start, window.end) if in_scope(budget, r)
+        )
         commitments = tuple(
             Commitment(r.id, r.created_at or r.tracked_at, reservation(r, config, pricing))
             for r in active
@@ -77,7 +79,9 @@ def cancellable(session: Session, commitments: Iterable[Commitment]) -> list[Com
         return []
     pending = set(
         session.execute(
-            select(col(Response.id)).where(col(Response.id).in_(ids), col(Response.cancel_state) != CancelState.NONE.value)
+            select(col(Response.id)).where(
+                col(Response.id).in_(ids), col(Response.cancel_state) != CancelState.NONE.value
+            )
         ).scalars()
     )
     return [c for c in commitments if c.response_id not in pending]

@@ -62,8 +62,9 @@ def check_names(config: Config, policy: str | None, account: str | None) -> str:
     if policy is not None:
         check_policy(config, policy)
     if account is not None and account not in config.accounts:
-        raise Refused(400, f"--account {account!r}: no such account (known: {', '.join(config.accounts)})",
-                      "unknown_account")
+        raise Refused(
+            400, f"--account {account!r}: no such account (known: {', '.join(config.accounts)})", "unknown_account"
+        )
     return account or config.default_account
 
 
@@ -77,8 +78,14 @@ def check_statuses(statuses: list[str]) -> None:
 
 
 def list_records(
-    store: Store, config: Config, *, statuses: list[str], active: bool, policy: str | None,
-    labels: dict[str, str], limit: int,
+    store: Store,
+    config: Config,
+    *,
+    statuses: list[str],
+    active: bool,
+    policy: str | None,
+    labels: dict[str, str],
+    limit: int,
 ) -> list[dict[str, Any]]:
     """Tracked responses, newest first (`tether ls`)."""
     from sqlalchemy import or_, select
@@ -98,7 +105,9 @@ def list_records(
         query = query.where(col(Response.policy) == policy)
     with store.reading() as session:
         if policy and config.policy_named(policy) is None:
-            stored = session.execute(select(col(Response.policy)).distinct().where(col(Response.policy).is_not(None))).scalars()
+            stored = session.execute(
+                select(col(Response.policy)).distinct().where(col(Response.policy).is_not(None))
+            ).scalars()
             check_policy(config, policy, set(stored))
         if not labels:
             query = query.limit(limit)
@@ -165,8 +174,10 @@ def health(store: Store, running: bool | None, now: float) -> tuple[bool, str]:
     if beat.stopped_at is not None:
         return False, f"unhealthy: the daemon ({daemon}) stopped at {render.iso(beat.stopped_at)}; none is running"
     if running is False:
-        return False, (f"unhealthy: the daemon is not running: its lock on the store is free ({daemon} did not stop "
-                       f"cleanly; its last heartbeat was {now - beat.beat_at:.0f}s ago)")
+        return False, (
+            f"unhealthy: the daemon is not running: its lock on the store is free ({daemon} did not stop "
+            f"cleanly; its last heartbeat was {now - beat.beat_at:.0f}s ago)"
+        )
     age = now - beat.beat_at
     if age > HEARTBEAT_STALE:
         return False, f"unhealthy: the daemon's last heartbeat was {age:.0f}s ago ({daemon})"
@@ -194,8 +205,14 @@ def track_rows(
     with tracker.recording(store, origin, time.time()) as rec:
         return [
             tracker.track(
-                rec, config, pricing, response_id=rid, account=account, observed=observed,
-                policy_requested=policy, labels=labels,
+                rec,
+                config,
+                pricing,
+                response_id=rid,
+                account=account,
+                observed=observed,
+                policy_requested=policy,
+                labels=labels,
             )
             for rid, observed in items
         ]
@@ -214,14 +231,15 @@ async def look_up(client: ResponsesClient, ids: list[str], account: str) -> list
     failed = [(i, r) for i, r in zip(ids, results, strict=True) if isinstance(r, BaseException)]
     if failed:
         rid, exc = failed[0]
-        raise Refused(502, f"could not look up {rid}: {exc}; nothing was tracked (retry, or use --no-verify)",
-                      "api_failed")
+        raise Refused(
+            502, f"could not look up {rid}: {exc}; nothing was tracked (retry, or use --no-verify)", "api_failed"
+        )
     return list(results)  # type: ignore[arg-type]
 
 
 def checked_body(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict) or not isinstance(body.get("model"), str):
-        raise Refused(400, "the request body must be a JSON object with a \"model\"", "invalid_body")
+        raise Refused(400, 'the request body must be a JSON object with a "model"', "invalid_body")
     return {**body, "background": True}
 
 
@@ -233,11 +251,18 @@ async def create(client: ResponsesClient, body: dict[str, Any]) -> dict[str, Any
         created = await client.create(body)
     except TransientError as exc:
         if not exc.delivered:
-            raise Refused(502, f"the API did not take the request ({exc}): nothing was created; submit it again later",
-                          "api_failed") from None
-        raise Refused(502, f"the request failed after it was sent ({exc}): it may have created a response "
-                      "whose id tether did not get; make sure it did not before you submit again "
-                      "(tether never sends a create twice)", "api_failed_after_sending") from None
+            raise Refused(
+                502,
+                f"the API did not take the request ({exc}): nothing was created; submit it again later",
+                "api_failed",
+            ) from None
+        raise Refused(
+            502,
+            f"the request failed after it was sent ({exc}): it may have created a response "
+            "whose id tether did not get; make sure it did not before you submit again "
+            "(tether never sends a create twice)",
+            "api_failed_after_sending",
+        ) from None
     except APIError as exc:
         status = 400 if exc.status in (400, 422) else 502
         raise Refused(status, f"the API refused the request: {exc}", "api_refused") from None

@@ -191,7 +191,9 @@ class ResponsesClient:
             )
         except httpx2.InvalidURL as exc:  # a proxy URL from the environment (the base URL is checked in config)
             self._http = HttpClient(trust_env=False)  # never used: each request fails with what to set
-            self._unusable = f"the proxy URL in the environment cannot be used ({exc}); set HTTPS_PROXY=http://HOST:PORT"
+            self._unusable = (
+                f"the proxy URL in the environment cannot be used ({exc}); set HTTPS_PROXY=http://HOST:PORT"
+            )
 
     async def get(
         self,
@@ -201,7 +203,9 @@ class ResponsesClient:
         priority: bool = False,
         on_failure: FailureHook | None = None,
     ) -> dict[str, Any]:
-        return await self._call("GET", f"responses/{response_id}", None, retry, priority=priority, on_failure=on_failure)
+        return await self._call(
+            "GET", f"responses/{response_id}", None, retry, priority=priority, on_failure=on_failure
+        )
 
     async def cancel(
         self, response_id: str, *, retry: RetryPolicy | None = None, on_failure: FailureHook | None = None
@@ -283,7 +287,10 @@ class ResponsesClient:
         """One request; its reply read up to max_reply_bytes (decoded), longer ones refused."""
         data = json.dumps(body).encode() if body is not None else None
         request = self._http.build_request(
-            method, self._base + path, content=data, headers={"Content-Type": "application/json"} if data is not None else None
+            method,
+            self._base + path,
+            content=data,
+            headers={"Content-Type": "application/json"} if data is not None else None,
         )
         response = await self._http.send(request, stream=True)
         try:
@@ -302,9 +309,7 @@ class ResponsesClient:
             await response.aclose()
         return response.status_code, response.headers, response.reason_phrase, b"".join(chunks)
 
-    def _parse(
-        self, content: bytes, status: int, headers: Mapping[str, str], method: str, path: str
-    ) -> dict[str, Any]:
+    def _parse(self, content: bytes, status: int, headers: Mapping[str, str], method: str, path: str) -> dict[str, Any]:
         try:
             payload = json.loads(content)
         except ValueError:

@@ -84,7 +84,10 @@ REQUESTS = [
     ("stuck in the queue", {"demo": "stuck", "fake_queue": "120"}),
     ("runs away", {"demo": "runaway", "fake_run": "120"}),
     ("slow, only warned", {"demo": "watch", "fake_run": "7"}),
-    ("reasoning at length", {"fake_queue": "2", "fake_run": "8", "fake_output_tokens": "6000", "fake_reasoning_tokens": "4000"}),
+    (
+        "reasoning at length",
+        {"fake_queue": "2", "fake_run": "8", "fake_output_tokens": "6000", "fake_reasoning_tokens": "4000"},
+    ),
 ]
 
 
@@ -111,8 +114,11 @@ def _run(console: Console, folder: Path, base_url: str) -> int:
     store.migrate()
 
     console.print(Text("tether demo", style="bold"), f"- a stand-in Responses API at {base_url}, store in {folder}")
-    console.print("Policies: stuck-in-queue (max_queued 4s), runaway (max_runtime 8s), "
-                  "watch-only (max_runtime 3s, warn), standard (max_runtime 40s).", style="dim")
+    console.print(
+        "Policies: stuck-in-queue (max_queued 4s), runaway (max_runtime 8s), "
+        "watch-only (max_runtime 3s, warn), standard (max_runtime 40s).",
+        style="dim",
+    )
     daemon_log = (folder / "daemon.log").open("w")
     daemon = subprocess.Popen(
         [sys.executable, "-m", "tether", "--config", str(config_path), "run"],
@@ -157,8 +163,14 @@ def _submit_all(config, store: Store) -> dict[str, str]:
     with tracker.recording(store, "cli", time.time()) as rec:
         for obj in created:
             tracker.track(
-                rec, config, pricing, response_id=obj["id"], account=account.name, observed=obj,
-                policy_requested=None, labels={"demo": "yes"},
+                rec,
+                config,
+                pricing,
+                response_id=obj["id"],
+                account=account.name,
+                observed=obj,
+                policy_requested=None,
+                labels={"demo": "yes"},
             )
     return {obj["id"]: what for obj, (what, _) in zip(created, REQUESTS, strict=True)}
 

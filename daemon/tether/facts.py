@@ -20,9 +20,7 @@ def known_status(observed: Mapping[str, Any]) -> str | None:
     status = observed.get("status")
     if isinstance(status, str) and status in API_STATUSES:
         return status
-    log.warning(
-        "api.error", kind="anomaly", response_id=observed.get("id"), error=f"unknown status {status!r}"
-    )
+    log.warning("api.error", kind="anomaly", response_id=observed.get("id"), error=f"unknown status {status!r}")
     return None
 
 
@@ -56,7 +54,12 @@ def fill_facts(row: Response, observed: Mapping[str, Any]) -> None:
     if isinstance(tier, str):
         row.service_tier = tier
     if wrong:
-        log.warning("api.error", kind="anomaly", response_id=row.id, error=f"ignored fields of an unexpected type or range: {', '.join(wrong)}")
+        log.warning(
+            "api.error",
+            kind="anomaly",
+            response_id=row.id,
+            error=f"ignored fields of an unexpected type or range: {', '.join(wrong)}",
+        )
 
 
 def valid_timestamp(value: Any) -> TypeGuard[float]:

@@ -160,9 +160,12 @@ class _ReadWhenScraped(Collector):
                 "policy (empty: none) and account.",
                 labels=["status", "policy", "account"],
             ),
-            GaugeMetricFamily("tether_budget_spent_usd", "Spent in the budget's window, at its last evaluation.", labels=["budget"]),
             GaugeMetricFamily(
-                "tether_budget_committed_usd", "Reserved by active responses in the budget's scope, at its last evaluation.",
+                "tether_budget_spent_usd", "Spent in the budget's window, at its last evaluation.", labels=["budget"]
+            ),
+            GaugeMetricFamily(
+                "tether_budget_committed_usd",
+                "Reserved by active responses in the budget's scope, at its last evaluation.",
                 labels=["budget"],
             ),
             GaugeMetricFamily("tether_budget_limit_usd", "The budget's limit.", labels=["budget"]),

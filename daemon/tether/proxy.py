@@ -182,7 +182,10 @@ class Proxy:
                 raise _too_large(self.max_body) from None
             log.warning("proxy.upstream_error", method=method, path=url.path, error=type(exc).__name__)
             raise Refused(
-                502, f"tether could not reach the upstream API ({type(exc).__name__}).", "upstream_error", "server_error"
+                502,
+                f"tether could not reach the upstream API ({type(exc).__name__}).",
+                "upstream_error",
+                "server_error",
             ) from None
 
     async def _create(self, request: web.Request, url: httpx2.URL, headers: CIMultiDict[str]) -> web.StreamResponse:
@@ -205,7 +208,9 @@ class Proxy:
             metadata={k: v for k, v in metadata.items() if isinstance(v, str)},
             labels=labels,
             policy=policy,
-            max_output_tokens=fields.get("max_output_tokens") if isinstance(fields.get("max_output_tokens"), int) else None,
+            max_output_tokens=fields.get("max_output_tokens")
+            if isinstance(fields.get("max_output_tokens"), int)
+            else None,
         )
         if budget is not None:
             raise Refused(
@@ -256,7 +261,9 @@ class BodyTooLarge(Exception):
 
 
 def _too_large(limit: int) -> Refused:
-    return Refused(413, f"The request body is larger than tether's limit ([proxy] max_body = {limit} bytes).", "body_too_large")
+    return Refused(
+        413, f"The request body is larger than tether's limit ([proxy] max_body = {limit} bytes).", "body_too_large"
+    )
 
 
 async def _read_limited(request: web.Request, limit: int) -> bytes:
@@ -381,9 +388,7 @@ class _FirstResponse:
         self.buffer += chunk
         while (end := re.search(rb"\r?\n\r?\n", self.buffer)) is not None:
             block, self.buffer = self.buffer[: end.start()], self.buffer[end.end() :]
-            data = b"\n".join(
-                line[5:].lstrip(b" ") for line in re.split(rb"\r?\n", block) if line.startswith(b"data:")
-            )
+            data = b"\n".join(line[5:].lstrip(b" ") for line in re.split(rb"\r?\n", block) if line.startswith(b"data:"))
             event = _parsed(data)
             if isinstance(event, dict) and isinstance(event.get("response"), dict):
                 return event["response"]

@@ -253,8 +253,13 @@ def record_unseen_overrun(rec: Recorder, row: Response, observed: Mapping[str, A
     if "max_runtime" in row.limits_hit or finished <= deadline:
         return
     mark_limit(
-        rec, row, limit="max_runtime", action=policy.action, deadline=deadline,
-        finished_before_action=True, finished_at=iso(finished),
+        rec,
+        row,
+        limit="max_runtime",
+        action=policy.action,
+        deadline=deadline,
+        finished_before_action=True,
+        finished_at=iso(finished),
     )
     if policy.action == "warn":
         warn(rec, row, limit="max_runtime")

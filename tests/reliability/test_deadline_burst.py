@@ -129,7 +129,11 @@ def test_a_burst_is_answered_in_one_transaction_and_not_polled_until_its_confirm
         def confirmation_polled() -> bool:  # each response has had a GET after its cancel
             calls = fake.state.calls()
             cancelled = {c["response_id"]: c["at"] for c in calls if c["route"] == "cancel"}
-            looked = {c["response_id"] for c in calls if c["route"] == "get" and c["at"] > cancelled.get(c["response_id"], 1e18)}
+            looked = {
+                c["response_id"]
+                for c in calls
+                if c["route"] == "get" and c["at"] > cancelled.get(c["response_id"], 1e18)
+            }
             return set(ids) <= looked
 
         wait_for(confirmation_polled, timeout=60, interval=0.2, what="a confirmation poll of every cancelled response")
@@ -171,7 +175,9 @@ def test_a_bursts_failed_cancels_are_recorded_in_one_transaction_and_retried(tmp
         wait_for(every_cancel_failed_once, timeout=60, interval=0.2, what="a failed cancel of every response")
         fake.state.faults = Faults()
         wait_for(
-            lambda: all(r["status"] == "cancelled" for rid, r in fake.state.snapshot()["responses"].items() if rid in ids),
+            lambda: all(
+                r["status"] == "cancelled" for rid, r in fake.state.snapshot()["responses"].items() if rid in ids
+            ),
             timeout=60,
             interval=0.5,
             what="every retried cancel to succeed",

@@ -38,8 +38,7 @@ def parse_duration(value: Any, key: str) -> float:
         match = _DURATION.fullmatch(value)
         if not value or not match:
             raise ConfigError(
-                f"{key}: invalid duration {show(value)}"
-                ' (write e.g. "90s", "5m", "1h30m", "2d", or a number of seconds)'
+                f'{key}: invalid duration {show(value)} (write e.g. "90s", "5m", "1h30m", "2d", or a number of seconds)'
             )
         seconds = sum(float(number) * _UNITS[unit] for unit, number in match.groupdict().items() if number)
     elif isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -175,7 +175,11 @@ class Deadlines:
         answer, or a failure to retry), or None after a 404 (recorded here)."""
         state = self.state
         outcome = await cancelling.send(
-            state.clients[rec.account], rec.id, rec.status, state.clock(), on_error=functools.partial(state.api_error, rec)
+            state.clients[rec.account],
+            rec.id,
+            rec.status,
+            state.clock(),
+            on_error=functools.partial(state.api_error, rec),
         )
         if isinstance(outcome.failed, NotFound):
             await self.polling.record_not_found(rec, outcome.asked_at)

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 LOAD_PAGE = 5000  # open responses read per step at start
 PICKUP_PAGE = 1000  # events read per pass: a long backlog is taken in bounded steps
 
+
 class ScheduledRow(NamedTuple):
     """What Active.loaded reads of a response, the metadata as its JSON text (parsed there).
     Read by name as fast as by position: a SQLAlchemy row's attribute lookup made loading
@@ -50,8 +51,13 @@ SCHEDULING_COLUMNS = (
 # What a deadline decision (`Queries.decide`) reads, and what it may change and writes back.
 DECISION_READS = tuple(RESPONSES.c[name] for name in ("id", "status", "created_at", "confirm_until", "policy"))
 DECIDED = (
-    "deadline_at", "deadline_kind", "limits_hit",
-    "cancel_state", "cancel_requested_at", "cancel_reason", "cancel_attempts",
+    "deadline_at",
+    "deadline_kind",
+    "limits_hit",
+    "cancel_state",
+    "cancel_requested_at",
+    "cancel_reason",
+    "cancel_attempts",
 )
 DECISION_WRITES = tuple(RESPONSES.c[name] for name in DECIDED)
 # A decision's row (`decision_rows`): a plain object with a `Response` row's attribute names,
@@ -125,7 +131,9 @@ class Queries:
     def write_stopped(self) -> None:
         """Mark the heartbeat stopped: `tether check` then says so at once, not when it goes stale."""
         with self.state.store.writing() as session:
-            session.execute(update(Heartbeat).where(col(Heartbeat.name) == "daemon").values(stopped_at=self.state.clock()))
+            session.execute(
+                update(Heartbeat).where(col(Heartbeat.name) == "daemon").values(stopped_at=self.state.clock())
+            )
 
     # ---- polls ----------------------------------------------------------------
 
@@ -135,7 +143,9 @@ class Queries:
             if row is None:
                 return None
             state = self.state
-            tracker.observe(rec, row, observed, state.config, state.pricing, reason=reason, asked_at=mark.last_polled_at)
+            tracker.observe(
+                rec, row, observed, state.config, state.pricing, reason=reason, asked_at=mark.last_polled_at
+            )
             apply_mark(row, mark)
             return row
 
@@ -162,7 +172,13 @@ class Queries:
             )
         )
         params = [
-            {"b_id": rid, "b_polls": m.polls, "b_last": m.last_polled_at, "b_next": m.next_poll_at, "b_interval": m.interval}
+            {
+                "b_id": rid,
+                "b_polls": m.polls,
+                "b_last": m.last_polled_at,
+                "b_next": m.next_poll_at,
+                "b_interval": m.interval,
+            }
             for rid, m in marks.items()
         ]
         with self.state.store.writing() as session:
@@ -179,9 +195,7 @@ class Queries:
 
     # ---- deadlines and cancels --------------------------------------------------
 
-    def write_decisions(
-        self, items: list[tuple[str, bool]], at: float
-    ) -> list[tuple[DecisionRow | None, bool]]:
+    def write_decisions(self, items: list[tuple[str, bool]], at: float) -> list[tuple[DecisionRow | None, bool]]:
         """Record the limits exceeded at `at`; returns (row, whether to send a cancel) per item.
 
         Without a fresh look, max_queued is not acted on: `queued` may be stale, and a
@@ -200,9 +214,7 @@ class Queries:
             write_decided(rec.session, [row for row, _ in decided if row is not None])
         return decided
 
-    def decide(
-        self, rec: tracker.Recorder, row: DecisionRow | None, looked: bool
-    ) -> tuple[DecisionRow | None, bool]:
+    def decide(self, rec: tracker.Recorder, row: DecisionRow | None, looked: bool) -> tuple[DecisionRow | None, bool]:
         if row is None:
             return None, False
         policy = self.state.config.policy_named(row.policy) if row.policy else None

@@ -96,7 +96,11 @@ class Active:
             and self.cancel_state != CancelState.PENDING.value
             and (
                 self.confirm_until is None
-                or (now >= self.confirm_until and self.answered_at is not None and self.answered_at >= self.confirm_until)
+                or (
+                    now >= self.confirm_until
+                    and self.answered_at is not None
+                    and self.answered_at >= self.confirm_until
+                )
             )
         )
 

@@ -19,4 +19,16 @@ from .app import FakeAPI
 from .server import FakeServer
 from .state import REMOVE, ApiError, Call, CancelCall, FakeState, Faults, Record, RouteFaults, Simulation
 
-__all__ = ["REMOVE", "ApiError", "Call", "CancelCall", "FakeAPI", "FakeServer", "FakeState", "Faults", "Record", "RouteFaults", "Simulation"]
+__all__ = [
+    "REMOVE",
+    "ApiError",
+    "Call",
+    "CancelCall",
+    "FakeAPI",
+    "FakeServer",
+    "FakeState",
+    "Faults",
+    "Record",
+    "RouteFaults",
+    "Simulation",
+]
