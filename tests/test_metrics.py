@@ -238,6 +238,8 @@ def test_labels_come_from_bounded_sets():
     metrics.saw_status("in_progress", {"status": "cancelled", "completed_at": None}, 10.0)
     metrics.saw_status("cancelled", {"status": "completed", "completed_at": 5}, 10.0)
     metrics.saw_status("queued", {"status": "completed", "completed_at": 12}, 10.0)
+    for odd in ({"status": "x"}, 7, ["completed"], None):  # a hostile reply's status: not an error here
+        metrics.saw_status("queued", {"status": odd, "completed_at": 12}, 10.0)
     found = samples(metrics)
     assert series(found, "tether_api_errors_total") == {
         (("code", "404"), ("op", "get")): 1,

@@ -112,9 +112,11 @@ class Metrics:
         self._cancels.labels(reason).inc()
 
     def saw_status(self, was: str | None, observed: Mapping[str, Any], now: float) -> None:
-        """A look that moved a response from `was` to the observed status, answered at `now`."""
-        completed_at = observed.get("completed_at")
-        if was not in TERMINAL and observed.get("status") in TERMINAL and isinstance(completed_at, (int, float)):
+        """A look that moved a response from `was` to the observed status, answered at `now`.
+        The reply is as the API sent it, of any shape: only a status string is looked up."""
+        status, completed_at = observed.get("status"), observed.get("completed_at")
+        ended = isinstance(status, str) and status in TERMINAL
+        if was not in TERMINAL and ended and isinstance(completed_at, (int, float)):
             # The server's clock, in whole seconds: a negative difference is its skew, not news.
             self.detection_latency.observe(max(0.0, now - completed_at))
 
