@@ -223,8 +223,13 @@ async def look_up(client: ResponsesClient, ids: list[str], account: str) -> list
     import asyncio
 
     from tether.api import NotFound
+    from tether.facts import known_status
 
     results = await asyncio.gather(*(client.get(i) for i in ids), return_exceptions=True)
+    if any(isinstance(r, BaseException) for r in results):
+        for reply in results:  # refused below: still, a reply with an odd status is logged as one
+            if isinstance(reply, dict):
+                known_status(reply)
     missing = [i for i, r in zip(ids, results, strict=True) if isinstance(r, NotFound)]
     if missing:
         raise Refused(404, f"no response {', '.join(missing)} on account {account!r}; nothing was tracked", "not_found")
