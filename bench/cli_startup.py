@@ -56,14 +56,18 @@ def main() -> None:
             "track ID": lambda run: [*base, "track", fresh[run]],
         }
         timed(base + ["ls"], env)  # warm the page cache once, as a second invocation would find it
-        print(f"tether CLI start-up: {args.runs} runs each, {STORED:,} stored responses, {os.cpu_count()} CPUs, "
-              f"load {os.getloadavg()[0]:.2f}")
+        print(
+            f"tether CLI start-up: {args.runs} runs each, {STORED:,} stored responses, {os.cpu_count()} CPUs, "
+            f"load {os.getloadavg()[0]:.2f}"
+        )
         print(f"{'command':<10} {'median':>8} {'max':>8} {'target':>8}  met")
         for name, argv in commands.items():
             times = [timed(argv(run), env) for run in range(args.runs)]
             median, worst = statistics.median(times), max(times)
-            print(f"{name:<10} {median:>7.3f}s {worst:>7.3f}s {TARGETS[name]:>7.1f}s  "
-                  f"{'yes' if median <= TARGETS[name] else 'no'}")
+            print(
+                f"{name:<10} {median:>7.3f}s {worst:>7.3f}s {TARGETS[name]:>7.1f}s  "
+                f"{'yes' if median <= TARGETS[name] else 'no'}"
+            )
 
 
 if __name__ == "__main__":

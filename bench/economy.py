@@ -16,10 +16,9 @@ import math
 import random
 from collections.abc import Iterable
 
+from bench.procs import summary
 from tether.config import PollingConfig
 from tether.schedule import jittered, next_interval
-
-from bench.procs import summary
 
 NOMINAL = (10, 30, 60, 120, 300, 600, 900, 1200, 1800)  # seconds: 10 s to 30 min
 LOOP_INTERVAL = 2.0
@@ -46,7 +45,9 @@ def loop_polls(duration: float, interval: float = LOOP_INTERVAL) -> tuple[int, f
     return polls, polls * interval - duration
 
 
-def table(polling: PollingConfig, nominal: Iterable[float] = NOMINAL, samples: int = SAMPLES, seed: int = 6) -> list[dict]:
+def table(
+    polling: PollingConfig, nominal: Iterable[float] = NOMINAL, samples: int = SAMPLES, seed: int = 6
+) -> list[dict]:
     rng = random.Random(seed)
     rows = []
     for d in nominal:
@@ -55,7 +56,7 @@ def table(polling: PollingConfig, nominal: Iterable[float] = NOMINAL, samples: i
         loop = [loop_polls(x) for x in durations]
         t_polls = sum(p for p, _ in t) / samples
         l_polls = sum(p for p, _ in loop) / samples
-        rel = [lat / x for (_, lat), x in zip(t, durations)]
+        rel = [lat / x for (_, lat), x in zip(t, durations, strict=True)]
         rows.append(
             {
                 "duration": d,
@@ -70,7 +71,9 @@ def table(polling: PollingConfig, nominal: Iterable[float] = NOMINAL, samples: i
     return rows
 
 
-def curve(polling: PollingConfig, up_to: float = 1800.0, step: float = 5.0, samples: int = 200, seed: int = 7) -> list[dict]:
+def curve(
+    polling: PollingConfig, up_to: float = 1800.0, step: float = 5.0, samples: int = 200, seed: int = 7
+) -> list[dict]:
     """Polls and detection latency (mean, p99) against duration, for the plots."""
     rng = random.Random(seed)
     out = []
@@ -91,7 +94,9 @@ def curve(polling: PollingConfig, up_to: float = 1800.0, step: float = 5.0, samp
     return out
 
 
-def expected(durations: Iterable[float], polling: PollingConfig, offsets: Iterable[float] | None = None, seed: int = 8) -> list[tuple[float, float]]:
+def expected(
+    durations: Iterable[float], polling: PollingConfig, offsets: Iterable[float] | None = None, seed: int = 8
+) -> list[tuple[float, float]]:
     """Mean (polls, latency) predicted for each given duration (200 jitter draws each)."""
     rng = random.Random(seed)
     offsets = list(offsets) if offsets is not None else None

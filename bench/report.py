@@ -37,45 +37,71 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
     d = r.get("deadline")
     if d:
         p99 = d["lag"]["p99"]
-        out.append((f"deadline precision p99 ≤ 100 ms at {d['active']:,} active",
-                    f"p99 {ms(p99)} ms (p50 {ms(d['lag']['p50'])}, max {ms(d['lag']['max'])}); "
-                    f"{d['cancels_seen_by_server']:,}/{d['deadlines']:,} cancelled, {d['early']} early",
-                    p99 <= 0.1 and d["missing"] == 0 and d["early"] == 0))
+        out.append(
+            (
+                f"deadline precision p99 ≤ 100 ms at {d['active']:,} active",
+                f"p99 {ms(p99)} ms (p50 {ms(d['lag']['p50'])}, max {ms(d['lag']['max'])}); "
+                f"{d['cancels_seen_by_server']:,}/{d['deadlines']:,} cancelled, {d['early']} early",
+                p99 <= 0.1 and d["missing"] == 0 and d["early"] == 0,
+            )
+        )
     tp = r.get("throughput")
     if tp:
         ratio = tp["tether"]["polls_per_cpu_second"] / tp["sdk"]["polls_per_cpu_second"]
-        out.append(("throughput ≥ 1.5× the SDK loop's polls per CPU-second",
-                    f"{ratio:.2f}× ({tp['tether']['polls_per_cpu_second']:,.0f} vs "
-                    f"{tp['sdk']['polls_per_cpu_second']:,.0f} polls/CPU-s)", ratio >= 1.5))
+        out.append(
+            (
+                "throughput ≥ 1.5× the SDK loop's polls per CPU-second",
+                f"{ratio:.2f}× ({tp['tether']['polls_per_cpu_second']:,.0f} vs "
+                f"{tp['sdk']['polls_per_cpu_second']:,.0f} polls/CPU-s)",
+                ratio >= 1.5,
+            )
+        )
     tr = r.get("tracking")
     if tr:
         ten = next((x for x in tr if x["interval"] == 5.0 and x["active"] >= 3000), None)
         if ten:
             p99 = ten["lag"]["p99"]
-            out.append((f"scheduling lag p99 ≤ 1 s at {ten['active']:,} active, 5 s interval",
-                        f"p99 {f(p99, 2)} s, max {f(ten['lag']['max'], 2)} s; "
-                        f"{ten['polls_per_second']:,.0f} of {ten['offered_polls_per_second']:,.0f} polls/s due",
-                        p99 is not None and p99 <= 1.0))
+            out.append(
+                (
+                    f"scheduling lag p99 ≤ 1 s at {ten['active']:,} active, 5 s interval",
+                    f"p99 {f(p99, 2)} s, max {f(ten['lag']['max'], 2)} s; "
+                    f"{ten['polls_per_second']:,.0f} of {ten['offered_polls_per_second']:,.0f} polls/s due",
+                    p99 is not None and p99 <= 1.0,
+                )
+            )
         big = tr[-1]
         rs = big.get("restart")
         peak = max(big["peak_rss_mb"] or 0, (rs or {}).get("peak_rss_mb") or 0)
         out.append((f"RSS ≤ 200 MB at {big['active']:,} tracked", f"peak {peak:,.0f} MB", peak <= 200))
         if rs:
             first = rs["spawn_to_first_poll"]
-            out.append((f"restart ≤ 5 s at {big['active']:,} tracked",
-                        f"{f(first, 1)} s from spawn to first poll ({f(rs['spawn_to_started'], 1)} s to daemon.started)",
-                        first is not None and first <= 5.0))
+            out.append(
+                (
+                    f"restart ≤ 5 s at {big['active']:,} tracked",
+                    f"{f(first, 1)} s from spawn to first poll ({f(rs['spawn_to_started'], 1)} s to daemon.started)",
+                    first is not None and first <= 5.0,
+                )
+            )
     e = r.get("economy")
     if e:
         long = [row for row in e["computed"] if row["duration"] >= 300]
         worst = max(row["polls_ratio"] for row in long)
-        out.append(("polls per response ≤ 1/10 of the 2 s loop's (> 5 min; computed)",
-                    f"worst {worst:.3f} ({duration(max(long, key=lambda x: x['polls_ratio'])['duration'])})",
-                    worst <= 0.1))
+        out.append(
+            (
+                "polls per response ≤ 1/10 of the 2 s loop's (> 5 min; computed)",
+                f"worst {worst:.3f} ({duration(max(long, key=lambda x: x['polls_ratio'])['duration'])})",
+                worst <= 0.1,
+            )
+        )
         mean_rel = max(row["tether_latency_rel"]["mean"] for row in long)
         p99_rel = max(row["tether_latency_rel"]["p99"] for row in long)
-        out.append(("detection latency ≤ 10 % of elapsed (> 5 min; computed), mean",
-                    f"worst mean {mean_rel:.1%}", mean_rel <= 0.1))
+        out.append(
+            (
+                "detection latency ≤ 10 % of elapsed (> 5 min; computed), mean",
+                f"worst mean {mean_rel:.1%}",
+                mean_rel <= 0.1,
+            )
+        )
         out.append(("… the same at p99 (stricter reading)", f"worst p99 {p99_rel:.1%}", p99_rel <= 0.1))
     return out
 
@@ -98,8 +124,12 @@ def tables(r: dict[str, Any]) -> str:
         )
     rows = targets(r)
     if rows:
-        parts.append("### Targets\n\n| target | measured | met |\n|---|---|---|\n" + "\n".join(
-            f"| {t} | {m} | {'✅ yes' if ok else '❌ no' if ok is not None else '–'} |" for t, m, ok in rows))
+        parts.append(
+            "### Targets\n\n| target | measured | met |\n|---|---|---|\n"
+            + "\n".join(
+                f"| {t} | {m} | {'✅ yes' if ok else '❌ no' if ok is not None else '–'} |" for t, m, ok in rows
+            )
+        )
     tr = r.get("tracking")
     if tr:
         lines = [
@@ -239,9 +269,8 @@ def plots(r: dict[str, Any], docs: Path) -> list[str]:
         made.append("bench-deadline.png")
     e = r.get("economy")
     if e:
-        from tether.config import PollingConfig
-
         from bench.economy import curve
+        from tether.config import PollingConfig
 
         c = curve(PollingConfig())
         ds = [p["duration"] for p in c]
@@ -250,8 +279,20 @@ def plots(r: dict[str, Any], docs: Path) -> list[str]:
         a.plot(ds, [p["loop_polls"] for p in c], label="fixed 2 s loop (computed)")
         a.plot(ds, [p["loop_polls"] / 10 for p in c], ":", color="grey", label="1/10 of the 2 s loop")
         v = e["validation"]
-        a.plot([x["duration"] for x in v], [x["tether_polls_measured"] for x in v], "o", color="C0", label="tether (measured)")
-        a.plot([x["duration"] for x in v], [x["loop_polls_measured"] for x in v], "s", color="C1", label="2 s SDK loop (measured)")
+        a.plot(
+            [x["duration"] for x in v],
+            [x["tether_polls_measured"] for x in v],
+            "o",
+            color="C0",
+            label="tether (measured)",
+        )
+        a.plot(
+            [x["duration"] for x in v],
+            [x["loop_polls_measured"] for x in v],
+            "s",
+            color="C1",
+            label="2 s SDK loop (measured)",
+        )
         a.axvline(300, color="red", lw=0.6, ls=":")
         a.set_xscale("log")
         a.set_yscale("log")
@@ -262,10 +303,20 @@ def plots(r: dict[str, Any], docs: Path) -> list[str]:
         b.plot(ds, [100 * p["latency_mean"] / p["duration"] for p in c], label="tether mean (computed)")
         b.plot(ds, [100 * p["latency_p99"] / p["duration"] for p in c], label="tether p99 (computed)")
         b.axhline(10, ls=":", color="red", label="target: 10 % (over 5 min)")
-        b.plot([x["duration"] for x in v], [100 * x["tether_latency_measured"] / x["duration"] for x in v], "o",
-               color="C0", label="tether mean (measured)")
-        b.plot([x["duration"] for x in v], [100 * x["loop_latency_measured"] / x["duration"] for x in v], "s",
-               color="C1", label="2 s SDK loop mean (measured)")
+        b.plot(
+            [x["duration"] for x in v],
+            [100 * x["tether_latency_measured"] / x["duration"] for x in v],
+            "o",
+            color="C0",
+            label="tether mean (measured)",
+        )
+        b.plot(
+            [x["duration"] for x in v],
+            [100 * x["loop_latency_measured"] / x["duration"] for x in v],
+            "s",
+            color="C1",
+            label="2 s SDK loop mean (measured)",
+        )
         b.axvline(300, color="red", lw=0.6, ls=":")
         b.set_xscale("log")
         b.set_ylim(0, 100)
@@ -281,12 +332,21 @@ def plots(r: dict[str, Any], docs: Path) -> list[str]:
     if tp:
         fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
         names = ["tether", "SDK loop", "stand-in ceiling"]
-        a.bar(names, [tp["tether"]["polls_per_second"], tp["sdk"]["polls_per_second"], tp["ceiling"]["requests_per_second"]],
-              color=["#1f77b4", "#ff7f0e", "#999"])
+        a.bar(
+            names,
+            [tp["tether"]["polls_per_second"], tp["sdk"]["polls_per_second"], tp["ceiling"]["requests_per_second"]],
+            color=["#1f77b4", "#ff7f0e", "#999"],
+        )
         a.set_ylabel("polls (GETs) per second")
         a.set_title("Saturated throughput")
-        b.bar(names[:2], [tp["tether"]["polls_per_cpu_second"], tp["sdk"]["polls_per_cpu_second"]], color=["#1f77b4", "#ff7f0e"])
-        b.axhline(1.5 * tp["sdk"]["polls_per_cpu_second"], color="red", lw=0.8, ls=":", label="target: 1.5× the SDK loop")
+        b.bar(
+            names[:2],
+            [tp["tether"]["polls_per_cpu_second"], tp["sdk"]["polls_per_cpu_second"]],
+            color=["#1f77b4", "#ff7f0e"],
+        )
+        b.axhline(
+            1.5 * tp["sdk"]["polls_per_cpu_second"], color="red", lw=0.8, ls=":", label="target: 1.5× the SDK loop"
+        )
         b.set_ylabel("polls per CPU-second")
         b.set_title("CPU efficiency")
         b.legend()
@@ -319,7 +379,9 @@ def headline(r: dict[str, Any]) -> dict[str, tuple[str, float | None]]:
     tr = r.get("tracking") or []
     for x in tr:
         out[f"polls/s sustained, {x['active']:,} active ({x['offered_polls_per_second']:,.0f} due)"] = (
-            f"{x['polls_per_second']:,.0f}", x["polls_per_second"])
+            f"{x['polls_per_second']:,.0f}",
+            x["polls_per_second"],
+        )
         out[f"poll lag p99, {x['active']:,} active (s)"] = (f(x["lag"]["p99"], 2), x["lag"]["p99"])
         out[f"CPU s per 1,000 polls, {x['active']:,} active"] = (f(x["cpu_per_1000_polls"], 2), x["cpu_per_1000_polls"])
     if tr:
@@ -327,15 +389,24 @@ def headline(r: dict[str, Any]) -> dict[str, tuple[str, float | None]]:
         rs = big.get("restart") or {}
         peak = max(big["peak_rss_mb"] or 0, rs.get("peak_rss_mb") or 0)
         out[f"peak RSS, {big['active']:,} tracked (MB)"] = (f"{peak:,.0f}", peak)
-        out[f"restart: spawn → first poll, {big['active']:,} tracked (s)"] = (f(rs.get("spawn_to_first_poll"), 1), rs.get("spawn_to_first_poll"))
+        out[f"restart: spawn → first poll, {big['active']:,} tracked (s)"] = (
+            f(rs.get("spawn_to_first_poll"), 1),
+            rs.get("spawn_to_first_poll"),
+        )
     tp = r.get("throughput")
     if tp:
-        out["polls per CPU-second, saturated"] = (f"{tp['tether']['polls_per_cpu_second']:,.0f}", tp["tether"]["polls_per_cpu_second"])
+        out["polls per CPU-second, saturated"] = (
+            f"{tp['tether']['polls_per_cpu_second']:,.0f}",
+            tp["tether"]["polls_per_cpu_second"],
+        )
         ratio = tp["tether"]["polls_per_cpu_second"] / tp["sdk"]["polls_per_cpu_second"]
         out["… ratio to the SDK loop (same run)"] = (f"{ratio:.2f}×", ratio)
     d = r.get("deadline")
     if d:
-        out[f"cancels at the server / {d['deadlines']:,}"] = (f"{d['cancels_seen_by_server']:,}", d["cancels_seen_by_server"])
+        out[f"cancels at the server / {d['deadlines']:,}"] = (
+            f"{d['cancels_seen_by_server']:,}",
+            d["cancels_seen_by_server"],
+        )
         for k in ("p50", "p99", "max"):
             out[f"cancel − deadline {k} (ms)"] = (ms(d["lag"][k]), d["lag"][k])
     return out
@@ -354,12 +425,17 @@ if __name__ == "__main__":
     import argparse
     import json
 
-    parser = argparse.ArgumentParser(prog="python -m bench.report", description="Print the tables of a results file, "
-                                     "or compare two (before / after).")
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.report",
+        description="Print the tables of a results file, or compare two (before / after).",
+    )
     parser.add_argument("results", nargs="+", type=Path)
     parser.add_argument("--names", nargs=2, default=("before", "after"))
-    parser.add_argument("--write-docs", action="store_true",
-                        help="also rewrite docs/benchmarks.md's results section and docs/bench-*.png from the (first) file")
+    parser.add_argument(
+        "--write-docs",
+        action="store_true",
+        help="also rewrite docs/benchmarks.md's results section and docs/bench-*.png from the (first) file",
+    )
     args = parser.parse_args()
     runs = [json.loads(p.read_text()) for p in args.results]
     print(tables(runs[0]) if len(runs) == 1 else comparison(runs[0], runs[1], tuple(args.names)))

@@ -24,6 +24,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +73,13 @@ def tracking(work: Path, active: int, interval: float, warmup: float, window: fl
     result: dict[str, Any] = {"active": active, "interval": interval, "offered_polls_per_second": active / interval}
     with Stand() as stand:
         records = stand.create(active, created_at=lambda i: now - rng.uniform(0, 300), metadata=lambda i: churning(rng))
-        t = Tether(work / f"tracking-{active}", stand.base_url, polling=Polling.fixed(interval), policies=FAR_POLICY,
-                   stats_interval=window / 3)
+        t = Tether(
+            work / f"tracking-{active}",
+            stand.base_url,
+            polling=Polling.fixed(interval),
+            policies=FAR_POLICY,
+            stats_interval=window / 3,
+        )
         try:
             result["populate_seconds"] = t.track(records)
             # Steady state: polls spread over one interval from about when the daemon is ready.
@@ -125,7 +131,7 @@ def restart_after_stop(t: Tether, stand: Stand) -> dict[str, Any]:
     deadline = time.time() + 60
     while stand.first_get is None and time.time() < deadline:
         time.sleep(0.005)
-    first = stand.first_get - t.spawned_at if stand.first_get else None
+    first = stand.first_get - t.spawned_at if stand.first_get and t.spawned_at is not None else None
     time.sleep(3)
     memory = t.memory()
     t.stop()
@@ -152,7 +158,7 @@ def gap_excess(records: list[Any], interval: float, t0: float, t1: float) -> dic
     excess = []
     for record in records:
         gets = [g for g in record.gets if t0 <= g <= t1]
-        excess += [b - a - interval for a, b in zip(gets, gets[1:])]
+        excess += [b - a - interval for a, b in pairwise(gets)]
     return summary(excess)
 
 
@@ -173,8 +179,9 @@ def throughput(work: Path, active: int, warmup: float, window: float) -> dict[st
         records = stand.create(active, created_at=lambda i: now - rng.uniform(0, 300), metadata=lambda i: churning(rng))
         ids_file = work / "ids.txt"
         ids_file.write_text("\n".join(r.id for r in records))
-        t = Tether(work / "throughput", stand.base_url, polling=Polling.fixed(1.0), policies=FAR_POLICY,
-                   stats_interval=window)
+        t = Tether(
+            work / "throughput", stand.base_url, polling=Polling.fixed(1.0), policies=FAR_POLICY, stats_interval=window
+        )
         try:
             t.track(records)
             t.spread([r.id for r in records], start=time.time() + 3, interval=1.0)
@@ -204,16 +211,45 @@ def throughput(work: Path, active: int, warmup: float, window: float) -> dict[st
         }
         log("throughput: SDK loop (AsyncOpenAI.responses.retrieve, 16 concurrent)")
         fake0, others = stand.cpu(), Others()
-        sdk = run_json([sys.executable, "-m", "bench.sdk_loop", "--base-url", stand.base_url, "--ids", str(ids_file),
-                        "--mode", "saturate", "--concurrency", "16", "--warmup", str(min(warmup, 5)),
-                        "--seconds", str(window)])
+        sdk = run_json(
+            [
+                sys.executable,
+                "-m",
+                "bench.sdk_loop",
+                "--base-url",
+                stand.base_url,
+                "--ids",
+                str(ids_file),
+                "--mode",
+                "saturate",
+                "--concurrency",
+                "16",
+                "--warmup",
+                str(min(warmup, 5)),
+                "--seconds",
+                str(window),
+            ]
+        )
         sdk["stand_cpu_share"] = (stand.cpu() - fake0) / (window + min(warmup, 5))
         sdk["others_cores"] = others.cores()
         out["sdk"] = sdk
         log("throughput: plain load generator (the stand-in's ceiling)")
         fake0, w0, others = stand.cpu(), time.time(), Others()
-        gen = run_json([sys.executable, "-m", "bench.loadgen", "--port", str(stand.server.port), "--ids", str(ids_file),
-                        "--connections", "32", "--seconds", str(min(window, 15))])
+        gen = run_json(
+            [
+                sys.executable,
+                "-m",
+                "bench.loadgen",
+                "--port",
+                str(stand.server.port),
+                "--ids",
+                str(ids_file),
+                "--connections",
+                "32",
+                "--seconds",
+                str(min(window, 15)),
+            ]
+        )
         gen["stand_cpu_share"] = (stand.cpu() - fake0) / (time.time() - w0)
         gen["others_cores"] = others.cores()
         out["ceiling"] = gen
@@ -221,8 +257,9 @@ def throughput(work: Path, active: int, warmup: float, window: float) -> dict[st
 
 
 def run_json(cmd: list[str], timeout: float = 600) -> dict[str, Any]:
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[2]} failed: {proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -253,8 +290,10 @@ def deadline(work: Path, active: int, spread: float, lead: float, config: str = 
         try:
             t.track(records)
             t.spread([r.id for r in records], start=time.time(), interval=60.0)
-            log(f"deadline: {active} deadlines from {window_start - time.time():.0f}s to "
-                f"{window_start + spread - time.time():.0f}s from now")
+            log(
+                f"deadline: {active} deadlines from {window_start - time.time():.0f}s to "
+                f"{window_start + spread - time.time():.0f}s from now"
+            )
             t.start()
             if time.time() > window_start - 5:
                 raise RuntimeError("the daemon started too late for the deadline window; raise the lead")
@@ -269,7 +308,7 @@ def deadline(work: Path, active: int, spread: float, lead: float, config: str = 
         finally:
             t.kill()
         lags = []
-        by_burst: dict[int, list[float]] = {}
+        by_burst: dict[float, list[float]] = {}
         early = missing = 0
         for record in records:
             due = int(record.created_at) + DEADLINE_AFTER
@@ -292,7 +331,13 @@ def deadline(work: Path, active: int, spread: float, lead: float, config: str = 
         "lags": sorted(lags),
         # Per deadline second (a burst): whether the tail is every burst's last cancels or a few slow bursts.
         "bursts": [
-            {"due": due, "n": len(burst), "first": min(burst), "p50": percentile(sorted(burst), 0.5), "last": max(burst)}
+            {
+                "due": due,
+                "n": len(burst),
+                "first": min(burst),
+                "p50": percentile(sorted(burst), 0.5),
+                "last": max(burst),
+            }
             for due, burst in sorted(by_burst.items())
         ],
         "daemon_lag_worst_p99": max((line["deadline_lag_p99"] for line in lines), default=None),
@@ -312,6 +357,8 @@ def deadline(work: Path, active: int, spread: float, lead: float, config: str = 
 def economy_run(work: Path, durations: list[float], per_duration: int, limit: float) -> dict[str, Any]:
     """Real responses of 10 s to 2 min: tether (default [polling]) and the documented 2 s SDK loop,
     each on its own copy of the same responses, in the same run."""
+    from sqlmodel import col
+
     from tether.config import PollingConfig
     from tether.models import Response
     from tether.store import Store
@@ -323,10 +370,27 @@ def economy_run(work: Path, durations: list[float], per_duration: int, limit: fl
         try:
             t.start()
             sdk_proc = subprocess.Popen(
-                [sys.executable, "-m", "bench.sdk_loop", "--base-url", stand.base_url, "--ids", "-",
-                 "--mode", "every", "--interval", str(economy.LOOP_INTERVAL), "--concurrency", "64",
-                 "--seconds", str(max(durations) + 20)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.sdk_loop",
+                    "--base-url",
+                    stand.base_url,
+                    "--ids",
+                    "-",
+                    "--mode",
+                    "every",
+                    "--interval",
+                    str(economy.LOOP_INTERVAL),
+                    "--concurrency",
+                    "64",
+                    "--seconds",
+                    str(max(durations) + 20),
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                cwd=ROOT,
                 env={**os.environ, "PYTHONPATH": str(ROOT)},
             )
             assert sdk_proc.stdout is not None and sdk_proc.stdin is not None
@@ -338,13 +402,15 @@ def economy_run(work: Path, durations: list[float], per_duration: int, limit: fl
             sdk_proc.stdin.write("\n".join(r.id for r in theirs) + "\n")
             sdk_proc.stdin.close()
             t.track(ours, verify=len(ours))  # exactly `tether track`; the running daemon picks them up
-            log(f"economy: {len(ours)} responses of {', '.join(f'{d:g}s' for d in durations)} for tether and "
-                "as many for the 2 s SDK loop")
+            log(
+                f"economy: {len(ours)} responses of {', '.join(f'{d:g}s' for d in durations)} for tether and "
+                "as many for the 2 s SDK loop"
+            )
             store = Store(f"sqlite:///{t.db_path}")
             deadline = time.time() + limit
             while time.time() < deadline:
                 with store.reading() as session:
-                    open_ = session.query(Response).filter(Response.finished_at.is_(None)).count()
+                    open_ = session.query(Response).filter(col(Response.finished_at).is_(None)).count()
                 if open_ == 0:
                     break
                 time.sleep(2)
@@ -360,8 +426,9 @@ def economy_run(work: Path, durations: list[float], per_duration: int, limit: fl
             if sdk_proc is not None and sdk_proc.poll() is None:
                 sdk_proc.kill()
                 sdk_proc.wait()
-    per: dict[float, dict[str, list[float]]] = {d: {"t_polls": [], "t_lat": [], "l_polls": [], "l_lat": [], "offset": []}
-                                                for d in durations}
+    per: dict[float, dict[str, list[float]]] = {
+        d: {"t_polls": [], "t_lat": [], "l_polls": [], "l_lat": [], "offset": []} for d in durations
+    }
     for record in ours:
         row = rows[record.id]
         d = record.simulation.run
@@ -378,18 +445,20 @@ def economy_run(work: Path, durations: list[float], per_duration: int, limit: fl
     for d in durations:
         p = per[d]
         predicted = economy.expected([d] * len(p["offset"]), polling, p["offset"])
-        rows_out.append({
-            "duration": d,
-            "n": len(p["t_polls"]),
-            "tether_polls_measured": mean(p["t_polls"]),
-            "tether_polls_computed": mean([x for x, _ in predicted]),
-            "tether_latency_measured": mean(p["t_lat"]),
-            "tether_latency_measured_max": max(p["t_lat"]),
-            "tether_latency_computed": mean([y for _, y in predicted]),
-            "loop_polls_measured": mean(p["l_polls"]),
-            "loop_polls_computed": economy.loop_polls(d)[0],
-            "loop_latency_measured": mean(p["l_lat"]),
-        })
+        rows_out.append(
+            {
+                "duration": d,
+                "n": len(p["t_polls"]),
+                "tether_polls_measured": mean(p["t_polls"]),
+                "tether_polls_computed": mean([x for x, _ in predicted]),
+                "tether_latency_measured": mean(p["t_lat"]),
+                "tether_latency_measured_max": max(p["t_lat"]),
+                "tether_latency_computed": mean([y for _, y in predicted]),
+                "loop_polls_measured": mean(p["l_polls"]),
+                "loop_polls_computed": economy.loop_polls(d)[0],
+                "loop_latency_measured": mean(p["l_lat"]),
+            }
+        )
     return {"validation": rows_out, "sdk_loop_cpu_seconds": sdk["cpu_seconds"]}
 
 
@@ -422,7 +491,9 @@ def wait_quiet() -> float:
 def noise(result: Any) -> float:
     """The most CPU other processes used during any measured window of a scenario's result."""
     if isinstance(result, dict):
-        values = [result.get("others_cores") or 0.0] + [noise(v) for v in result.values() if isinstance(v, (dict, list))]
+        values = [result.get("others_cores") or 0.0] + [
+            noise(v) for v in result.values() if isinstance(v, (dict, list))
+        ]
         return max(values)
     if isinstance(result, list):
         return max((noise(v) for v in result), default=0.0)
@@ -474,8 +545,9 @@ def git(*args: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="small and short: checks that the harness works")
     parser.add_argument("--only", action="append", choices=SCENARIOS, help="run only these scenarios")
     parser.add_argument("--no-docs", action="store_true", help="do not touch docs/ (results JSON only)")
@@ -507,27 +579,52 @@ def main() -> None:
     try:
         if "tracking" in only:
             results["tracking"] = [
-                quietly("tracking 1,000", lambda: tracking(work, 1_000, 5.0, warmup=10 if q else 20,
-                                                           window=15 if q else 60, restart=False)),
-                quietly("tracking 10,000", lambda: tracking(work, 10_000 if not q else 3_000, 5.0, warmup=10 if q else 20,
-                                                            window=15 if q else 60, restart=False)),
-                quietly("tracking 100,000", lambda: tracking(work, 100_000 if not q else 10_000, 60.0,
-                                                             warmup=15 if q else 30, window=15 if q else 60, restart=True)),
+                quietly(
+                    "tracking 1,000",
+                    lambda: tracking(work, 1_000, 5.0, warmup=10 if q else 20, window=15 if q else 60, restart=False),
+                ),
+                quietly(
+                    "tracking 10,000",
+                    lambda: tracking(
+                        work,
+                        10_000 if not q else 3_000,
+                        5.0,
+                        warmup=10 if q else 20,
+                        window=15 if q else 60,
+                        restart=False,
+                    ),
+                ),
+                quietly(
+                    "tracking 100,000",
+                    lambda: tracking(
+                        work,
+                        100_000 if not q else 10_000,
+                        60.0,
+                        warmup=15 if q else 30,
+                        window=15 if q else 60,
+                        restart=True,
+                    ),
+                ),
             ]
         if "throughput" in only:
-            results["throughput"] = quietly("throughput", lambda: throughput(
-                work, 10_000 if not q else 3_000, warmup=8 if q else 15, window=10 if q else 30))
+            results["throughput"] = quietly(
+                "throughput",
+                lambda: throughput(work, 10_000 if not q else 3_000, warmup=8 if q else 15, window=10 if q else 30),
+            )
         if "deadline" in only:
-            results["deadline"] = quietly("deadline", lambda: deadline(
-                work, 10_000 if not q else 2_000, spread=60.0 if not q else 20.0, lead=35.0 if not q else 20.0))
+            results["deadline"] = quietly(
+                "deadline",
+                lambda: deadline(
+                    work, 10_000 if not q else 2_000, spread=60.0 if not q else 20.0, lead=35.0 if not q else 20.0
+                ),
+            )
         if "economy" in only:
             from tether.config import PollingConfig
 
             durations = [10.0, 20.0, 30.0, 60.0, 90.0, 120.0] if not q else [5.0, 10.0, 20.0]
             results["economy"] = {
                 "computed": economy.table(PollingConfig()),
-                **economy_run(work, durations, per_duration=30 if not q else 10,
-                              limit=max(durations) * 1.6 + 30),
+                **economy_run(work, durations, per_duration=30 if not q else 10, limit=max(durations) * 1.6 + 30),
             }
     finally:
         shutil.rmtree(work, ignore_errors=True)

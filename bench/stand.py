@@ -13,10 +13,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from bench.procs import cpu_seconds
 from tether.fakeapi import FakeServer
 from tether.fakeapi.state import Record
-
-from bench.procs import cpu_seconds
 
 API_KEY = "sk-bench-not-a-real-key"
 LONG_RUN = 86_400.0  # a response that outlives the benchmark

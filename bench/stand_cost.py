@@ -58,7 +58,10 @@ async def create(port: int, count: int) -> list[str]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     body = json.dumps({"model": "o3-pro", "input": "x", "background": True}).encode()
     try:
-        return [json.loads((await exchange(reader, writer, request("POST", "/v1/responses", body)))[1])["id"] for _ in range(count)]
+        return [
+            json.loads((await exchange(reader, writer, request("POST", "/v1/responses", body)))[1])["id"]
+            for _ in range(count)
+        ]
     finally:
         writer.close()
 
@@ -92,7 +95,9 @@ def main() -> None:
         for name, requests in rounds.items():
             count, cpu = len(requests), cpu_seconds(stand.pid)
             asyncio.run(send_all(port, requests, args.connections))
-            print(f"{name:6s} {(cpu_seconds(stand.pid) - cpu) / count * 1000:.3f} ms of stand-in CPU per request ({count})")
+            print(
+                f"{name:6s} {(cpu_seconds(stand.pid) - cpu) / count * 1000:.3f} ms of stand-in CPU per request ({count})"
+            )
     finally:
         stand.terminate()
         stand.wait(timeout=10)

@@ -121,20 +121,22 @@ class Tether:
         """Track the stand-in's records as `tether track` would; returns the seconds it took.
 
         The first `verify` records go through `tracker.track` itself. The rest are bulk
-        inserted as rows built by tracker's own functions (`fill_facts`, `known_status`,
-        `refresh_policy`), with no SQLModel object per row (constructing one costs ~0.5 ms);
+        inserted as rows built by tether's own functions (`facts.fill_facts`, `facts.known_status`,
+        `tracker.refresh_policy`), with no SQLModel object per row (constructing one costs ~0.5 ms);
         before that, the bulk rows built for the first records are compared column by
         column with what `tracker.track` stored, so the two paths provably agree.
         """
         from types import SimpleNamespace
 
-        from sqlalchemy import inspect as sa_inspect
         from sqlalchemy import insert, select
+        from sqlalchemy import inspect as sa_inspect
+        from sqlmodel import col
 
         from tether import logs, tracker
         from tether.config import load_config
+        from tether.facts import fill_facts, known_status
         from tether.fakeapi.app import response_object
-        from tether.models import TERMINAL, Event, EventKind, Response, Status, is_active
+        from tether.models import EVENTS, RESPONSES, TERMINAL, EventKind, Response, Status, is_active
         from tether.pricing import Pricing
         from tether.store import Store
 
@@ -150,10 +152,10 @@ class Tether:
 
         def build(record: Any, at: float) -> tuple[dict[str, Any], dict[str, Any]]:
             observed = response_object(record, at)
-            row = SimpleNamespace(**{**defaults, "labels": {}, "meta": {}, "limits_hit": []})
+            row: Any = SimpleNamespace(**{**defaults, "labels": {}, "meta": {}, "limits_hit": []})
             row.id, row.account, row.tracked_at, row.policy_requested = record.id, "default", at, None
-            tracker.fill_facts(row, observed)
-            row.status = tracker.known_status(observed)
+            fill_facts(row, observed)
+            row.status = known_status(observed)
             if row.status in TERMINAL:
                 raise ValueError("the bulk path tracks active responses only")
             if row.status == Status.IN_PROGRESS.value:
@@ -193,7 +195,9 @@ class Tether:
             with store.reading() as session:
                 stored = {
                     r.id: {name: getattr(r, key) for key, name in columns}
-                    for r in session.execute(select(Response).where(Response.id.in_([x.id for x in head]))).scalars()
+                    for r in session.execute(
+                        select(Response).where(col(Response.id).in_([x.id for x in head]))
+                    ).scalars()
                 }
             for record in head:
                 built, _ = build(record, at)
@@ -202,23 +206,23 @@ class Tether:
                     raise AssertionError(f"bulk rows differ from tracker.track's: {diff}")
             for start in range(verify, len(records), batch):
                 at = time.time() if now is None else now
-                built = [build(record, at) for record in records[start : start + batch]]
+                rows = [build(record, at) for record in records[start : start + batch]]
                 with store.writing() as session:
                     conn = session.connection()
-                    conn.execute(insert(Response.__table__), [b[0] for b in built])
-                    conn.execute(insert(Event.__table__), [b[1] for b in built])
+                    conn.execute(insert(RESPONSES), [values for values, _ in rows])
+                    conn.execute(insert(EVENTS), [event for _, event in rows])
         finally:
             store.dispose()
         return time.perf_counter() - t0
 
     def spread(self, ids: Sequence[str], *, start: float, interval: float, seed: int = 1) -> None:
         """Steady state: each response's next poll uniformly within one `interval` from `start`."""
-        from tether.models import Response
+        from tether.models import RESPONSES
         from tether.store import Store
 
         rng = random.Random(seed)
         store = Store(f"sqlite:///{self.db_path}")
-        table = Response.__table__
+        table = RESPONSES
         statement = (
             update(table)
             .where(table.c.id == bindparam("b_id"))

@@ -174,8 +174,11 @@ class Tether:
 
     @property
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("TETHER_", "OPENAI_", "JOURNAL_", "NOTIFY_", "RUNTIME_DIRECTORY"))}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("TETHER_", "OPENAI_", "JOURNAL_", "NOTIFY_", "RUNTIME_DIRECTORY"))
+        }
         env.update(
             TETHER_TEST_KEY=API_KEY,
             XDG_RUNTIME_DIR=str(self.root / "run"),  # the daemon's socket: $XDG_RUNTIME_DIR/tether/tether.sock
@@ -220,8 +223,11 @@ class Tether:
         )
         proc.log_path = Path(log.name)  # type: ignore[attr-defined]
         self.daemons.append(proc)
-        wait_for(lambda: "daemon.started" in proc.log_path.read_text() or proc.poll() is not None,
-                 timeout=60, what="daemon.started")
+        wait_for(
+            lambda: "daemon.started" in proc.log_path.read_text() or proc.poll() is not None,
+            timeout=60,
+            what="daemon.started",
+        )
         assert proc.poll() is None, proc.log_path.read_text()
         return proc
 

@@ -13,7 +13,7 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,8 +36,8 @@ from tether.api import (
     retry_after,
 )
 from tether.config import AccountConfig, parse_config
-from tether.ids import valid_id
 from tether.fakeapi import FakeServer
+from tether.ids import valid_id
 
 FAST = RetryPolicy(attempts=3, base=0.01, cap=0.05)
 WRONG_KEY = "sk-wrong-fedcba9876543210-WRONG"
@@ -585,7 +585,9 @@ async def test_a_success_resets_the_account_pause_to_its_first_length(
 
 
 @pytest.mark.parametrize("method", ["get", "cancel"])
-async def test_an_unknown_id_is_not_found_and_not_retried(method: str, fake: FakeServer, client: ResponsesClient) -> None:
+async def test_an_unknown_id_is_not_found_and_not_retried(
+    method: str, fake: FakeServer, client: ResponsesClient
+) -> None:
     exc = await raised(getattr(client, method)("resp_doesnotexist"))
 
     assert type(exc) is NotFound
@@ -816,8 +818,16 @@ async def test_the_key_is_redacted_even_when_the_server_echoes_it_in_a_401_messa
             for line in head.split("\r\n")
             if line.lower().startswith("authorization:")
         )
-        body = json.dumps({"error": {"message": f"Incorrect API key provided: {presented}.",
-                                     "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}})
+        body = json.dumps(
+            {
+                "error": {
+                    "message": f"Incorrect API key provided: {presented}.",
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": "invalid_api_key",
+                }
+            }
+        )
         writer.write(
             f"HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
             f"connection: close\r\n\r\n{body}".encode()
@@ -827,7 +837,9 @@ async def test_the_key_is_redacted_even_when_the_server_echoes_it_in_a_401_messa
 
     server = await asyncio.start_server(echo_key, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    client = ResponsesClient(AccountConfig(name="default", base_url=f"http://127.0.0.1:{port}/v1"), WRONG_KEY, retry=FAST)
+    client = ResponsesClient(
+        AccountConfig(name="default", base_url=f"http://127.0.0.1:{port}/v1"), WRONG_KEY, retry=FAST
+    )
     try:
         exc = await raised(client.get("resp_abc"))
     finally:
@@ -1023,7 +1035,9 @@ def reply(body: bytes, *head: str) -> bytes:
 async def client_to() -> AsyncIterator[Callable[..., ResponsesClient]]:
     clients: list[ResponsesClient] = []
 
-    def make(url: str, retry: RetryPolicy = RetryPolicy(attempts=3, base=0.01, cap=0.02), **account: Any) -> ResponsesClient:
+    def make(
+        url: str, retry: RetryPolicy = RetryPolicy(attempts=3, base=0.01, cap=0.02), **account: Any
+    ) -> ResponsesClient:
         config = AccountConfig(name="default", base_url=url, **{"request_timeout": 5.0, **account})
         clients.append(ResponsesClient(config, API_KEY, retry=retry))
         return clients[-1]
@@ -1070,7 +1084,9 @@ async def test_a_cookie_a_server_sets_is_never_sent_back(client_to) -> None:
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, server: Scripted) -> None:
         while True:
             heads.append(await reader.readuntil(b"\r\n\r\n"))
-            writer.write(reply(b'{"id": "resp_1", "status": "queued"}', "Content-Length: 36", "Set-Cookie: lb=abc; Path=/"))
+            writer.write(
+                reply(b'{"id": "resp_1", "status": "queued"}', "Content-Length: 36", "Set-Cookie: lb=abc; Path=/")
+            )
             await writer.drain()
 
     async with Scripted(serve) as server:

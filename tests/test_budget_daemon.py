@@ -55,8 +55,11 @@ period = "day"
     ids = [create(fake, created_at=now - 40 + i * 10, model="gpt-5-nano", fake_run="3600") for i in range(4)]
     tether.ok("track", *ids)
     daemon = tether.start_daemon()
-    wait_for(lambda: sum(r["status"] == "cancelled" for r in tether.records().values()) == 2, timeout=45,
-             what="two budget cancels")
+    wait_for(
+        lambda: sum(r["status"] == "cancelled" for r in tether.records().values()) == 2,
+        timeout=45,
+        what="two budget cancels",
+    )
     records = tether.records()
     assert [records[i]["status"] for i in ids] == ["in_progress", "in_progress", "cancelled", "cancelled"]
     assert {records[i]["cancel_reason"] for i in ids[2:]} == {"budget:team"}
@@ -82,8 +85,14 @@ warn_at = [0.02]
 on_exceed = "warn"
 """)
     daemon = tether.start_daemon()
-    tokens = dict(fake_input_tokens="12000", fake_cached_tokens="2000", fake_output_tokens="30000",
-                  fake_reasoning_tokens="25000", fake_queue="1", fake_run="1")
+    tokens = dict(
+        fake_input_tokens="12000",
+        fake_cached_tokens="2000",
+        fake_output_tokens="30000",
+        fake_reasoning_tokens="25000",
+        fake_queue="1",
+        fake_run="1",
+    )
     ids = [create(fake, **tokens), create(fake, **tokens)]
     tether.ok("track", *ids)
     wait_for(lambda: budgets(tether)["all"]["spent_usd"] > 5, timeout=45, what="both costs counted")

@@ -103,7 +103,7 @@ def cli_all(tether: Tether, *calls: tuple[str, ...]) -> list[subprocess.Complete
         for args in calls
     ]
     results = []
-    for args, proc in zip(calls, procs):
+    for args, proc in zip(calls, procs, strict=True):
         stdout, stderr = proc.communicate(timeout=60)
         result = subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
         assert_no_secret(result)
@@ -142,8 +142,16 @@ def track_at(tether: Tether, rid: str, at: float) -> None:
 
     config = load_config(str(tether.config_path), environ=tether.env)
     with tracker.recording(Store(config.store.url), "cli", at) as rec:
-        tracker.track(rec, config, Pricing.from_config(config), response_id=rid, account="default",
-                      observed=None, policy_requested=None, labels={})
+        tracker.track(
+            rec,
+            config,
+            Pricing.from_config(config),
+            response_id=rid,
+            account="default",
+            observed=None,
+            policy_requested=None,
+            labels={},
+        )
 
 
 # ---- track -------------------------------------------------------------------------------
@@ -185,7 +193,7 @@ def test_tracking_an_unknown_id_exits_3_names_it_and_stores_nothing_not_even_the
 
 def test_tracking_a_malformed_id_exits_2_without_asking_the_api(tether, fake):
     bad_ids = ["bad id!", "../x", ""]
-    for bad, result in zip(bad_ids, cli_all(tether, *(("track", bad) for bad in bad_ids))):
+    for bad, result in zip(bad_ids, cli_all(tether, *(("track", bad) for bad in bad_ids)), strict=True):
         assert result.returncode == 2, f"{bad!r}: {result.stderr}"
         assert "invalid response id" in result.stderr and no_traceback(result), bad
     assert api_calls(fake, "get") == 0
@@ -209,7 +217,9 @@ def test_https_works_with_the_ca_named_by_ssl_cert_file_and_an_untrusted_one_is_
         untrusted = Tether(root=tmp_path, base_url=https_fake.base_url, extra_env={"SSL_CERT_FILE": "/dev/null"})
         untrusted.write_config()
         refused = untrusted.cli("track", rid)
-        trusted = Tether(root=tmp_path, base_url=https_fake.base_url, extra_env={"SSL_CERT_FILE": str(tmp_path / "ca.pem")})
+        trusted = Tether(
+            root=tmp_path, base_url=https_fake.base_url, extra_env={"SSL_CERT_FILE": str(tmp_path / "ca.pem")}
+        )
         tracked = trusted.json("track", rid)
     assert refused.returncode == 1 and no_traceback(refused)
     assert "certificate of 127.0.0.1 is not trusted" in refused.stderr, refused.stderr
@@ -326,7 +336,9 @@ def test_submit_to_an_api_that_cannot_be_reached_says_nothing_was_created(tether
 def test_submit_refused_unprocessed_with_a_429_is_sent_again_and_tracked_once(tether, fake):
     fake.state.faults.retry_after = 0.2
     fake.state.faults.force("create", "rate_limit")
-    result = tether.cli("submit", "-", input=json.dumps({"model": "o3-pro", "input": "x", "metadata": {"fake_run": "60"}}))
+    result = tether.cli(
+        "submit", "-", input=json.dumps({"model": "o3-pro", "input": "x", "metadata": {"fake_run": "60"}})
+    )
     assert result.returncode == 0, result.stderr
     assert api_calls(fake, "create") == 2
     [rid] = fake.state.snapshot()["responses"]
@@ -362,7 +374,7 @@ def test_ls_filters_by_status_activity_and_policy(tether, fake):
         ("--policy", "alpha"): {queued, done},
     }
     results = cli_all(tether, *(("ls", *query, "--json") for query in queries))
-    for (query, expected), result in zip(queries.items(), results):
+    for (query, expected), result in zip(queries.items(), results, strict=True):
         assert result.returncode == 0, result.stderr
         assert {r["id"] for r in json.loads(result.stdout)} == expected, query
 
@@ -486,7 +498,7 @@ def test_log_is_narrowed_by_id_and_by_since_a_duration_or_a_timestamp(tether, fa
         ("--since", "2099-01-01T00:00:00Z"): [],
     }
     results = cli_all(tether, *(("log", "--json", *query) for query in queries))
-    for (query, expected), result in zip(queries.items(), results):
+    for (query, expected), result in zip(queries.items(), results, strict=True):
         assert result.returncode == 0, result.stderr
         assert [e["response_id"] for e in json_lines(result.stdout)] == expected, query
 
@@ -585,7 +597,9 @@ def test_a_cancel_answered_404_is_counted_toward_lost_as_the_daemon_counts_it(te
     assert result.returncode == 1, result.stderr
     assert api_calls(fake, "cancel") == 1
     shown = tether.json("show", rid)
-    assert [e["kind"] for e in shown["events"]] == ["tracked", "cancel_requested"] + (["lost"] if lost_after == 1 else [])
+    assert [e["kind"] for e in shown["events"]] == ["tracked", "cancel_requested"] + (
+        ["lost"] if lost_after == 1 else []
+    )
     if lost_after == 1:
         assert shown["status"] == "lost" and "nothing left to cancel" in result.stderr
     else:
@@ -667,7 +681,7 @@ def test_every_command_exits_78_on_a_bad_config_without_a_traceback(tether):
         ("db", "upgrade"),
         ("run",),
     ]
-    for args, result in zip(commands, cli_all(tether, *commands)):
+    for args, result in zip(commands, cli_all(tether, *commands), strict=True):
         assert result.returncode == 78, f"{args}: {result.stdout}{result.stderr}"
         assert "polling.first" in result.stderr, args
         assert no_traceback(result), args

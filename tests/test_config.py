@@ -382,7 +382,7 @@ BUDGET = '[[budget]]\nname = "a"\nlimit_usd = 1\nperiod = "day"\n'
 
 
 def test_budgets_and_prices_cannot_be_changed():
-    cfg = parse('[prices.m]\ninput = 1\noutput = 2\n[service_tiers]\nflex = 0.5\n' + BUDGET)
+    cfg = parse("[prices.m]\ninput = 1\noutput = 2\n[service_tiers]\nflex = 0.5\n" + BUDGET)
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.budgets[0].limit_usd = 2.0  # type: ignore[misc]
     with pytest.raises(TypeError):
@@ -425,7 +425,7 @@ def test_budgets_and_prices_cannot_be_changed():
             "prices.o3-pro.cached: unknown key (known: input, cached_input, output)",
             id="an unknown price key",
         ),
-        pytest.param('prices = { o3 = 5 }', "prices.o3: expected a table, got 5", id="a price that is not a table"),
+        pytest.param("prices = { o3 = 5 }", "prices.o3: expected a table, got 5", id="a price that is not a table"),
         pytest.param('prices = "cheap"', 'prices: expected a table, got "cheap"', id="prices that are not a table"),
         # service tiers and estimates
         pytest.param(
@@ -610,9 +610,7 @@ def test_an_invalid_budget_or_price_is_rejected_with_its_key_path(text, message)
             "polling.intervl: unknown key (known: first, max_interval, backoff, jitter, confirm_window, lost_after)",
             id="an unknown polling key",
         ),
-        pytest.param(
-            '[store]\npath = "/tmp/x.db"', "store.path: unknown key (known: url)", id="an unknown store key"
-        ),
+        pytest.param('[store]\npath = "/tmp/x.db"', "store.path: unknown key (known: url)", id="an unknown store key"),
         pytest.param(
             '[accounts.default]\nkey_env = "X"',
             "accounts.default.key_env: unknown key (known: base_url, api_key_env, api_key_file, api_key_credential, "
@@ -969,12 +967,18 @@ def test_without_a_webhooks_table_webhooks_are_off():
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ('secret_credential = "openai-webhook-secret"',
-         config.WebhooksConfig(secret_credential="openai-webhook-secret", safety_poll=600.0)),
-        ('secret_env = "OPENAI_WEBHOOK_SECRET"\nsafety_poll = "30m"',
-         config.WebhooksConfig(secret_env="OPENAI_WEBHOOK_SECRET", safety_poll=1800.0)),
-        ('secret_file = "/etc/tether/webhook.secret"\nsafety_poll = 90',
-         config.WebhooksConfig(secret_file="/etc/tether/webhook.secret", safety_poll=90.0)),
+        (
+            'secret_credential = "openai-webhook-secret"',
+            config.WebhooksConfig(secret_credential="openai-webhook-secret", safety_poll=600.0),
+        ),
+        (
+            'secret_env = "OPENAI_WEBHOOK_SECRET"\nsafety_poll = "30m"',
+            config.WebhooksConfig(secret_env="OPENAI_WEBHOOK_SECRET", safety_poll=1800.0),
+        ),
+        (
+            'secret_file = "/etc/tether/webhook.secret"\nsafety_poll = 90',
+            config.WebhooksConfig(secret_file="/etc/tether/webhook.secret", safety_poll=90.0),
+        ),
     ],
 )
 def test_the_webhooks_table_names_one_secret_source_and_a_safety_poll(text, expected):
@@ -1020,9 +1024,7 @@ def test_the_webhooks_table_names_one_secret_source_and_a_safety_poll(text, expe
             "webhooks.safety_pol: unknown key (known: secret_credential, secret_env, secret_file, safety_poll)",
             id="an unknown webhooks key",
         ),
-        pytest.param(
-            'webhooks = "on"', 'webhooks: expected a table, got "on"', id="webhooks that are not a table"
-        ),
+        pytest.param('webhooks = "on"', 'webhooks: expected a table, got "on"', id="webhooks that are not a table"),
     ],
 )
 def test_an_invalid_webhooks_table_is_rejected_with_its_key_path(text, message):
@@ -1228,7 +1230,9 @@ def test_the_default_store_is_in_the_state_directory(environ, url):
         pytest.param(["a.toml", "cwd/tether.toml"], "a.toml", None, "a.toml", id="--config first"),
         pytest.param(["b.toml", "cwd/tether.toml"], None, "b.toml", "b.toml", id="then TETHER_CONFIG"),
         pytest.param(["cwd/tether.toml", "xdg/tether/tether.toml"], None, None, "cwd/tether.toml", id="then ./"),
-        pytest.param(["xdg/tether/tether.toml", "etc/tether.toml"], None, None, "xdg/tether/tether.toml", id="then XDG"),
+        pytest.param(
+            ["xdg/tether/tether.toml", "etc/tether.toml"], None, None, "xdg/tether/tether.toml", id="then XDG"
+        ),
         pytest.param(
             ["home/.config/tether/tether.toml"],
             None,
@@ -1346,8 +1350,9 @@ def test_the_default_socket_is_in_the_runtime_directory(environ, socket):
 def test_every_server_setting_is_read(tmp_path):
     cfg = parse('[server]\nsocket = "/run/t/t.sock"\nlisten = "127.0.0.1:8787"\ntoken_env = "T"', {})
     assert cfg.server == config.ServerConfig(socket="/run/t/t.sock", listen=("127.0.0.1", 8787), token_env="T")
-    assert parse('[server]\nsocket = ""\nlisten = "[::1]:9"', {"XDG_RUNTIME_DIR": "/run/user/1"}).server == \
-        config.ServerConfig(socket=None, listen=("::1", 9))
+    assert parse(
+        '[server]\nsocket = ""\nlisten = "[::1]:9"', {"XDG_RUNTIME_DIR": "/run/user/1"}
+    ).server == config.ServerConfig(socket=None, listen=("::1", 9))
     token = tmp_path / "token"
     token.write_text("  abcdefghijklmnopqrstuvwxyz\n")
     from_file = parse(f'[server]\ntoken_file = "{token}"', {}).server
@@ -1361,16 +1366,43 @@ def test_every_server_setting_is_read(tmp_path):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ('[server]\nsocket = "run/t.sock"', 'server.socket: expected an absolute path, such as /run/tether/tether.sock, or "" for none'),
-        ('[server]\nsocket = 1', 'server.socket: expected an absolute path, such as /run/tether/tether.sock, or "" for none'),
-        (f'[server]\nsocket = "/{"x" * 120}"', f"server.socket: /{'x' * 120} is longer than a Unix socket path may be (107 bytes)"),
-        ('[server]\nlisten = "8787"', 'server.listen: expected HOST:PORT, such as "127.0.0.1:8787" or "[::1]:8787", got "8787"'),
-        ('[server]\nlisten = "127.0.0.1:99999"', 'server.listen: expected HOST:PORT, such as "127.0.0.1:8787" or "[::1]:8787", got "127.0.0.1:99999"'),
+        (
+            '[server]\nsocket = "run/t.sock"',
+            'server.socket: expected an absolute path, such as /run/tether/tether.sock, or "" for none',
+        ),
+        (
+            "[server]\nsocket = 1",
+            'server.socket: expected an absolute path, such as /run/tether/tether.sock, or "" for none',
+        ),
+        (
+            f'[server]\nsocket = "/{"x" * 120}"',
+            f"server.socket: /{'x' * 120} is longer than a Unix socket path may be (107 bytes)",
+        ),
+        (
+            '[server]\nlisten = "8787"',
+            'server.listen: expected HOST:PORT, such as "127.0.0.1:8787" or "[::1]:8787", got "8787"',
+        ),
+        (
+            '[server]\nlisten = "127.0.0.1:99999"',
+            'server.listen: expected HOST:PORT, such as "127.0.0.1:8787" or "[::1]:8787", got "127.0.0.1:99999"',
+        ),
         ('[server]\nlisten = ""', 'server.listen: expected a non-empty string, got ""'),
-        ('[server]\ntoken = "s3cret-token-inline"', "server.token: unknown key (known: socket, listen, token_env, token_file, token_credential)"),
-        ('[server]\ntoken_env = "T"\ntoken_file = "/etc/t"', "server: give only one of token_env, token_file, token_credential (found token_env, token_file)"),
-        ('[server]\ntoken_file = "etc/t"', "server.token_file: expected an absolute path, such as /etc/tether/openai.key"),
-        ('[server]\ntoken_env = "not a name"', "server.token_env: expected the name of an environment variable, such as OPENAI_API_KEY"),
+        (
+            '[server]\ntoken = "s3cret-token-inline"',
+            "server.token: unknown key (known: socket, listen, token_env, token_file, token_credential)",
+        ),
+        (
+            '[server]\ntoken_env = "T"\ntoken_file = "/etc/t"',
+            "server: give only one of token_env, token_file, token_credential (found token_env, token_file)",
+        ),
+        (
+            '[server]\ntoken_file = "etc/t"',
+            "server.token_file: expected an absolute path, such as /etc/tether/openai.key",
+        ),
+        (
+            '[server]\ntoken_env = "not a name"',
+            "server.token_env: expected the name of an environment variable, such as OPENAI_API_KEY",
+        ),
         ("server = 1", "server: expected a table, got 1"),
     ],
 )
@@ -1382,9 +1414,21 @@ def test_an_invalid_server_table_is_rejected_with_its_key_path(text, message):
     ("setting", "environ", "message"),
     [
         ('token_env = "T"', {}, "server.token_env: environment variable T is not set"),
-        ('token_env = "T"', {"T": "short"}, "server.token_env: the token must be at least 16 printable characters without spaces"),
-        ('token_file = "/nonexistent/token"', {}, "server.token_file: cannot read /nonexistent/token: No such file or directory"),
-        ('token_credential = "tok"', {}, "server.token_credential: $CREDENTIALS_DIRECTORY is not set (start the service with LoadCredential=tok:PATH)"),
+        (
+            'token_env = "T"',
+            {"T": "short"},
+            "server.token_env: the token must be at least 16 printable characters without spaces",
+        ),
+        (
+            'token_file = "/nonexistent/token"',
+            {},
+            "server.token_file: cannot read /nonexistent/token: No such file or directory",
+        ),
+        (
+            'token_credential = "tok"',
+            {},
+            "server.token_credential: $CREDENTIALS_DIRECTORY is not set (start the service with LoadCredential=tok:PATH)",
+        ),
     ],
 )
 def test_an_unreadable_token_is_a_config_error_that_never_shows_it(setting, environ, message):
@@ -1399,9 +1443,16 @@ def test_a_token_that_cannot_be_read_stops_the_start_with_exit_78(tmp_path):
     import sys
 
     path = tmp_path / "t.toml"
-    path.write_text(f'[store]\nurl = "sqlite:///{tmp_path}/t.db"\n[server]\nsocket = ""\ntoken_env = "TETHER_NO_TOKEN"\n')
-    result = subprocess.run([sys.executable, "-m", "tether", "--config", str(path), "run"], capture_output=True,
-                            text=True, timeout=60, env={"PATH": "/usr/bin", "OPENAI_API_KEY": "sk-x-0123456789"})
+    path.write_text(
+        f'[store]\nurl = "sqlite:///{tmp_path}/t.db"\n[server]\nsocket = ""\ntoken_env = "TETHER_NO_TOKEN"\n'
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "tether", "--config", str(path), "run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin", "OPENAI_API_KEY": "sk-x-0123456789"},
+    )
     assert result.returncode == 78
     assert "server.token_env: environment variable TETHER_NO_TOKEN is not set" in result.stderr
 
@@ -1434,7 +1485,10 @@ def test_every_setting_of_the_proxy_is_read(max_body, size):
         ('account = "batch"', 'proxy.account: unknown account "batch" (accounts: default)'),
         ('account = "a b"', 'proxy.account: invalid name "a b" (use letters, digits, _, - and .)'),
         ('key = "server"', 'proxy.key: expected one of client, account, got "server"'),
-        ('max_body = "32MB"', 'proxy.max_body: expected a size such as "32MiB", "512KiB" or a number of bytes, got "32MB"'),
+        (
+            'max_body = "32MB"',
+            'proxy.max_body: expected a size such as "32MiB", "512KiB" or a number of bytes, got "32MB"',
+        ),
         ("max_body = 0", "proxy.max_body: expected a size of at least 1 byte, got 0"),
         ("max_body = true", 'proxy.max_body: expected a size such as "32MiB", "512KiB" or a number of bytes, got true'),
         ('listen = "0.0.0.0:8787"', "proxy.listen: unknown key (known: enabled, account, key, max_body)"),
@@ -1448,9 +1502,11 @@ def test_an_invalid_proxy_setting_is_rejected_with_its_key_path(text, message):
     ("text", "message"),
     [
         ("[proxy]\nenabled = true", "proxy.enabled: needs [server] listen, the TCP listener that serves /v1/*"),
-        ('[server]\nlisten = "127.0.0.1:8787"\n[proxy]\nenabled = true\nkey = "account"',
-         'proxy.key: "account" needs a server token (server.token_file, token_env or token_credential): '
-         "callers present it instead of an API key"),
+        (
+            '[server]\nlisten = "127.0.0.1:8787"\n[proxy]\nenabled = true\nkey = "account"',
+            'proxy.key: "account" needs a server token (server.token_file, token_env or token_credential): '
+            "callers present it instead of an API key",
+        ),
     ],
 )
 def test_a_proxy_without_the_listener_or_token_it_needs_is_rejected(text, message):

@@ -12,7 +12,12 @@ from pathlib import Path
 
 def test_the_demo_runs_to_completion_and_leaves_nothing_running(tmp_path: Path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "TETHER_"))}
-    env.update(TMPDIR=str(tmp_path), HOME=str(tmp_path), XDG_STATE_HOME=str(tmp_path / "state"), XDG_CONFIG_HOME=str(tmp_path / "cfg"))
+    env.update(
+        TMPDIR=str(tmp_path),
+        HOME=str(tmp_path),
+        XDG_STATE_HOME=str(tmp_path / "state"),
+        XDG_CONFIG_HOME=str(tmp_path / "cfg"),
+    )
     result = subprocess.run(
         [sys.executable, "-m", "tether", "demo", "--keep"],
         env=env,
@@ -34,7 +39,7 @@ def test_the_demo_runs_to_completion_and_leaves_nothing_running(tmp_path: Path):
     assert "daemon stopped with exit code 0" in out
     assert re.search(r"^cost: \$[\d.,]+ for 8 responses at o3-pro prices \(2 estimated", out, re.MULTILINE), out[-800:]
 
-    history = out[out.index("\nevent history\n"):out.index("\nsummary ")].strip().splitlines()[1:]
+    history = out[out.index("\nevent history\n") : out.index("\nsummary ")].strip().splitlines()[1:]
     stamps = [line.split()[0] for line in history]
     assert len(history) >= 8 * 3, history  # each response: tracked, a status or two, finished
     assert {len(s) for s in stamps} == {len("2026-01-01T00:00:00.000Z")}, stamps

@@ -35,16 +35,23 @@ def test_metrics_are_scraped_without_a_token_and_count_what_ls_shows(tether: Tet
     tether.ok("track", *running, done)
     wait_for(lambda: tether.records()[done]["status"] == "completed", timeout=30, what="the short one completed")
 
-    families = wait_for(lambda: (f := scrape(base)) and f["tether_polls"][0].value > 0 and f, timeout=30,
-                        what="a poll counted")
+    families = wait_for(
+        lambda: (f := scrape(base)) and f["tether_polls"][0].value > 0 and f, timeout=30, what="a poll counted"
+    )
     active = tether.json("ls", "--active")
     assert sorted(r["id"] for r in active) == sorted(running)
     assert sum(s.value for s in families["tether_responses_active"]) == len(active)
     by_status = {s.labels["status"]: s.value for s in families["tether_responses_active"]}
     assert sum(by_status.values()) == 2 and set(by_status) <= {"queued", "in_progress", "unseen"}
 
-    assert httpx.post(f"{base}/api/responses/{running[0]}/cancel", json={},
-                      headers={"Authorization": "Bearer test-token-0123456789abcdef"}).status_code == 200
+    assert (
+        httpx.post(
+            f"{base}/api/responses/{running[0]}/cancel",
+            json={},
+            headers={"Authorization": "Bearer test-token-0123456789abcdef"},
+        ).status_code
+        == 200
+    )
     families = scrape(base)
     cancels = {s.labels["reason"]: s.value for s in families["tether_cancels"] if s.name == "tether_cancels_total"}
     assert cancels["manual"] == 1
@@ -74,8 +81,11 @@ def test_a_signed_webhook_shows_the_end_within_a_second_and_a_forged_one_changes
     body = event("response.completed", rid=ending)
     posted_at = time.time()
     assert httpx.post(url, content=body, headers=signed(body)).status_code == 200
-    shown = wait_for(lambda: (r := tether.json("show", ending))["status"] == "completed" and r, timeout=10,
-                     what="the completion seen")
+    shown = wait_for(
+        lambda: (r := tether.json("show", ending))["status"] == "completed" and r,
+        timeout=10,
+        what="the completion seen",
+    )
     [change] = [e for e in shown["events"] if e["kind"] == "status" and e["to"] == "completed"]
     assert datetime.fromisoformat(change["at"]).timestamp() - posted_at <= 1.0
     assert len(gets(running)) == 1  # the forged event made no look
@@ -93,8 +103,9 @@ def test_the_sdk_through_the_proxy_is_tracked_at_once_and_cancelled_by_its_polic
     import openai
 
     # The first poll 5 s after tracking: any GET before it would be the tracking's own.
-    base_url = with_proxy(tether, '[[policy]]\nname = "short"\nmax_runtime = "2s"\n',
-                          polling='first = "5s"\nmax_interval = "5s"\n')
+    base_url = with_proxy(
+        tether, '[[policy]]\nname = "short"\nmax_runtime = "2s"\n', polling='first = "5s"\nmax_interval = "5s"\n'
+    )
     tether.start_daemon()
     client = openai.OpenAI(base_url=base_url, api_key=API_KEY, max_retries=0)
     created = client.responses.create(model="o3-pro", input="hi", background=True, metadata={"fake_run": "600"})
@@ -116,8 +127,9 @@ def test_the_async_sdk_through_the_proxy_is_tracked_and_a_budget_refusal_is_a_ra
 
     async def create(**metadata: str):
         async with openai.AsyncOpenAI(base_url=base_url, api_key=API_KEY, max_retries=0) as client:
-            return await client.responses.create(model="o3-pro", input="hi", background=True,
-                                                 max_output_tokens=100_000, metadata=metadata)
+            return await client.responses.create(
+                model="o3-pro", input="hi", background=True, max_output_tokens=100_000, metadata=metadata
+            )
 
     created = asyncio.run(create(team="y", fake_run="600"))
     assert created.id in tether.records()

@@ -11,14 +11,15 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 import openai
 import pytest
 from openai.types.responses import Response, ResponseStreamEvent
-from pydantic import TypeAdapter
 from openai.types.shared import ErrorObject
+from pydantic import TypeAdapter
 
 from tether.fakeapi import FakeServer, FakeState, Faults, RouteFaults
 
@@ -130,7 +131,10 @@ def test_a_synchronous_create_returns_the_finished_object_after_the_simulated_ti
     ("outcome", "check"),
     [
         ("failed", lambda r: r.error is not None and r.error.code == "server_error" and r.error.message),
-        ("incomplete", lambda r: r.incomplete_details is not None and r.incomplete_details.reason == "max_output_tokens"),
+        (
+            "incomplete",
+            lambda r: r.incomplete_details is not None and r.incomplete_details.reason == "max_output_tokens",
+        ),
     ],
 )
 def test_failed_and_incomplete_outcomes_carry_their_details_and_usage(client, outcome, check):
@@ -173,8 +177,18 @@ def test_a_streamed_create_sends_sdk_valid_events_each_when_the_simulation_reach
     events = [STREAM_EVENT.validate_python(event.model_dump(mode="json")) for _, event in arrivals]
     assert [e.sequence_number for e in events] == list(range(len(events)))
     kinds = [e.type for e in events]
-    assert kinds[:4] == ["response.created", "response.in_progress", "response.output_item.added", "response.content_part.added"]
-    assert kinds[-4:] == ["response.output_text.done", "response.content_part.done", "response.output_item.done", "response.completed"]
+    assert kinds[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    assert kinds[-4:] == [
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
     created, completed = events[0].response, events[-1].response
     assert created.status == "queued" and created.background and completed.status == "completed"
     assert completed.id == created.id and completed.usage is not None
@@ -182,7 +196,10 @@ def test_a_streamed_create_sends_sdk_valid_events_each_when_the_simulation_reach
     assert deltas == completed.output_text == "Simulated answer from o3-pro."
     # Created at once (still queued when it arrived), completed when the simulation finished.
     assert status_at_first == "queued" and arrivals[-1][0] >= server.state.record(created.id).finishes_at
-    assert get(httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {KEY}"}), created.id).status == "completed"
+    assert (
+        get(httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {KEY}"}), created.id).status
+        == "completed"
+    )
 
 
 def test_a_background_stream_resumes_after_a_sequence_number_without_a_gap_or_a_repeat(server):
@@ -251,7 +268,10 @@ def test_cancelling_a_finished_response_is_refused_with_400(client, server, back
 
 @pytest.mark.parametrize("answer", [409, 200])
 def test_the_answer_to_cancelling_a_finished_response_is_configurable(answer):
-    with FakeServer(api_key=None, run=0, cancel_finished_status=answer) as srv, httpx.Client(base_url=srv.base_url) as c:
+    with (
+        FakeServer(api_key=None, run=0, cancel_finished_status=answer) as srv,
+        httpx.Client(base_url=srv.base_url) as c,
+    ):
         done = create(c)
         reply = c.post(f"/responses/{done.id}/cancel")
         if answer == 200:
@@ -270,7 +290,11 @@ def test_a_synchronous_response_cannot_be_cancelled(client, server):
 @pytest.mark.parametrize("method,path", [("GET", "/responses/resp_nope"), ("POST", "/responses/resp_nope/cancel")])
 def test_an_unknown_id_is_404_with_an_openai_error_body(client, method, path):
     error = valid_error(client.request(method, path), 404)
-    assert (error.message, error.type, error.code) == ("Response with id 'resp_nope' not found.", "invalid_request_error", None)
+    assert (error.message, error.type, error.code) == (
+        "Response with id 'resp_nope' not found.",
+        "invalid_request_error",
+        None,
+    )
 
 
 def test_an_unknown_route_is_404(client):
@@ -310,7 +334,9 @@ def test_a_missing_or_wrong_key_is_401_invalid_api_key(server, authorization):
 
 def test_a_server_without_a_key_accepts_any():
     with FakeServer(api_key=None) as srv:
-        reply = httpx.post(f"{srv.base_url}/responses", json={"model": "m", "background": True}, headers={"Authorization": "Bearer x"})
+        reply = httpx.post(
+            f"{srv.base_url}/responses", json={"model": "m", "background": True}, headers={"Authorization": "Bearer x"}
+        )
         assert valid_response(reply).status == "in_progress"
 
 
@@ -329,7 +355,12 @@ def test_ids_can_use_another_prefix():
 
 def test_a_backdated_response_is_created_in_the_past_and_plays_out_from_then(client, server):
     an_hour_ago = time.time() - 3600
-    request = {"model": "o3-pro", "created_at": an_hour_ago, "metadata": {"fake_queue": "600", "fake_run": "7200"}, "background": True}
+    request = {
+        "model": "o3-pro",
+        "created_at": an_hour_ago,
+        "metadata": {"fake_queue": "600", "fake_run": "7200"},
+        "background": True,
+    }
     backdated = valid_response(httpx.post(f"{server.url}/_fake/responses", json=request))
     assert backdated.created_at == int(an_hour_ago) and backdated.status == "in_progress"
     assert get(client, backdated.id).created_at == int(an_hour_ago)
@@ -361,8 +392,12 @@ def test_the_state_records_creation_every_get_and_every_cancel(client, server):
 def test_many_concurrent_keep_alive_connections_are_served(server):
     async def burst() -> list[int]:
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
-        async with httpx.AsyncClient(base_url=server.base_url, headers={"Authorization": f"Bearer {KEY}"}, limits=limits) as c:
-            created = Response.model_validate((await c.post("/responses", json={"model": "m", "background": True})).json())
+        async with httpx.AsyncClient(
+            base_url=server.base_url, headers={"Authorization": f"Bearer {KEY}"}, limits=limits
+        ) as c:
+            created = Response.model_validate(
+                (await c.post("/responses", json={"model": "m", "background": True})).json()
+            )
             replies = await asyncio.gather(*(c.get(f"/responses/{created.id}") for _ in range(300)))
         return [r.status_code for r in replies]
 
@@ -384,7 +419,9 @@ def test_pipelined_requests_are_answered_in_order_on_one_connection(server):
     ids = [server.state.create("o3-pro", background=True).id for _ in range(3)]
     auth = f"Authorization: Bearer {KEY}\r\nHost: x\r\n"
     requests = [f"GET /v1/responses/{rid} HTTP/1.1\r\n{auth}\r\n" for rid in ids]
-    requests.append(f"POST /v1/responses/{ids[0]}/cancel HTTP/1.1\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n")
+    requests.append(
+        f"POST /v1/responses/{ids[0]}/cancel HTTP/1.1\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )
     received = raw_exchange(server, "".join(requests).encode())
 
     replies = received.split(b"HTTP/1.1 ")[1:]
@@ -408,7 +445,11 @@ def test_a_request_body_sent_in_chunks_is_read_whole(server):
 def test_bytes_that_are_not_http_get_a_400_and_the_connection_closed_and_the_server_goes_on(server):
     received = raw_exchange(server, b"\x16\x03\x01 this is not HTTP\r\n\r\n")  # until the server closes
     assert received.split(b"\r\n", 1)[0].endswith(b" 400 Bad Request"), received[:200]
-    created = httpx.post(f"{server.base_url}/responses", json={"model": "m", "background": True}, headers={"Authorization": f"Bearer {KEY}"})
+    created = httpx.post(
+        f"{server.base_url}/responses",
+        json={"model": "m", "background": True},
+        headers={"Authorization": f"Bearer {KEY}"},
+    )
     assert valid_response(created).id in server.state.snapshot()["responses"]
 
 
@@ -425,7 +466,19 @@ def test_stop_is_quick_and_leaves_no_thread_or_port_behind():
 
 
 def test_the_command_line_prints_its_base_url_and_stops_on_sigterm_quietly():
-    command = [sys.executable, "-m", "tether.fakeapi", "--port", "0", "--api-key", KEY, "--run", "0", "--id-prefix", "cli_"]
+    command = [
+        sys.executable,
+        "-m",
+        "tether.fakeapi",
+        "--port",
+        "0",
+        "--api-key",
+        KEY,
+        "--run",
+        "0",
+        "--id-prefix",
+        "cli_",
+    ]
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         try:
             base_url = proc.stdout.readline().strip()
@@ -464,7 +517,9 @@ def test_a_rate_limit_is_429_with_retry_after_and_ratelimit_headers(client, serv
     assert valid_error(reply, 429).code == "rate_limit_exceeded"
     assert float(reply.headers["retry-after"]) == 0.25
     assert reply.headers["x-ratelimit-remaining-requests"] == "0"
-    assert {"x-ratelimit-limit-requests", "x-ratelimit-reset-requests", "x-ratelimit-limit-tokens"} <= set(reply.headers)
+    assert {"x-ratelimit-limit-requests", "x-ratelimit-reset-requests", "x-ratelimit-limit-tokens"} <= set(
+        reply.headers
+    )
     sdk = openai.OpenAI(base_url=server.base_url, api_key=KEY, max_retries=0)
     with pytest.raises(openai.RateLimitError):
         sdk.responses.retrieve(created.id)
@@ -500,7 +555,9 @@ def test_a_hung_request_outlasts_the_client_timeout_and_does_not_delay_stop():
         with pytest.raises(httpx.ReadTimeout):
             httpx.get(f"{srv.base_url}/responses/{created.id}", timeout=0.2)
         outcome: list[BaseException] = []
-        waiter = threading.Thread(target=lambda: outcome.append(error_of(httpx.get, f"{srv.base_url}/responses/{created.id}")))
+        waiter = threading.Thread(
+            target=lambda: outcome.append(error_of(httpx.get, f"{srv.base_url}/responses/{created.id}"))
+        )
         waiter.start()
         wait_until(lambda: srv.state.fault_counts["hang"] == 2)
     finally:

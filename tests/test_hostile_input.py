@@ -23,7 +23,8 @@ import sys
 import tempfile
 import time
 import tomllib
-from datetime import date, datetime, time as dtime
+from datetime import date, datetime
+from datetime import time as dtime
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from tether import render, tracker
 from tether.cli import app
 from tether.config import parse_config
 from tether.fakeapi import FakeServer, Faults, RouteFaults
-from tether.models import Response
+from tether.models import API_STATUSES, TERMINAL, Response
 from tether.pricing import Pricing
 from tether.store import Store
 
@@ -51,18 +52,84 @@ runner = CliRunner()
 # --- TOML -------------------------------------------------------------------------------------
 
 KNOWN_KEYS = [
-    "store", "url", "log", "format", "level", "stats_interval", "accounts", "default", "base_url",
-    "api_key_env", "api_key_file", "api_key_credential", "api_key", "organization", "project",
-    "max_concurrency", "request_timeout", "polling", "first", "max_interval", "backoff", "jitter",
-    "confirm_window", "lost_after", "policy", "name", "match", "model", "metadata", "account", "labels",
-    "max_queued", "max_runtime", "action", "reserve_usd", "prices", "input", "cached_input", "output",
-    "service_tiers", "estimate", "output_tokens_per_second", "budget", "limit_usd", "period", "window",
-    "timezone", "warn_at", "on_exceed",
+    "store",
+    "url",
+    "log",
+    "format",
+    "level",
+    "stats_interval",
+    "accounts",
+    "default",
+    "base_url",
+    "api_key_env",
+    "api_key_file",
+    "api_key_credential",
+    "api_key",
+    "organization",
+    "project",
+    "max_concurrency",
+    "request_timeout",
+    "polling",
+    "first",
+    "max_interval",
+    "backoff",
+    "jitter",
+    "confirm_window",
+    "lost_after",
+    "policy",
+    "name",
+    "match",
+    "model",
+    "metadata",
+    "account",
+    "labels",
+    "max_queued",
+    "max_runtime",
+    "action",
+    "reserve_usd",
+    "prices",
+    "input",
+    "cached_input",
+    "output",
+    "service_tiers",
+    "estimate",
+    "output_tokens_per_second",
+    "budget",
+    "limit_usd",
+    "period",
+    "window",
+    "timezone",
+    "warn_at",
+    "on_exceed",
 ]
 keys = st.one_of(st.sampled_from(KNOWN_KEYS), st.text(min_size=1, max_size=12))
 interesting_strings = st.sampled_from(
-    ["", "5m", "0.5s", "1h30m", "2d", "-1s", "1e9s", "nan", "inf", "sk-abc", "cancel", "warn", "UTC", "Mars/Base",
-     "day", "hour", "http://", "sqlite://", "sqlite:///:memory:", "/dev/null", "a" * 300, "🦀", "\\", "\n"]
+    [
+        "",
+        "5m",
+        "0.5s",
+        "1h30m",
+        "2d",
+        "-1s",
+        "1e9s",
+        "nan",
+        "inf",
+        "sk-abc",
+        "cancel",
+        "warn",
+        "UTC",
+        "Mars/Base",
+        "day",
+        "hour",
+        "http://",
+        "sqlite://",
+        "sqlite:///:memory:",
+        "/dev/null",
+        "a" * 300,
+        "🦀",
+        "\\",
+        "\n",
+    ]
 )
 scalars = st.one_of(
     st.text(max_size=20),
@@ -176,7 +243,9 @@ def test_a_random_value_anywhere_in_the_example_config_exits_0_or_78_naming_the_
 
 def test_an_api_key_file_that_never_ends_is_refused_without_reading_it_forever(workdir):
     """`api_key_file = "/dev/zero"`: a key is a short line; reading an endless file must stop."""
-    text = toml_document({"accounts": {"default": {"api_key_file": "/dev/zero"}}, "store": {"url": f"sqlite:///{workdir}/k.db"}})
+    text = toml_document(
+        {"accounts": {"default": {"api_key_file": "/dev/zero"}}, "store": {"url": f"sqlite:///{workdir}/k.db"}}
+    )
     path = workdir / "zero.toml"
     path.write_text(text)
     import resource
@@ -187,7 +256,10 @@ def test_an_api_key_file_that_never_ends_is_refused_without_reading_it_forever(w
     try:
         result = subprocess.run(
             [sys.executable, "-m", "tether", "--config", str(path), "check-config"],
-            capture_output=True, text=True, timeout=10, preexec_fn=at_most_1_gib,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            preexec_fn=at_most_1_gib,
         )
     except subprocess.TimeoutExpired:
         pytest.fail("check-config never returned: it reads /dev/zero without end")
@@ -200,9 +272,34 @@ argv_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_charac
 arg = st.one_of(
     argv_text,
     st.sampled_from(
-        ["", "-", "--", "--json", "resp_ok", "resp_" + "a" * 300, "a=b", "=x", "k=", "==", "1h", "-1s", "0s",
-         "99999999999999999999d", "2026-01-01T00:00:00", "2026-01-01T00:00:00Z", "0001-01-01T00:00:00-01:00",
-         "9999-12-31T23:59:59+14:00", "nan", "1e309", "queued", "lost", "p", "default", "../../etc/passwd", "%s%n"]
+        [
+            "",
+            "-",
+            "--",
+            "--json",
+            "resp_ok",
+            "resp_" + "a" * 300,
+            "a=b",
+            "=x",
+            "k=",
+            "==",
+            "1h",
+            "-1s",
+            "0s",
+            "99999999999999999999d",
+            "2026-01-01T00:00:00",
+            "2026-01-01T00:00:00Z",
+            "0001-01-01T00:00:00-01:00",
+            "9999-12-31T23:59:59+14:00",
+            "nan",
+            "1e309",
+            "queued",
+            "lost",
+            "p",
+            "default",
+            "../../etc/passwd",
+            "%s%n",
+        ]
     ),
 )
 
@@ -254,7 +351,12 @@ def test_ls_with_any_filters_exits_0_or_2(cli_home, status, label, limit, policy
 
 
 @FUZZ
-@given(ids=st.lists(arg, min_size=1, max_size=3), label=arg, policy=st.one_of(st.none(), arg), account=st.one_of(st.none(), arg))
+@given(
+    ids=st.lists(arg, min_size=1, max_size=3),
+    label=arg,
+    policy=st.one_of(st.none(), arg),
+    account=st.one_of(st.none(), arg),
+)
 def test_track_without_a_look_of_any_ids_labels_policy_and_account_exits_0_or_2(cli_home, ids, label, policy, account):
     args = ["track", "--no-verify", "--json", "--label", label]
     args += ["--policy", policy] if policy is not None else []
@@ -276,14 +378,22 @@ def test_cancel_of_any_untracked_id_exits_2_or_3(cli_home, rid, reason):
 
 def test_hostile_arguments_in_real_processes_exit_2_or_3_without_a_traceback(cli_home):
     cases = [
-        (["show", "../../etc/passwd"], 2), (["show", "resp_nope"], 3), (["log", "--since", "yesterday"], 2),
-        (["ls", "--limit", "0"], 2), (["ls", "--status", "paused"], 2), (["track", "x y", "--no-verify"], 2),
-        (["track", "resp_ok", "--label", "novalue", "--no-verify"], 2), (["cancel", "resp_nope"], 3),
+        (["show", "../../etc/passwd"], 2),
+        (["show", "resp_nope"], 3),
+        (["log", "--since", "yesterday"], 2),
+        (["ls", "--limit", "0"], 2),
+        (["ls", "--status", "paused"], 2),
+        (["track", "x y", "--no-verify"], 2),
+        (["track", "resp_ok", "--label", "novalue", "--no-verify"], 2),
+        (["cancel", "resp_nope"], 3),
     ]
     for args, code in cases:
         result = subprocess.run(
             [sys.executable, "-m", "tether", "--config", cli_home["config"], *args],
-            capture_output=True, text=True, env={**os.environ, "TETHER_FUZZ_KEY": API_KEY}, timeout=60,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "TETHER_FUZZ_KEY": API_KEY},
+            timeout=60,
         )
         assert result.returncode == code, (args, result.returncode, result.stderr)
         assert result.stderr.startswith("tether:") or "Usage" in result.stderr, (args, result.stderr)
@@ -293,30 +403,56 @@ def test_hostile_arguments_in_real_processes_exit_2_or_3_without_a_traceback(cli
 # --- API payloads -----------------------------------------------------------------------------
 
 json_scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.integers(min_value=-(2**80), max_value=2**80),
-    st.floats(), st.text(max_size=20),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(min_value=-(2**80), max_value=2**80),
+    st.floats(),
+    st.text(max_size=20),
     st.sampled_from(["queued", "in_progress", "completed", "failed", "cancelled", "incomplete", "paused", ""]),
 )
 json_values = st.recursive(
-    json_scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
     max_leaves=8,
 )
-FIELDS = ["id", "status", "created_at", "model", "metadata", "background", "max_output_tokens", "service_tier",
-          "usage", "error", "incomplete_details", "output", "object"]
+FIELDS = [
+    "id",
+    "status",
+    "created_at",
+    "model",
+    "metadata",
+    "background",
+    "max_output_tokens",
+    "service_tier",
+    "usage",
+    "error",
+    "incomplete_details",
+    "output",
+    "object",
+]
 
 
 def base_object(status: str) -> dict[str, Any]:
     return {
-        "id": "resp_x", "object": "response", "created_at": int(time.time()) - 5, "status": status,
-        "model": "o3-pro", "metadata": {"team": "search"}, "background": True, "max_output_tokens": None,
-        "service_tier": "default", "usage": None, "error": None, "incomplete_details": None, "output": [],
+        "id": "resp_x",
+        "object": "response",
+        "created_at": int(time.time()) - 5,
+        "status": status,
+        "model": "o3-pro",
+        "metadata": {"team": "search"},
+        "background": True,
+        "max_output_tokens": None,
+        "service_tier": "default",
+        "usage": None,
+        "error": None,
+        "incomplete_details": None,
+        "output": [],
     }
 
 
 payloads = st.builds(
-    lambda status, changes, drops: {
-        k: v for k, v in {**base_object(status), **changes}.items() if k not in drops
-    },
+    lambda status, changes, drops: {k: v for k, v in {**base_object(status), **changes}.items() if k not in drops},
     st.sampled_from(["queued", "in_progress", "completed", "failed", "cancelled", "incomplete"]),
     st.dictionaries(st.one_of(st.sampled_from(FIELDS), st.text(max_size=8)), json_values, max_size=5),
     st.sets(st.sampled_from(FIELDS), max_size=4),
@@ -333,7 +469,7 @@ def known_bug(payload: dict[str, Any]) -> str | None:
         return "a status that is a list or an object"
     details = payload.get("incomplete_details")
     reason = details.get("reason") if isinstance(details, dict) else None
-    if status in tracker.TERMINAL and not isinstance(reason, (str, int, float, bool, type(None))):
+    if status in TERMINAL and not isinstance(reason, (str, int, float, bool, type(None))):
         return "incomplete_details.reason that is not a scalar"
     for value in (reason, payload.get("max_output_tokens")):
         if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
@@ -350,8 +486,13 @@ def known_bug(payload: dict[str, Any]) -> str | None:
 @pytest.fixture(scope="module")
 def payload_store(workdir: Path) -> tuple[Store, Any, Pricing]:
     config = parse_config(
-        {"store": {"url": f"sqlite:///{workdir}/payloads.db"}, "accounts": {"default": {"base_url": "http://x/v1"}},
-         "policy": [{"name": "p", "match": {"metadata": {"team": "search"}}, "max_queued": "1m", "max_runtime": "1h"}]},
+        {
+            "store": {"url": f"sqlite:///{workdir}/payloads.db"},
+            "accounts": {"default": {"base_url": "http://x/v1"}},
+            "policy": [
+                {"name": "p", "match": {"metadata": {"team": "search"}}, "max_queued": "1m", "max_runtime": "1h"}
+            ],
+        },
         environ={},
     )
     store = Store(config.store.url)
@@ -362,8 +503,9 @@ def payload_store(workdir: Path) -> tuple[Store, Any, Pricing]:
 def apply(payload_store: tuple[Store, Any, Pricing], payload: dict[str, Any], rid: str) -> Response:
     store, config, pricing = payload_store
     with tracker.recording(store, "cli", time.time()) as rec:
-        tracker.track(rec, config, pricing, response_id=rid, account="default", observed=None,
-                      policy_requested=None, labels={})
+        tracker.track(
+            rec, config, pricing, response_id=rid, account="default", observed=None, policy_requested=None, labels={}
+        )
     for _ in range(2):  # the same reply twice: the second changes nothing
         with tracker.recording(store, "daemon", time.time()) as rec:
             row = rec.session.get(Response, rid)
@@ -379,7 +521,7 @@ def test_a_reply_of_any_shape_never_raises_and_the_record_still_renders(payload_
     row = apply(payload_store, payload, f"resp_fuzz_{n}")
     record = render.record(row)
     json.dumps(record)
-    assert row.status is None or row.status in tracker.API_STATUSES
+    assert row.status is None or row.status in API_STATUSES
 
 
 def reproduce(payload_store: Any, payload: dict[str, Any]) -> None:
@@ -388,7 +530,9 @@ def reproduce(payload_store: Any, payload: dict[str, Any]) -> None:
 
 
 def test_an_incomplete_reason_that_is_not_a_string_is_stored_as_text(payload_store):
-    reproduce(payload_store, {**base_object("incomplete"), "incomplete_details": {"reason": {"code": "max_output_tokens"}}})
+    reproduce(
+        payload_store, {**base_object("incomplete"), "incomplete_details": {"reason": {"code": "max_output_tokens"}}}
+    )
 
 
 def test_a_status_that_is_a_list_is_an_anomaly_not_an_exception(payload_store):
@@ -432,10 +576,7 @@ def test_the_daemon_survives_replies_of_odd_shape_and_logs_each_failed_one(tmp_p
             daemon.kill()
     lines = t.log_lines(daemon)
     assert alive
-    unexpected = [
-        line for line in lines
-        if line["event"] in ("daemon.error", "daemon.failed", "daemon.store_failed")
-    ]
+    unexpected = [line for line in lines if line["event"] in ("daemon.error", "daemon.failed", "daemon.store_failed")]
     assert not unexpected
     odd = [c for c in fake.state.calls() if c["fault"] and "odd_shape" in c["fault"]]
     errors = [line for line in lines if line["event"] == "api.error"]
@@ -448,7 +589,9 @@ def test_a_hostile_incomplete_reason_does_not_stop_the_daemon(tmp_path: Path, fa
     t.write_config()
     daemon = t.start_daemon()
     try:
-        record = fake.state.create("o3-pro", background=True, metadata={"fake_run": "0.5", "fake_outcome": "incomplete"})
+        record = fake.state.create(
+            "o3-pro", background=True, metadata={"fake_run": "0.5", "fake_outcome": "incomplete"}
+        )
         record.overrides["incomplete_details"] = {"reason": {"code": "max_output_tokens"}}
         assert t.cli("track", record.id, "--no-verify").returncode == 0
         wait_for(
@@ -476,7 +619,8 @@ def test_a_reply_with_fields_of_the_wrong_type_is_logged_as_an_anomaly(tmp_path:
     finally:
         t.stop_daemon(daemon)
     anomalies = [
-        line for line in t.log_lines(daemon)
+        line
+        for line in t.log_lines(daemon)
         if line["event"] == "api.error" and line.get("kind") == "anomaly" and line.get("response_id") == record.id
     ]
     assert anomalies and any("created_at" in line["error"] for line in anomalies)

@@ -134,8 +134,10 @@ async def test_a_running_daemons_metrics_match_the_store_and_the_stand_in(tether
         assert records[budgeted[2]]["cancel_reason"] == "budget:team"
         expected_cancels = {"max_queued": 1, "max_runtime": 1, "budget:team": 1, "manual": 1}
         await until(
-            lambda: {dict(k)["reason"]: v for k, v in series(samples(metrics), "tether_cancels_total").items() if v}
-            == expected_cancels,
+            lambda: (
+                {dict(k)["reason"]: v for k, v in series(samples(metrics), "tether_cancels_total").items() if v}
+                == expected_cancels
+            ),
             10,
             "the cancels counted by reason",
         )
@@ -181,7 +183,10 @@ async def test_a_running_daemons_metrics_match_the_store_and_the_stand_in(tether
 
         def gauges() -> dict[str, float | None]:
             found = samples(metrics)
-            return {k: value(found, f"tether_budget_{k}", budget="team") for k in ("spent_usd", "committed_usd", "limit_usd")}
+            return {
+                k: value(found, f"tether_budget_{k}", budget="team")
+                for k in ("spent_usd", "committed_usd", "limit_usd")
+            }
 
         def agreeing() -> dict[str, float] | None:
             shown, exposed = budget_figures(), gauges()
@@ -233,13 +238,18 @@ def test_labels_come_from_bounded_sets():
     metrics.saw_status("in_progress", {"status": "cancelled", "completed_at": None}, 10.0)
     metrics.saw_status("cancelled", {"status": "completed", "completed_at": 5}, 10.0)
     metrics.saw_status("queued", {"status": "completed", "completed_at": 12}, 10.0)
+    for odd in ({"status": "x"}, 7, ["completed"], None):  # a hostile reply's status: not an error here
+        metrics.saw_status("queued", {"status": odd, "completed_at": 12}, 10.0)
     found = samples(metrics)
     assert series(found, "tether_api_errors_total") == {
         (("code", "404"), ("op", "get")): 1,
         (("code", "network"), ("op", "cancel")): 1,
     }
     assert {dict(k)["reason"]: v for k, v in series(found, "tether_cancels_total").items()} == {
-        "max_queued": 0, "max_runtime": 0, "manual": 2, "budget:team": 1,
+        "max_queued": 0,
+        "max_runtime": 0,
+        "manual": 2,
+        "budget:team": 1,
     }
     assert value(found, "tether_detection_latency_seconds_count") == 1
     assert value(found, "tether_detection_latency_seconds_sum") == 0
@@ -263,6 +273,10 @@ async def test_the_metrics_route_serves_the_text_format():
             text = await reply.text()
     finally:
         await runner.cleanup()
-    found = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    found = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
     assert value(found, "tether_polls_total") == 7
     assert value(found, "tether_responses_active", status="queued", policy="", account="default") == 1

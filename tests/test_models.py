@@ -51,8 +51,16 @@ def test_lost_is_local_and_not_an_api_status():
 
 def test_the_event_kinds_are_those_of_spec_section_4_plus_budget_events():
     assert {k.value for k in EventKind} == {
-        "tracked", "status", "limit_exceeded", "cancel_requested", "cancel_failed", "warned", "lost",
-        "price_unknown", "budget_warn", "budget_exceeded",
+        "tracked",
+        "status",
+        "limit_exceeded",
+        "cancel_requested",
+        "cancel_failed",
+        "warned",
+        "lost",
+        "price_unknown",
+        "budget_warn",
+        "budget_exceeded",
     }
 
 

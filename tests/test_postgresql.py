@@ -32,8 +32,13 @@ def test_the_daemon_on_postgresql_picks_up_what_the_cli_tracks_and_cancels_at_th
     wait_for(lambda: server_record(fake, runaway)["cancels"], timeout=30, what="the cancel")
     [call] = server_record(fake, runaway)["cancels"]
     assert call["at"] >= int(server_record(fake, runaway)["created_at"]) + 4
-    wait_for(lambda: {r: tether.records()[r]["status"] for r in (runaway, quick)}
-             == {runaway: "cancelled", quick: "completed"}, timeout=30, what="both ended")
+    wait_for(
+        lambda: (
+            {r: tether.records()[r]["status"] for r in (runaway, quick)} == {runaway: "cancelled", quick: "completed"}
+        ),
+        timeout=30,
+        what="both ended",
+    )
     assert server_record(fake, quick)["cancels"] == []
     kinds = [e["kind"] for e in tether.json("show", runaway)["events"]]
     assert kinds[:3] == ["tracked", "limit_exceeded", "cancel_requested"] and "status" in kinds

@@ -17,11 +17,10 @@ from aiohttp import web
 from openai.types.responses import ResponseStreamEvent
 from pydantic import TypeAdapter
 
+from conftest import API_KEY
 from tether.config import parse_config
 from tether.fakeapi import FakeServer
 from tether.proxy import Proxy
-
-from conftest import API_KEY
 
 TOKEN = "tether-server-token-0123456789"
 STREAM_EVENT = TypeAdapter(ResponseStreamEvent)
@@ -49,7 +48,11 @@ class FakeFront:
 
     async def track_created(self, response: dict, *, account: str, policy: str | None, labels: dict) -> dict:
         self.calls.append(
-            ("track_created", {"response": response, "account": account, "policy": policy, "labels": labels}, time.monotonic())
+            (
+                "track_created",
+                {"response": response, "account": account, "policy": policy, "labels": labels},
+                time.monotonic(),
+            )
         )
         return {"id": response["id"]}
 
@@ -202,7 +205,9 @@ async def test_a_body_over_max_body_is_413_and_never_sent(stand_in):
                 yield b"y" * 512
 
         async with httpx.AsyncClient() as http:
-            reply = await http.post(f"{base_url}/files", content=chunks(), headers={"Authorization": f"Bearer {API_KEY}"})
+            reply = await http.post(
+                f"{base_url}/files", content=chunks(), headers={"Authorization": f"Bearer {API_KEY}"}
+            )
     assert reply.status_code == 413 and reply.json()["error"]["code"] == "body_too_large"
     assert stand_in.state.requests == {} and front.calls == []
 
@@ -276,7 +281,9 @@ async def test_a_resumed_stream_arrives_intact_through_the_proxy(stand_in):
     assert [e.sequence_number for e in events] == list(range(2, 2 + len(events)))
     assert events[-1].type == "response.completed" and events[-1].response.id == created.id
     direct_events = [json.loads(line[6:]) for line in direct.text.splitlines() if line.startswith("data: ")]
-    assert [e.model_dump(mode="json") for e in events] == [STREAM_EVENT.validate_python(e).model_dump(mode="json") for e in direct_events]
+    assert [e.model_dump(mode="json") for e in events] == [
+        STREAM_EVENT.validate_python(e).model_dump(mode="json") for e in direct_events
+    ]
 
 
 async def test_hop_by_hop_and_tether_headers_are_removed_both_ways_and_host_is_the_upstreams():
@@ -332,6 +339,8 @@ async def test_hop_by_hop_and_tether_headers_are_removed_both_ways_and_host_is_t
     assert headers["OpenAI-Beta"] == "x"
     for gone in ("X-Hop", "Proxy-Authorization", "X-Tether-Label"):
         assert gone not in headers
-    assert reply.headers["X-Kept"] == "yes" and "X-Secret-Hop" not in reply.headers and "Proxy-Thing" not in reply.headers
+    assert (
+        reply.headers["X-Kept"] == "yes" and "X-Secret-Hop" not in reply.headers and "Proxy-Thing" not in reply.headers
+    )
     assert outside.status_code == 404  # normalised by the client to /admin: not a proxy route
     assert dotted.status_code == 400 and dotted.json()["error"]["code"] == "invalid_path"

@@ -215,18 +215,30 @@ USAGE = {
         pytest.param({"labels": {"job": "42"}}, "labels", {"job": "42"}, id="labels are a mapping"),
         pytest.param({"status": "lost"}, "status", "lost", id="the local lost status is shown"),
         pytest.param(
-            {"cancel_requested_at": T0 + 600.25}, "cancel_requested_at", "2026-11-25T20:10:00.250Z",
+            {"cancel_requested_at": T0 + 600.25},
+            "cancel_requested_at",
+            "2026-11-25T20:10:00.250Z",
             id="the cancel request time is iso",
         ),
-        pytest.param({"cancel_reason": "budget:search-daily"}, "cancel_reason", "budget:search-daily",
-                     id="a budget cancel reason"),
+        pytest.param(
+            {"cancel_reason": "budget:search-daily"},
+            "cancel_reason",
+            "budget:search-daily",
+            id="a budget cancel reason",
+        ),
         pytest.param({"finished_at": T0 + 3600}, "finished_at", "2026-11-25T21:00:00Z", id="the finish time is iso"),
         pytest.param(
-            {"error": {"code": "server_error", "message": "boom"}}, "error",
-            {"code": "server_error", "message": "boom"}, id="a failed response's error is code and message",
+            {"error": {"code": "server_error", "message": "boom"}},
+            "error",
+            {"code": "server_error", "message": "boom"},
+            id="a failed response's error is code and message",
         ),
-        pytest.param({"incomplete_reason": "max_output_tokens"}, "incomplete_reason", "max_output_tokens",
-                     id="the incomplete reason"),
+        pytest.param(
+            {"incomplete_reason": "max_output_tokens"},
+            "incomplete_reason",
+            "max_output_tokens",
+            id="the incomplete reason",
+        ),
         pytest.param({"usage": USAGE}, "usage", USAGE, id="usage is passed through"),
         pytest.param({"cost_usd": 0.042}, "cost_usd", 0.042, id="the cost in dollars"),
         pytest.param({"cost_estimated": True}, "cost_estimated", True, id="an estimated cost is flagged"),
@@ -351,7 +363,9 @@ def test_money_is_written_as_people_write_it(amount, estimated, expected):
         pytest.param(True, "yes", id="true"),
         pytest.param(False, "no", id="false"),
         pytest.param({"job": "42", "team": "search"}, "job=42, team=search", id="labels"),
-        pytest.param({"input_tokens": 10, "details": {"reasoning": 4}}, "input_tokens=10, details=(reasoning=4)", id="nested"),
+        pytest.param(
+            {"input_tokens": 10, "details": {"reasoning": 4}}, "input_tokens=10, details=(reasoning=4)", id="nested"
+        ),
         pytest.param({}, "-", id="no labels"),
         pytest.param(None, "-", id="null"),
         pytest.param(["max_queued", "max_runtime"], "max_queued, max_runtime", id="a list"),
@@ -366,7 +380,9 @@ def test_show_prints_money_booleans_labels_and_times_for_people():
     row = full_response()
     row.cost_usd, row.cost_estimated = 0.15119740104675292, True
     row.usage = {"input_tokens": 100, "output_tokens": 2000}
-    lines = dict(line.strip().split(None, 1) for line in rendered(response_table(record(row))).splitlines() if line.strip())
+    lines = dict(
+        line.strip().split(None, 1) for line in rendered(response_table(record(row))).splitlines() if line.strip()
+    )
     assert lines["cost"] == "$0.1512 (estimated)"
     assert "cost_estimated" not in lines and "cost_usd" not in lines
     assert lines["labels"] == "job=42" and lines["metadata"] == "team=search"
@@ -376,8 +392,13 @@ def test_show_prints_money_booleans_labels_and_times_for_people():
 
 
 def test_an_event_line_has_a_fixed_width_time_and_labels_as_pairs():
-    ev = Event(at=T0, response_id="resp_abc123", kind="tracked", to_status="queued",
-               detail={"account": "default", "policy": None, "labels": {"job": "42", "team": "search"}})
+    ev = Event(
+        at=T0,
+        response_id="resp_abc123",
+        kind="tracked",
+        to_status="queued",
+        detail={"account": "default", "policy": None, "labels": {"job": "42", "team": "search"}},
+    )
     line = event_line(event(ev)).plain
     assert line.startswith("2026-11-25T20:00:00.000Z  resp_abc123  tracked")
     assert "account=default, labels=(job=42, team=search)" in line

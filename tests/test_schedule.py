@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from itertools import pairwise
 
 import pytest
 
@@ -81,7 +82,7 @@ def test_the_default_intervals_reach_max_interval_and_never_exceed_it():
     sequence = intervals(polling(), 50)
     assert max(sequence) == 60.0
     assert sequence[-1] == 60.0
-    assert all(later >= earlier for earlier, later in zip(sequence, sequence[1:]))
+    assert all(later >= earlier for earlier, later in pairwise(sequence))
 
 
 @pytest.mark.parametrize(
@@ -174,7 +175,7 @@ def test_the_cancel_retry_delay_with_jitter_never_exceeds_the_exponential_step_n
 
 def test_the_cancel_retry_delay_never_shrinks_as_failures_accumulate():
     delays = [cancel_retry_delay(n, None, EdgeRng("high")) for n in range(1, 30)]
-    assert all(later >= earlier for earlier, later in zip(delays, delays[1:]))
+    assert all(later >= earlier for earlier, later in pairwise(delays))
     assert delays[-1] == 60.0
 
 

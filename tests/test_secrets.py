@@ -45,6 +45,7 @@ def test_a_key_echoed_back_by_a_hostile_server_is_nowhere_in_logs_rows_errors_or
         get=RouteFaults(server_error=0.3, rate_limit=0.2),
         cancel=RouteFaults(server_error=0.3, rate_limit=0.1),  # failed cancels back off 1 s, 2 s, 4 s, ...
     )
+
     # Every cancel answered once, through or faulted. Not "every cancel through": with cancels
     # failing 40 % of the time, one may still be on its backoff (1 s, 2 s, 4 s, ...) when its
     # response ends by itself, and then rightly never be sent again.
@@ -95,8 +96,13 @@ api_key_file = "{key_file}"
     env["XDG_STATE_HOME"] = str(tmp_path / "state")
 
     def tether(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "tether", "--config", str(config), *args],
-                              capture_output=True, text=True, env=env, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "tether", "--config", str(config), *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
 
     seen = []
     for mode, warned in ((0o644, True), (0o640, True), (0o604, True), (0o600, False), (0o400, False)):
@@ -112,8 +118,13 @@ api_key_file = "{key_file}"
             assert "chmod 600" in human.stderr
     # The daemon says it too, once, at start.
     key_file.chmod(0o644)
-    daemon = subprocess.Popen([sys.executable, "-m", "tether", "--config", str(config), "run"],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "tether", "--config", str(config), "run"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         lines = []
         for line in daemon.stdout:  # type: ignore[union-attr]
@@ -129,7 +140,9 @@ api_key_file = "{key_file}"
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o000])
-def test_the_store_and_its_companions_are_created_readable_by_the_owner_only(tmp_path: Path, fake: FakeServer, umask: int):
+def test_the_store_and_its_companions_are_created_readable_by_the_owner_only(
+    tmp_path: Path, fake: FakeServer, umask: int
+):
     """The database, its -wal and -shm files and the writer lock: 0600, whatever the umask; a
     folder tether creates for it: 0700."""
     store_dir = tmp_path / "new" / "state"
@@ -142,12 +155,23 @@ def test_the_store_and_its_companions_are_created_readable_by_the_owner_only(tmp
     def with_umask() -> None:
         os.umask(umask)
 
-    daemon = subprocess.Popen([sys.executable, "-m", "tether", "--config", str(t.config_path), "run"],
-                              env=t.env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, preexec_fn=with_umask)
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "tether", "--config", str(t.config_path), "run"],
+        env=t.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        preexec_fn=with_umask,
+    )
     try:
         wait_for(lambda: (store_dir / "tether.db-wal").exists(), timeout=30, what="the store and its WAL")
-        track = subprocess.run([sys.executable, "-m", "tether", "--config", str(t.config_path), "track", rid],
-                               env=t.env, capture_output=True, text=True, preexec_fn=with_umask, timeout=60)
+        track = subprocess.run(
+            [sys.executable, "-m", "tether", "--config", str(t.config_path), "track", rid],
+            env=t.env,
+            capture_output=True,
+            text=True,
+            preexec_fn=with_umask,
+            timeout=60,
+        )
         assert track.returncode == 0, track.stderr
         wait_for(lambda: (store_dir / "tether.db-shm").exists(), timeout=30)
         modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in store_dir.iterdir()}

@@ -24,8 +24,9 @@ TOKEN = "test-token-0123456789abcdef"
 
 
 def over_socket(tether: Tether) -> httpx.Client:
-    return httpx.Client(transport=httpx.HTTPTransport(uds=str(tether.socket_path)), base_url="http://tether",
-                        timeout=30)
+    return httpx.Client(
+        transport=httpx.HTTPTransport(uds=str(tether.socket_path)), base_url="http://tether", timeout=30
+    )
 
 
 def free_port() -> int:
@@ -61,11 +62,18 @@ def test_a_socket_a_live_daemon_listens_on_is_refused_and_a_stale_one_replaced(t
     with over_socket(tether) as api:
         assert api.get("/healthz").status_code == 200
     # A second daemon, on another store, configured with the same socket.
-    other = Tether(root=tmp_path / "other", base_url=tether.base_url, extra_env={"XDG_RUNTIME_DIR": str(tmp_path / "run")})
+    other = Tether(
+        root=tmp_path / "other", base_url=tether.base_url, extra_env={"XDG_RUNTIME_DIR": str(tmp_path / "run")}
+    )
     other.root.mkdir()
     other.write_config()
-    second = subprocess.run([sys.executable, "-m", "tether", "--config", str(other.config_path), "run"],
-                            env=other.env, capture_output=True, text=True, timeout=60)
+    second = subprocess.run(
+        [sys.executable, "-m", "tether", "--config", str(other.config_path), "run"],
+        env=other.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert second.returncode == 1
     assert "is in use: another tether daemon listens there" in second.stdout + second.stderr
     assert first.poll() is None
@@ -88,7 +96,9 @@ def test_the_control_routes_answer_with_the_cli_shapes(tether: Tether, fake):
         assert again["new"] == []
 
         # scheduled by the running daemon: polled without waiting for a restart
-        wait_for(lambda: len(server_record(fake, running)["gets"]) >= 2, timeout=20, what="polls of the tracked response")
+        wait_for(
+            lambda: len(server_record(fake, running)["gets"]) >= 2, timeout=20, what="polls of the tracked response"
+        )
 
         listed = api.get("/api/responses", params={"label": "job=7"}).json()
         assert sorted(r["id"] for r in listed) == sorted([done, running])
@@ -110,8 +120,9 @@ def test_the_control_routes_answer_with_the_cli_shapes(tether: Tether, fake):
 
         finished = api.post(f"/api/responses/{done}/cancel")
         assert finished.status_code == 409
-        assert finished.json() == {"error": {"message": f"{done} is already completed; nothing to cancel",
-                                             "code": "already_finished"}}
+        assert finished.json() == {
+            "error": {"message": f"{done} is already completed; nothing to cancel", "code": "already_finished"}
+        }
 
         submitted = api.post("/api/responses/submit", json={"body": {"model": "o3-pro", "input": "hi"}})
         assert submitted.status_code == 201, submitted.text
@@ -181,8 +192,9 @@ def test_a_followed_event_stream_sends_events_written_after_it_opened_and_resume
         reader.join(20)
         assert received and received[-1]["response_id"] == rid
         # Resumed after the tracked event: only what came after it.
-        with api.stream("GET", "/api/events", headers={"Accept": "text/event-stream",
-                                                       "Last-Event-ID": str(received[-1]["id"])}) as reply:
+        with api.stream(
+            "GET", "/api/events", headers={"Accept": "text/event-stream", "Last-Event-ID": str(received[-1]["id"])}
+        ) as reply:
             api.post(f"/api/responses/{rid}/cancel")
             lines = (json.loads(line[5:]) for line in reply.iter_lines() if line.startswith("data:"))
             first = next(lines)
@@ -198,8 +210,11 @@ def test_openapi_describes_every_control_route_and_nothing_else(tether: Tether):
     assert document["openapi"].startswith("3.1")
     described = {(path, method.upper()) for path, item in document["paths"].items() for method in item}
     app = build_app(None, control_api=True)  # type: ignore[arg-type]
-    served = {(r.resource.canonical, r.method) for r in app.router.routes()
-              if r.method != "HEAD" and r.resource.canonical not in ("/healthz", "/readyz")}
+    served = {
+        (r.resource.canonical, r.method)
+        for r in app.router.routes()
+        if r.method != "HEAD" and r.resource.canonical not in ("/healthz", "/readyz")
+    }
     assert described == served
 
 
@@ -276,8 +291,9 @@ async def test_the_doors_operations_track_a_created_response_look_at_once_record
     from tether.daemon import Daemon
     from tether.store import Store
 
-    tether.write_config(policies='[[budget]]\nname = "team-x"\nmatch = { metadata = { team = "x" } }\n'
-                                 'limit_usd = 1.0\nperiod = "day"\n')
+    tether.write_config(
+        policies='[[budget]]\nname = "team-x"\nmatch = { metadata = { team = "x" } }\nlimit_usd = 1.0\nperiod = "day"\n'
+    )
     config = load_config(str(tether.config_path), environ=tether.env)
     store = Store(config.store.url)
     store.ensure_schema()
@@ -296,8 +312,12 @@ async def test_the_doors_operations_track_a_created_response_look_at_once_record
     front = daemon.server.front
     auth = {"Authorization": f"Bearer {API_KEY}"}
     async with httpx.AsyncClient(base_url=fake.base_url, headers=auth) as upstream:
-        created = (await upstream.post("/responses", json={"model": "o3-pro", "input": "x", "background": True,
-                                                            "metadata": {"fake_run": "600"}})).json()
+        created = (
+            await upstream.post(
+                "/responses",
+                json={"model": "o3-pro", "input": "x", "background": True, "metadata": {"fake_run": "600"}},
+            )
+        ).json()
         rid = created["id"]
         record = await front.track_created(created, account="default", policy=None, labels={"via": "proxy"})
         assert record["id"] == rid and record["status"] == created["status"] and record["labels"] == {"via": "proxy"}
@@ -345,13 +365,28 @@ def test_the_cli_answers_the_same_through_the_daemon_as_on_the_store(tether: Tet
     body = tether.root / "body.json"
     body.write_text('{"model": "o3-pro", "input": "x"}')
     commands = [
-        ["ls"], ["ls", "--json"], ["ls", "--status", "failed", "--json"], ["ls", "--label", "job=1", "--json"],
-        ["ls", "--status", "nope"], ["ls", "--policy", "nope"], ["ls", "--active"],
-        ["show", done], ["show", done, "--json"], ["show", "resp_missing"], ["show", "bad!id"],
-        ["log"], ["log", "--json"], ["log", "--id", failed, "--json"],
-        ["budget"], ["budget", "--json"],
-        ["track", done], ["track", done, "--json"], ["track", "resp_gone"], ["track", done, "--policy", "nope"],
-        ["cancel", done], ["cancel", "resp_missing"],
+        ["ls"],
+        ["ls", "--json"],
+        ["ls", "--status", "failed", "--json"],
+        ["ls", "--label", "job=1", "--json"],
+        ["ls", "--status", "nope"],
+        ["ls", "--policy", "nope"],
+        ["ls", "--active"],
+        ["show", done],
+        ["show", done, "--json"],
+        ["show", "resp_missing"],
+        ["show", "bad!id"],
+        ["log"],
+        ["log", "--json"],
+        ["log", "--id", failed, "--json"],
+        ["budget"],
+        ["budget", "--json"],
+        ["track", done],
+        ["track", done, "--json"],
+        ["track", "resp_gone"],
+        ["track", done, "--policy", "nope"],
+        ["cancel", done],
+        ["cancel", "resp_missing"],
         ["submit", str(body), "--account", "nobody"],
     ]
     here = outputs(tether, commands)
@@ -388,8 +423,13 @@ def test_through_the_daemon_the_cli_needs_no_key_and_no_store(tether: Tether, fa
     env = {k: v for k, v in tether.env.items() if k not in ("TETHER_TEST_KEY", "OPENAI_API_KEY")}
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "tether", "--config", str(blind), *args],
-                              env=env, capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "tether", "--config", str(blind), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     rid = create(fake, fake_run="600")
     tracked = cli("track", rid, "--json")
@@ -427,8 +467,15 @@ def test_a_user_outside_the_sockets_group_is_refused_and_told_what_to_do(tether:
         os.setuid(65534)
 
     try:
-        result = subprocess.run([str(python), "-m", "tether", "--config", str(config), "ls"], env=env,
-                                capture_output=True, text=True, timeout=60, preexec_fn=as_nobody, cwd="/")
+        result = subprocess.run(
+            [str(python), "-m", "tether", "--config", str(config), "ls"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            preexec_fn=as_nobody,
+            cwd="/",
+        )
     finally:
         shutil.rmtree(folder)
     if "No module named" in result.stderr or "Permission denied: '/" in result.stderr and "tether" not in result.stderr:
@@ -440,8 +487,13 @@ def test_a_user_outside_the_sockets_group_is_refused_and_told_what_to_do(tether:
 
 def test_log_follow_through_the_daemon_prints_new_events_and_ends_when_it_stops(tether: Tether, fake):
     daemon = tether.start_daemon()
-    follower = subprocess.Popen([sys.executable, "-m", "tether", "--config", str(tether.config_path), "log", "-f",
-                                 "--json"], env=tether.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "tether", "--config", str(tether.config_path), "log", "-f", "--json"],
+        env=tether.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         # The follow starts from the first event: whenever it connects, it prints this one.
         rid = create(fake, fake_run="600")

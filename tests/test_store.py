@@ -67,10 +67,15 @@ def test_the_store_runs_in_wal_mode_with_full_sync(tmp_path):
 def test_a_second_writer_lock_on_the_same_store_is_refused_naming_the_holder(store_url):
     url = store_url
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; from tether.store import Store, writer_lock; "
-         f"lock = writer_lock(Store({url!r})); lock.acquire(); print('held', flush=True); sys.stdin.read()"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from tether.store import Store, writer_lock; "
+            f"lock = writer_lock(Store({url!r})); lock.acquire(); print('held', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -105,7 +110,7 @@ def test_concurrent_writers_wait_for_each_other_instead_of_failing(store_url):
     def write(n: int) -> None:
         store = Store(url)
         try:
-            for i in range(25):
+            for _ in range(25):
                 with store.writing() as session:
                     row = session.get(Response, "resp_shared")
                     if row is None:

@@ -46,9 +46,18 @@ def test_the_unit_scores_an_exposure_of_1_5_or_lower():
 
 @pytest.mark.parametrize(
     "line",
-    ["Type=notify", "RestartPreventExitStatus=78", "User=tether", "Group=tether", "StateDirectory=tether",
-     "RuntimeDirectory=tether", "RuntimeDirectoryMode=0750", "ConfigurationDirectory=tether",
-     "SyslogIdentifier=tether", "Restart=on-failure"],
+    [
+        "Type=notify",
+        "RestartPreventExitStatus=78",
+        "User=tether",
+        "Group=tether",
+        "StateDirectory=tether",
+        "RuntimeDirectory=tether",
+        "RuntimeDirectoryMode=0750",
+        "ConfigurationDirectory=tether",
+        "SyslogIdentifier=tether",
+        "Restart=on-failure",
+    ],
 )
 def test_the_unit_has(line):
     assert line in UNIT.read_text().splitlines()
@@ -160,7 +169,9 @@ def test_the_key_is_read_from_the_credentials_directory(tether: Tether, fake, tm
     credentials = tmp_path / "credentials"
     credentials.mkdir()
     (credentials / "openai-api-key").write_text(API_KEY + "\n")
-    text = tether.config_path.read_text().replace('api_key_env = "TETHER_TEST_KEY"', 'api_key_credential = "openai-api-key"')
+    text = tether.config_path.read_text().replace(
+        'api_key_env = "TETHER_TEST_KEY"', 'api_key_credential = "openai-api-key"'
+    )
     tether.config_path.write_text(text)
     env = {"CREDENTIALS_DIRECTORY": str(credentials), "TETHER_TEST_KEY": "sk-wrong"}
     daemon = tether.start_daemon(env)
@@ -172,7 +183,9 @@ def test_the_key_is_read_from_the_credentials_directory(tether: Tether, fake, tm
     rid = reply.json()["id"]
     result = subprocess.run(
         [sys.executable, "-m", "tether", "--config", str(tether.config_path), "track", rid],
-        env={**tether.env, **env}, capture_output=True, text=True,
+        env={**tether.env, **env},
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr
     wait_for(lambda: tether.records()[rid]["status"] == "completed", timeout=45, what="polled to completion")
@@ -181,11 +194,16 @@ def test_the_key_is_read_from_the_credentials_directory(tether: Tether, fake, tm
 
 
 def test_a_missing_credential_stops_the_start_with_exit_78(tether: Tether, tmp_path):
-    text = tether.config_path.read_text().replace('api_key_env = "TETHER_TEST_KEY"', 'api_key_credential = "openai-api-key"')
+    text = tether.config_path.read_text().replace(
+        'api_key_env = "TETHER_TEST_KEY"', 'api_key_credential = "openai-api-key"'
+    )
     tether.config_path.write_text(text)
     result = subprocess.run(
         [sys.executable, "-m", "tether", "--config", str(tether.config_path), "run"],
-        env={**tether.env, "CREDENTIALS_DIRECTORY": str(tmp_path)}, capture_output=True, text=True, timeout=30,
+        env={**tether.env, "CREDENTIALS_DIRECTORY": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 78
     assert "accounts.default.api_key_credential" in result.stderr

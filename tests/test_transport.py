@@ -20,7 +20,16 @@ from tether.config import AccountConfig
 from tether.fakeapi import FakeServer
 
 RUNNING = {"model": "o3-pro", "input": "x", "background": True, "metadata": {"fake_run": "60"}}
-PROXY_VARIABLES = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY")
+PROXY_VARIABLES = (
+    "http_proxy",
+    "HTTP_PROXY",
+    "https_proxy",
+    "HTTPS_PROXY",
+    "all_proxy",
+    "ALL_PROXY",
+    "no_proxy",
+    "NO_PROXY",
+)
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +45,9 @@ async def client_to() -> AsyncIterator[Callable[[str], ResponsesClient]]:
 
     def make(url: str) -> ResponsesClient:
         config = AccountConfig(name="default", base_url=url, request_timeout=5.0)
-        clients.append(ResponsesClient(config, API_KEY, retry=RetryPolicy(attempts=2, base=0.01, cap=0.02), rng=random.Random(7)))
+        clients.append(
+            ResponsesClient(config, API_KEY, retry=RetryPolicy(attempts=2, base=0.01, cap=0.02), rng=random.Random(7))
+        )
         return clients[-1]
 
     yield make
@@ -83,7 +94,9 @@ def https_fake(ca: trustme.CA) -> Iterator[FakeServer]:
 # --- trust -------------------------------------------------------------------------------------
 
 
-async def test_https_to_a_server_whose_ca_is_named_by_ssl_cert_file(client_to, https_fake: FakeServer, trusted: None) -> None:
+async def test_https_to_a_server_whose_ca_is_named_by_ssl_cert_file(
+    client_to, https_fake: FakeServer, trusted: None
+) -> None:
     assert https_fake.base_url.startswith("https://")
     client = client_to(https_fake.base_url)
     created = await client.create(RUNNING)

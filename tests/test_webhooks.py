@@ -49,8 +49,9 @@ def event(kind: str = "response.completed", rid: str = "resp_1") -> bytes:
 
 def config_with_secret(tmp_path: Path, secret: str = SECRET, name: str = "webhook.secret") -> Config:
     (tmp_path / name).write_text(secret + "\n")
-    return parse_config({"server": {"listen": "127.0.0.1:8787"}, "webhooks": {"secret_file": str(tmp_path / name)}},
-                        environ={})
+    return parse_config(
+        {"server": {"listen": "127.0.0.1:8787"}, "webhooks": {"secret_file": str(tmp_path / name)}}, environ={}
+    )
 
 
 @dataclass
@@ -138,9 +139,7 @@ async def test_other_event_types_are_acknowledged_and_ignored(served):
     [
         pytest.param(lambda body: (body, signed(body, key=OTHER_KEY)), id="signed with another key"),
         pytest.param(lambda body: (body.replace(b"resp_1", b"resp_2"), signed(body)), id="a changed body"),
-        pytest.param(
-            lambda body: (body, {**signed(body), "webhook-id": "msg_other"}), id="another id than was signed"
-        ),
+        pytest.param(lambda body: (body, {**signed(body), "webhook-id": "msg_other"}), id="another id than was signed"),
         pytest.param(
             lambda body: (body, {**signed(body), "webhook-timestamp": str(int(time.time()) - 1)}),
             id="another timestamp than was signed",

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sqlalchemy import select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from tether.budgets import BudgetState, Commitment, assess, window_at
 from tether.config import BudgetConfig, Config
@@ -43,12 +43,12 @@ def reservation(row: Response, config: Config, pricing: Pricing) -> float:
 
 
 def active_rows(session: Session) -> list[Response]:
-    query = select(Response).where((Response.status.is_(None)) | (Response.status.in_(ACTIVE)))
+    query = select(Response).where(col(Response.status).is_(None) | col(Response.status).in_(ACTIVE))
     return list(session.execute(query).scalars())
 
 
 def finished_between(session: Session, start: float, end: float) -> list[Response]:
-    query = select(Response).where(Response.finished_at >= start, Response.finished_at < end)
+    query = select(Response).where(col(Response.finished_at) >= start, col(Response.finished_at) < end)
     return list(session.execute(query).scalars())
 
 
@@ -60,7 +60,9 @@ def measure(session: Session, config: Config, pricing: Pricing, now: float) -> l
     measured = []
     for budget in config.budgets:
         window = window_at(budget, now)
-        spent = sum(r.cost_usd or 0.0 for r in finished_between(session, window.start, window.end) if in_scope(budget, r))
+        spent = sum(
+            r.cost_usd or 0.0 for r in finished_between(session, window.start, window.end) if in_scope(budget, r)
+        )
         commitments = tuple(
             Commitment(r.id, r.created_at or r.tracked_at, reservation(r, config, pricing))
             for r in active
@@ -77,7 +79,9 @@ def cancellable(session: Session, commitments: Iterable[Commitment]) -> list[Com
         return []
     pending = set(
         session.execute(
-            select(Response.id).where(Response.id.in_(ids), Response.cancel_state != CancelState.NONE.value)
+            select(col(Response.id)).where(
+                col(Response.id).in_(ids), col(Response.cancel_state) != CancelState.NONE.value
+            )
         ).scalars()
     )
     return [c for c in commitments if c.response_id not in pending]
@@ -106,7 +110,7 @@ def settle_cost(session: Session, row: Response, pricing: Pricing, previous_stat
 
 
 def price_unknown_recorded(session: Session, response_id: str) -> bool:
-    query = select(Event.id).where(
-        Event.response_id == response_id, Event.kind == EventKind.PRICE_UNKNOWN.value
+    query = select(col(Event.id)).where(
+        col(Event.response_id) == response_id, col(Event.kind) == EventKind.PRICE_UNKNOWN.value
     )
     return session.execute(query.limit(1)).first() is not None

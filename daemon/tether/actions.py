@@ -62,8 +62,9 @@ def check_names(config: Config, policy: str | None, account: str | None) -> str:
     if policy is not None:
         check_policy(config, policy)
     if account is not None and account not in config.accounts:
-        raise Refused(400, f"--account {account!r}: no such account (known: {', '.join(config.accounts)})",
-                      "unknown_account")
+        raise Refused(
+            400, f"--account {account!r}: no such account (known: {', '.join(config.accounts)})", "unknown_account"
+        )
     return account or config.default_account
 
 
@@ -77,27 +78,36 @@ def check_statuses(statuses: list[str]) -> None:
 
 
 def list_records(
-    store: Store, config: Config, *, statuses: list[str], active: bool, policy: str | None,
-    labels: dict[str, str], limit: int,
+    store: Store,
+    config: Config,
+    *,
+    statuses: list[str],
+    active: bool,
+    policy: str | None,
+    labels: dict[str, str],
+    limit: int,
 ) -> list[dict[str, Any]]:
     """Tracked responses, newest first (`tether ls`)."""
     from sqlalchemy import or_, select
+    from sqlmodel import col
 
     from tether.models import FINAL, Response
 
     check_statuses(statuses)
     if limit < 1:
         raise Refused(400, f"limit {limit}: expected at least 1", "invalid_limit")
-    query = select(Response).order_by(Response.tracked_at.desc(), Response.id)
+    query = select(Response).order_by(col(Response.tracked_at).desc(), col(Response.id))
     if statuses:
-        query = query.where(Response.status.in_(statuses))
+        query = query.where(col(Response.status).in_(statuses))
     if active:
-        query = query.where(or_(Response.status.is_(None), Response.status.not_in(FINAL)))
+        query = query.where(or_(col(Response.status).is_(None), col(Response.status).not_in(FINAL)))
     if policy:
-        query = query.where(Response.policy == policy)
+        query = query.where(col(Response.policy) == policy)
     with store.reading() as session:
         if policy and config.policy_named(policy) is None:
-            stored = session.execute(select(Response.policy).distinct().where(Response.policy.is_not(None))).scalars()
+            stored = session.execute(
+                select(col(Response.policy)).distinct().where(col(Response.policy).is_not(None))
+            ).scalars()
             check_policy(config, policy, set(stored))
         if not labels:
             query = query.limit(limit)
@@ -108,6 +118,7 @@ def list_records(
 def show_record(store: Store, rid: str) -> dict[str, Any]:
     """One response's record with its whole event history (`tether show`)."""
     from sqlalchemy import select
+    from sqlmodel import col
 
     from tether.models import Event, Response
 
@@ -116,7 +127,7 @@ def show_record(store: Store, rid: str) -> dict[str, Any]:
         row = session.get(Response, rid)
         if row is None:
             raise Refused(404, f"{rid} is not tracked (see `tether ls`, or `tether track {rid}`)", "not_tracked")
-        query = select(Event).where(Event.response_id == rid).order_by(Event.at, Event.id)
+        query = select(Event).where(col(Event.response_id) == rid).order_by(col(Event.at), col(Event.id))
         events = [render.event(e) for e in session.execute(query).scalars()]
     return {**render.record(row), "events": events}
 
@@ -124,6 +135,7 @@ def show_record(store: Store, rid: str) -> dict[str, Any]:
 def read_events(store: Store, *, rid: str | None, since: float | None, after_id: int) -> list[dict[str, Any]]:
     """Events after the one with id `after_id`, oldest first, each with its "id" (`tether log`)."""
     from sqlalchemy import select
+    from sqlmodel import col
 
     from tether.models import Event
 
@@ -131,11 +143,11 @@ def read_events(store: Store, *, rid: str | None, since: float | None, after_id:
         checked_id(rid)
     # Time order: an event is written after the moment it records, so the ids of
     # events from the daemon and the CLI do not always follow their times.
-    query = select(Event).where(Event.id > after_id).order_by(Event.at, Event.id)
+    query = select(Event).where(col(Event.id) > after_id).order_by(col(Event.at), col(Event.id))
     if rid:
-        query = query.where(Event.response_id == rid)
+        query = query.where(col(Event.response_id) == rid)
     if since is not None:
-        query = query.where(Event.at >= since)
+        query = query.where(col(Event.at) >= since)
     with store.reading() as session:
         return [{"id": ev.id, **render.event(ev)} for ev in session.execute(query).scalars()]
 
@@ -162,8 +174,10 @@ def health(store: Store, running: bool | None, now: float) -> tuple[bool, str]:
     if beat.stopped_at is not None:
         return False, f"unhealthy: the daemon ({daemon}) stopped at {render.iso(beat.stopped_at)}; none is running"
     if running is False:
-        return False, (f"unhealthy: the daemon is not running: its lock on the store is free ({daemon} did not stop "
-                       f"cleanly; its last heartbeat was {now - beat.beat_at:.0f}s ago)")
+        return False, (
+            f"unhealthy: the daemon is not running: its lock on the store is free ({daemon} did not stop "
+            f"cleanly; its last heartbeat was {now - beat.beat_at:.0f}s ago)"
+        )
     age = now - beat.beat_at
     if age > HEARTBEAT_STALE:
         return False, f"unhealthy: the daemon's last heartbeat was {age:.0f}s ago ({daemon})"
@@ -191,8 +205,14 @@ def track_rows(
     with tracker.recording(store, origin, time.time()) as rec:
         return [
             tracker.track(
-                rec, config, pricing, response_id=rid, account=account, observed=observed,
-                policy_requested=policy, labels=labels,
+                rec,
+                config,
+                pricing,
+                response_id=rid,
+                account=account,
+                observed=observed,
+                policy_requested=policy,
+                labels=labels,
             )
             for rid, observed in items
         ]
@@ -203,22 +223,28 @@ async def look_up(client: ResponsesClient, ids: list[str], account: str) -> list
     import asyncio
 
     from tether.api import NotFound
+    from tether.facts import known_status
 
     results = await asyncio.gather(*(client.get(i) for i in ids), return_exceptions=True)
+    if any(isinstance(r, BaseException) for r in results):
+        for reply in results:  # refused below: still, a reply with an odd status is logged as one
+            if isinstance(reply, dict):
+                known_status(reply)
     missing = [i for i, r in zip(ids, results, strict=True) if isinstance(r, NotFound)]
     if missing:
         raise Refused(404, f"no response {', '.join(missing)} on account {account!r}; nothing was tracked", "not_found")
     failed = [(i, r) for i, r in zip(ids, results, strict=True) if isinstance(r, BaseException)]
     if failed:
         rid, exc = failed[0]
-        raise Refused(502, f"could not look up {rid}: {exc}; nothing was tracked (retry, or use --no-verify)",
-                      "api_failed")
+        raise Refused(
+            502, f"could not look up {rid}: {exc}; nothing was tracked (retry, or use --no-verify)", "api_failed"
+        )
     return list(results)  # type: ignore[arg-type]
 
 
 def checked_body(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict) or not isinstance(body.get("model"), str):
-        raise Refused(400, "the request body must be a JSON object with a \"model\"", "invalid_body")
+        raise Refused(400, 'the request body must be a JSON object with a "model"', "invalid_body")
     return {**body, "background": True}
 
 
@@ -230,11 +256,18 @@ async def create(client: ResponsesClient, body: dict[str, Any]) -> dict[str, Any
         created = await client.create(body)
     except TransientError as exc:
         if not exc.delivered:
-            raise Refused(502, f"the API did not take the request ({exc}): nothing was created; submit it again later",
-                          "api_failed") from None
-        raise Refused(502, f"the request failed after it was sent ({exc}): it may have created a response "
-                      "whose id tether did not get; make sure it did not before you submit again "
-                      "(tether never sends a create twice)", "api_failed_after_sending") from None
+            raise Refused(
+                502,
+                f"the API did not take the request ({exc}): nothing was created; submit it again later",
+                "api_failed",
+            ) from None
+        raise Refused(
+            502,
+            f"the request failed after it was sent ({exc}): it may have created a response "
+            "whose id tether did not get; make sure it did not before you submit again "
+            "(tether never sends a create twice)",
+            "api_failed_after_sending",
+        ) from None
     except APIError as exc:
         status = 400 if exc.status in (400, 422) else 502
         raise Refused(status, f"the API refused the request: {exc}", "api_refused") from None

@@ -26,10 +26,10 @@ import asyncio
 import json
 import random
 import ssl
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
 import aiohttp
@@ -129,10 +129,11 @@ class OneAttemptTransport(AiohttpTransport):
 class HttpClient(httpx2.AsyncClient):
     """httpx2 on aiohttp (as httpx-aiohttp's Httpx2AiohttpClient), proxied or not."""
 
-    def _init_transport(self, transport: Any = None, **options: Any) -> httpx2.AsyncBaseTransport:
+    # httpx2 calls these two with keyword arguments only, all passed through here.
+    def _init_transport(self, transport: Any = None, **options: Any) -> httpx2.AsyncBaseTransport:  # type: ignore[override]
         return transport or OneAttemptTransport(**options)
 
-    def _init_proxy_transport(self, proxy: httpx2.Proxy, **options: Any) -> httpx2.AsyncBaseTransport:
+    def _init_proxy_transport(self, proxy: httpx2.Proxy, **options: Any) -> httpx2.AsyncBaseTransport:  # type: ignore[override]
         return OneAttemptTransport(proxy=proxy, **options)
 
 
@@ -190,7 +191,9 @@ class ResponsesClient:
             )
         except httpx2.InvalidURL as exc:  # a proxy URL from the environment (the base URL is checked in config)
             self._http = HttpClient(trust_env=False)  # never used: each request fails with what to set
-            self._unusable = f"the proxy URL in the environment cannot be used ({exc}); set HTTPS_PROXY=http://HOST:PORT"
+            self._unusable = (
+                f"the proxy URL in the environment cannot be used ({exc}); set HTTPS_PROXY=http://HOST:PORT"
+            )
 
     async def get(
         self,
@@ -200,7 +203,9 @@ class ResponsesClient:
         priority: bool = False,
         on_failure: FailureHook | None = None,
     ) -> dict[str, Any]:
-        return await self._call("GET", f"responses/{response_id}", None, retry, priority=priority, on_failure=on_failure)
+        return await self._call(
+            "GET", f"responses/{response_id}", None, retry, priority=priority, on_failure=on_failure
+        )
 
     async def cancel(
         self, response_id: str, *, retry: RetryPolicy | None = None, on_failure: FailureHook | None = None
@@ -282,7 +287,10 @@ class ResponsesClient:
         """One request; its reply read up to max_reply_bytes (decoded), longer ones refused."""
         data = json.dumps(body).encode() if body is not None else None
         request = self._http.build_request(
-            method, self._base + path, content=data, headers={"Content-Type": "application/json"} if data is not None else None
+            method,
+            self._base + path,
+            content=data,
+            headers={"Content-Type": "application/json"} if data is not None else None,
         )
         response = await self._http.send(request, stream=True)
         try:
@@ -301,9 +309,7 @@ class ResponsesClient:
             await response.aclose()
         return response.status_code, response.headers, response.reason_phrase, b"".join(chunks)
 
-    def _parse(
-        self, content: bytes, status: int, headers: Mapping[str, str], method: str, path: str
-    ) -> dict[str, Any]:
+    def _parse(self, content: bytes, status: int, headers: Mapping[str, str], method: str, path: str) -> dict[str, Any]:
         try:
             payload = json.loads(content)
         except ValueError:
@@ -326,7 +332,7 @@ class ResponsesClient:
             message = message.replace(self._key, "[redacted]")
         message = message[:500]
         text = f"HTTP {status} on {method} /{path}: {message}"
-        fields = dict(status=status, code=code, type_=err.get("type"), retry_after=retry_after(headers))
+        fields: dict[str, Any] = dict(status=status, code=code, type_=err.get("type"), retry_after=retry_after(headers))
         if status in (401, 403) or (status == 429 and is_quota(code, err.get("type"))):
             self._pause_account()
             return AccountError(text, **fields)

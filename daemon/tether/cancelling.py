@@ -73,9 +73,7 @@ def settle(rec: tracker.Recorder, row: Response, outcome: Outcome, config: Confi
         refused = outcome.refused
         tracker.cancel_failed(rec, row, http_status=refused.status, error=refused.message, retry=False)
     if outcome.observed is not None:
-        tracker.observe(
-            rec, row, outcome.observed, config, pricing, reason=outcome.reason, asked_at=outcome.asked_at
-        )
+        tracker.observe(rec, row, outcome.observed, config, pricing, reason=outcome.reason, asked_at=outcome.asked_at)
     tracker.cancel_answered(row, config.polling.confirm_window, rec.now)
     row.poll_interval = config.polling.confirm_window / CONFIRM_POLLS_FROM
     row.next_poll_at = rec.now + row.poll_interval

@@ -22,6 +22,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 from sqlalchemy import select
+from sqlmodel import col
 
 from tether import render, tracker
 from tether.config import load_config
@@ -83,7 +84,10 @@ REQUESTS = [
     ("stuck in the queue", {"demo": "stuck", "fake_queue": "120"}),
     ("runs away", {"demo": "runaway", "fake_run": "120"}),
     ("slow, only warned", {"demo": "watch", "fake_run": "7"}),
-    ("reasoning at length", {"fake_queue": "2", "fake_run": "8", "fake_output_tokens": "6000", "fake_reasoning_tokens": "4000"}),
+    (
+        "reasoning at length",
+        {"fake_queue": "2", "fake_run": "8", "fake_output_tokens": "6000", "fake_reasoning_tokens": "4000"},
+    ),
 ]
 
 
@@ -110,8 +114,11 @@ def _run(console: Console, folder: Path, base_url: str) -> int:
     store.migrate()
 
     console.print(Text("tether demo", style="bold"), f"- a stand-in Responses API at {base_url}, store in {folder}")
-    console.print("Policies: stuck-in-queue (max_queued 4s), runaway (max_runtime 8s), "
-                  "watch-only (max_runtime 3s, warn), standard (max_runtime 40s).", style="dim")
+    console.print(
+        "Policies: stuck-in-queue (max_queued 4s), runaway (max_runtime 8s), "
+        "watch-only (max_runtime 3s, warn), standard (max_runtime 40s).",
+        style="dim",
+    )
     daemon_log = (folder / "daemon.log").open("w")
     daemon = subprocess.Popen(
         [sys.executable, "-m", "tether", "--config", str(config_path), "run"],
@@ -156,15 +163,21 @@ def _submit_all(config, store: Store) -> dict[str, str]:
     with tracker.recording(store, "cli", time.time()) as rec:
         for obj in created:
             tracker.track(
-                rec, config, pricing, response_id=obj["id"], account=account.name, observed=obj,
-                policy_requested=None, labels={"demo": "yes"},
+                rec,
+                config,
+                pricing,
+                response_id=obj["id"],
+                account=account.name,
+                observed=obj,
+                policy_requested=None,
+                labels={"demo": "yes"},
             )
-    return {obj["id"]: what for obj, (what, _) in zip(created, REQUESTS)}
+    return {obj["id"]: what for obj, (what, _) in zip(created, REQUESTS, strict=True)}
 
 
 def _rows(store: Store) -> list[Response]:
     with store.reading() as session:
-        return list(session.execute(select(Response).order_by(Response.tracked_at, Response.id)).scalars())
+        return list(session.execute(select(Response).order_by(col(Response.tracked_at), col(Response.id))).scalars())
 
 
 def _watch(console: Console, store: Store, ids: dict[str, str], daemon: subprocess.Popen) -> bool:
@@ -216,7 +229,7 @@ def _history(console: Console, store: Store) -> None:
     console.print()
     console.print(Text("event history", style="bold"))
     with store.reading() as session:
-        for ev in session.execute(select(Event).order_by(Event.at, Event.id)).scalars():
+        for ev in session.execute(select(Event).order_by(col(Event.at), col(Event.id))).scalars():
             console.print(render.event_line(render.event(ev)))
 
 
@@ -231,7 +244,7 @@ def _summary(console: Console, store: Store, config) -> None:
         if row.cancel_requested_at is None:
             continue
         policy = config.policy_named(row.policy) if row.policy else None
-        limit = getattr(policy, row.cancel_reason, None) if policy else None
+        limit = getattr(policy, row.cancel_reason, None) if policy and row.cancel_reason else None
         if limit is not None and row.created_at is not None:
             late = row.cancel_requested_at - (row.created_at + limit)
             console.print(
@@ -240,7 +253,7 @@ def _summary(console: Console, store: Store, config) -> None:
                 highlight=False,
             )
     with store.reading() as session:
-        warned = list(session.execute(select(Event).where(Event.kind == "warned")).scalars())
+        warned = list(session.execute(select(Event).where(col(Event.kind) == "warned")).scalars())
     for ev in warned:
         console.print(f"  {ev.response_id}  warned for {ev.reason}, not cancelled", highlight=False)
     costs = [r.cost_usd for r in rows if r.cost_usd is not None]

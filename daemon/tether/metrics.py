@@ -104,17 +104,19 @@ class Metrics:
     def api_error(self, op: str, exc: APIError) -> None:
         self._api_errors.labels(op, str(exc.status) if exc.status is not None else "network").inc()
 
-    def cancel_requested(self, reason: str) -> None:
+    def cancel_requested(self, reason: str | None) -> None:
         """A cancel's intent recorded. Reasons outside the bounded set count as `manual`: the
         daemon's own are bounded by its config, and a manual cancel's note is not its reason."""
-        if reason not in CANCEL_REASONS and not reason.startswith("budget:"):
+        if reason is None or (reason not in CANCEL_REASONS and not reason.startswith("budget:")):
             reason = "manual"
         self._cancels.labels(reason).inc()
 
     def saw_status(self, was: str | None, observed: Mapping[str, Any], now: float) -> None:
-        """A look that moved a response from `was` to the observed status, answered at `now`."""
-        completed_at = observed.get("completed_at")
-        if was not in TERMINAL and observed.get("status") in TERMINAL and isinstance(completed_at, (int, float)):
+        """A look that moved a response from `was` to the observed status, answered at `now`.
+        The reply is as the API sent it, of any shape: only a status string is looked up."""
+        status, completed_at = observed.get("status"), observed.get("completed_at")
+        ended = isinstance(status, str) and status in TERMINAL
+        if was not in TERMINAL and ended and isinstance(completed_at, (int, float)):
             # The server's clock, in whole seconds: a negative difference is its skew, not news.
             self.detection_latency.observe(max(0.0, now - completed_at))
 
@@ -160,9 +162,12 @@ class _ReadWhenScraped(Collector):
                 "policy (empty: none) and account.",
                 labels=["status", "policy", "account"],
             ),
-            GaugeMetricFamily("tether_budget_spent_usd", "Spent in the budget's window, at its last evaluation.", labels=["budget"]),
             GaugeMetricFamily(
-                "tether_budget_committed_usd", "Reserved by active responses in the budget's scope, at its last evaluation.",
+                "tether_budget_spent_usd", "Spent in the budget's window, at its last evaluation.", labels=["budget"]
+            ),
+            GaugeMetricFamily(
+                "tether_budget_committed_usd",
+                "Reserved by active responses in the budget's scope, at its last evaluation.",
                 labels=["budget"],
             ),
             GaugeMetricFamily("tether_budget_limit_usd", "The budget's limit.", labels=["budget"]),

@@ -26,9 +26,7 @@ class Status(StrEnum):
 
 API_STATUSES = frozenset(s.value for s in Status) - {Status.LOST.value}
 ACTIVE = frozenset({Status.QUEUED.value, Status.IN_PROGRESS.value})
-TERMINAL = frozenset(
-    {Status.COMPLETED.value, Status.FAILED.value, Status.CANCELLED.value, Status.INCOMPLETE.value}
-)
+TERMINAL = frozenset({Status.COMPLETED.value, Status.FAILED.value, Status.CANCELLED.value, Status.INCOMPLETE.value})
 FINAL = TERMINAL | {Status.LOST.value}
 
 # Allowed moves, keyed by the current status (None: tracked without a look yet).
@@ -84,9 +82,7 @@ class Response(SQLModel, table=True):
     policy_requested: str | None = None  # named at track time (--policy)
     labels: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     # `metadata` is reserved by SQLAlchemy's declarative base.
-    meta: dict[str, str] = Field(
-        default_factory=dict, sa_column=Column("metadata", JSON, nullable=False)
-    )
+    meta: dict[str, str] = Field(default_factory=dict, sa_column=Column("metadata", JSON, nullable=False))
     created_at: float | None = None  # server clock
     tracked_at: float
     started_at: float | None = None  # when tether first saw it in_progress (for cost estimates)
@@ -153,3 +149,8 @@ class Heartbeat(SQLModel, table=True):
     event_cursor: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     # Set by a clean stop, once everything is written; a running daemon's heartbeat clears it.
     stopped_at: float | None = None
+
+
+# The tables as SQLAlchemy Core sees them, for bulk statements (SQLModel leaves `__table__` untyped).
+RESPONSES = SQLModel.metadata.tables[Response.__tablename__]
+EVENTS = SQLModel.metadata.tables[Event.__tablename__]

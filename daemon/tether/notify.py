@@ -18,7 +18,7 @@ class Notifier:
         address = env.get("NOTIFY_SOCKET", "")
         if address.startswith("@"):
             address = "\0" + address[1:]
-        self._address = address or None
+        self._address = address
         self._socket: socket.socket | None = None
         if self._address:
             self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)

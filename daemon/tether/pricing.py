@@ -142,8 +142,9 @@ class Pricing:
         price × the tier multiplier when the response states a limit and its model has a price,
         else the policy's reserve_usd (taken as is), else None."""
         price = self.price(model)
-        if price is not None and _token_count(max_output_tokens) is not None:
-            return max_output_tokens * price.output / _PER_TOKENS * self.multiplier(service_tier)
+        limit = _token_count(max_output_tokens)
+        if price is not None and limit is not None:
+            return limit * price.output / _PER_TOKENS * self.multiplier(service_tier)
         return reserve_usd
 
     def estimate(
@@ -163,8 +164,9 @@ class Pricing:
             return None
         seconds = ran_seconds if isinstance(ran_seconds, (int, float)) and ran_seconds > 0 else 0.0  # also NaN
         tokens = seconds * self._output_tokens_per_second
-        if _token_count(max_output_tokens) is not None:
-            tokens = min(tokens, float(max_output_tokens))
+        limit = _token_count(max_output_tokens)
+        if limit is not None:
+            tokens = min(tokens, float(limit))
         return tokens * price.output / _PER_TOKENS * self.multiplier(service_tier)
 
 
@@ -187,10 +189,9 @@ def _usage_counts(usage: Any) -> tuple[float, float, float] | None:
     if details is not None and not isinstance(details, Mapping):
         return None
     raw = (usage.get("input_tokens"), (details or {}).get("cached_tokens"), usage.get("output_tokens"))
-    counts = tuple(0 if value is None else _token_count(value) for value in raw)
-    if any(count is None for count in counts):
+    input_tokens, cached_tokens, output_tokens = (0 if value is None else _token_count(value) for value in raw)
+    if input_tokens is None or cached_tokens is None or output_tokens is None:
         return None
-    input_tokens, cached_tokens, output_tokens = counts
     if cached_tokens > input_tokens:  # cached tokens are a part of the input: inconsistent
         return None
     return input_tokens, cached_tokens, output_tokens

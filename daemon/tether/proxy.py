@@ -22,8 +22,8 @@ import asyncio
 import hmac
 import json
 import re
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from http.cookiejar import CookieJar, DefaultCookiePolicy
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol
 from urllib.parse import unquote
 
@@ -49,7 +49,8 @@ _CANCEL = re.compile(r"responses/([^/]+)/cancel")
 class FrontLike(Protocol):
     """What the proxy needs of the daemon (tether.server.front.Front)."""
 
-    config: Config
+    @property
+    def config(self) -> Config: ...
 
     async def track_created(
         self, response: dict[str, Any], *, account: str, policy: str | None, labels: dict[str, str]
@@ -181,7 +182,10 @@ class Proxy:
                 raise _too_large(self.max_body) from None
             log.warning("proxy.upstream_error", method=method, path=url.path, error=type(exc).__name__)
             raise Refused(
-                502, f"tether could not reach the upstream API ({type(exc).__name__}).", "upstream_error", "server_error"
+                502,
+                f"tether could not reach the upstream API ({type(exc).__name__}).",
+                "upstream_error",
+                "server_error",
             ) from None
 
     async def _create(self, request: web.Request, url: httpx2.URL, headers: CIMultiDict[str]) -> web.StreamResponse:
@@ -190,7 +194,8 @@ class Proxy:
         if fields.get("background") is not True:
             return await _relay(request, await self._send("POST", url, headers, body))
         labels = _labels(request.headers.getall(LABEL_HEADER, []))
-        metadata = fields.get("metadata") if isinstance(fields.get("metadata"), dict) else {}
+        given = fields.get("metadata")
+        metadata: dict[str, Any] = given if isinstance(given, dict) else {}
         policy = request.headers.get(POLICY_HEADER)
         if policy is not None and self.front.config.policy_named(policy) is None:
             raise Refused(400, f"{POLICY_HEADER}: unknown policy {policy!r}.", "tether_unknown_policy")
@@ -203,7 +208,9 @@ class Proxy:
             metadata={k: v for k, v in metadata.items() if isinstance(v, str)},
             labels=labels,
             policy=policy,
-            max_output_tokens=fields.get("max_output_tokens") if isinstance(fields.get("max_output_tokens"), int) else None,
+            max_output_tokens=fields.get("max_output_tokens")
+            if isinstance(fields.get("max_output_tokens"), int)
+            else None,
         )
         if budget is not None:
             raise Refused(
@@ -254,7 +261,9 @@ class BodyTooLarge(Exception):
 
 
 def _too_large(limit: int) -> Refused:
-    return Refused(413, f"The request body is larger than tether's limit ([proxy] max_body = {limit} bytes).", "body_too_large")
+    return Refused(
+        413, f"The request body is larger than tether's limit ([proxy] max_body = {limit} bytes).", "body_too_large"
+    )
 
 
 async def _read_limited(request: web.Request, limit: int) -> bytes:
@@ -341,7 +350,7 @@ def _whole(upstream: httpx2.Response, body: bytes) -> web.Response:
 
 
 async def _relay(
-    request: web.Request, upstream: httpx2.Response, on_event: Callable[[Any], Awaitable[None]] | None = None
+    request: web.Request, upstream: httpx2.Response, on_event: Callable[[Any], Coroutine[Any, Any, None]] | None = None
 ) -> web.StreamResponse:
     """Stream the upstream's reply to the caller chunk by chunk, as it arrives. With `on_event`,
     the server-sent events are read on the side and the first one carrying a response object is
@@ -379,9 +388,7 @@ class _FirstResponse:
         self.buffer += chunk
         while (end := re.search(rb"\r?\n\r?\n", self.buffer)) is not None:
             block, self.buffer = self.buffer[: end.start()], self.buffer[end.end() :]
-            data = b"\n".join(
-                line[5:].lstrip(b" ") for line in re.split(rb"\r?\n", block) if line.startswith(b"data:")
-            )
+            data = b"\n".join(line[5:].lstrip(b" ") for line in re.split(rb"\r?\n", block) if line.startswith(b"data:"))
             event = _parsed(data)
             if isinstance(event, dict) and isinstance(event.get("response"), dict):
                 return event["response"]

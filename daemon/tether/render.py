@@ -125,7 +125,9 @@ def human(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, Mapping):
-        return ", ".join(f"{k}={f'({human(v)})' if isinstance(v, Mapping) and v else human(v)}" for k, v in value.items())
+        return ", ".join(
+            f"{k}={f'({human(v)})' if isinstance(v, Mapping) and v else human(v)}" for k, v in value.items()
+        )
     if isinstance(value, list):
         return ", ".join(human(v) for v in value)
     return str(value)
@@ -217,7 +219,9 @@ BUDGET_STYLES = {"ok": "green", "warn": "yellow", "exceeded": "red"}
 def budgets_table(budgets: list[Mapping[str, Any]]) -> Table:
     table = Table(title="budgets", header_style="bold")
     for name in ("name", "window", "limit", "spent", "committed", "remaining", "state", "active"):
-        table.add_column(name, justify="right" if name in ("limit", "spent", "committed", "remaining", "active") else "left")
+        table.add_column(
+            name, justify="right" if name in ("limit", "spent", "committed", "remaining", "active") else "left"
+        )
     for b in budgets:
         table.add_row(
             b["name"],

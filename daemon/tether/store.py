@@ -85,7 +85,7 @@ class Store:
     def batch(self) -> Iterator[None]:
         """Group commit: every `writing()` in this block (this thread) shares one transaction,
         so one fsync. Callbacks given to `after_commit` run once it has committed."""
-        callbacks: list[Callable[[], None]] = []
+        callbacks: list[Callable[[], object]] = []
         with Session(self._writer, expire_on_commit=False) as session:
             with session.begin():
                 self._batch.open = (session, callbacks)
@@ -96,7 +96,7 @@ class Store:
         for callback in callbacks:
             callback()
 
-    def after_commit(self, callback: Callable[[], None]) -> None:
+    def after_commit(self, callback: Callable[[], object]) -> None:
         """Run `callback` once what was written is committed: now, or at the end of the batch."""
         batch = getattr(self._batch, "open", None)
         if batch is None:

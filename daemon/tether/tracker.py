@@ -9,8 +9,6 @@ log always tell the same story.
 from __future__ import annotations
 
 import json
-import math
-import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -21,13 +19,13 @@ from sqlmodel import Session
 
 from tether.accounting import price_unknown_recorded, settle_cost
 from tether.config import Config, PolicyConfig
+from tether.facts import fill_facts, known_status, valid_timestamp
 from tether.logs import log
 from tether.models import (
-    API_STATUSES,
-    BudgetMark,
+    EVENTS,
     TERMINAL,
+    BudgetMark,
     CancelState,
-    Event,
     EventKind,
     Response,
     Status,
@@ -101,7 +99,7 @@ class Recorder:
         """Insert the event rows, in order, in one statement (an ORM object per event costs
         more than the rest of a transition)."""
         if self._rows:
-            self.session.execute(insert(Event.__table__), self._rows)
+            self.session.execute(insert(EVENTS), self._rows)
             self._rows = []
 
     def emit(self) -> None:
@@ -177,7 +175,7 @@ def track(
         if status == Status.IN_PROGRESS.value:
             row.started_at = row.created_at
     refresh_policy(row, config)
-    if status in TERMINAL:
+    if observed is not None and status in TERMINAL:
         record_outcome(rec, row, observed, pricing, previous=None)
     if is_active(row.status):
         row.next_poll_at = rec.now + config.polling.first
@@ -255,105 +253,16 @@ def record_unseen_overrun(rec: Recorder, row: Response, observed: Mapping[str, A
     if "max_runtime" in row.limits_hit or finished <= deadline:
         return
     mark_limit(
-        rec, row, limit="max_runtime", action=policy.action, deadline=deadline,
-        finished_before_action=True, finished_at=iso(finished),
+        rec,
+        row,
+        limit="max_runtime",
+        action=policy.action,
+        deadline=deadline,
+        finished_before_action=True,
+        finished_at=iso(finished),
     )
     if policy.action == "warn":
         warn(rec, row, limit="max_runtime")
-
-
-MAX_TIMESTAMP = 253_402_300_799.0  # 9999-12-31T23:59:59Z: beyond it no date can be rendered
-MAX_TOKENS = 2**63 - 1
-
-
-def known_status(observed: Mapping[str, Any]) -> str | None:
-    status = observed.get("status")
-    if isinstance(status, str) and status in API_STATUSES:
-        return status
-    log.warning(
-        "api.error", kind="anomaly", response_id=observed.get("id"), error=f"unknown status {status!r}"
-    )
-    return None
-
-
-def fill_facts(row: Response, observed: Mapping[str, Any]) -> None:
-    """Copy what the API says about the response; missing optional fields keep what we had."""
-    wrong = []
-    model = observed.get("model")
-    if isinstance(model, str):
-        row.model = model
-    elif model is not None:
-        wrong.append("model")
-    created = observed.get("created_at")
-    if valid_timestamp(created):
-        row.created_at = float(created)
-    elif created is not None:
-        wrong.append("created_at")
-    metadata = observed.get("metadata")
-    if isinstance(metadata, dict):
-        row.meta = {str(k): str(v) for k, v in metadata.items()}
-    elif metadata is not None:
-        wrong.append("metadata")
-    background = observed.get("background")
-    if isinstance(background, bool):
-        row.background = background
-    max_out = observed.get("max_output_tokens")
-    if isinstance(max_out, int) and not isinstance(max_out, bool) and 0 <= max_out <= MAX_TOKENS:
-        row.max_output_tokens = max_out
-    elif max_out is not None:
-        wrong.append("max_output_tokens")
-    tier = observed.get("service_tier")
-    if isinstance(tier, str):
-        row.service_tier = tier
-    if wrong:
-        log.warning("api.error", kind="anomaly", response_id=row.id, error=f"ignored fields of an unexpected type or range: {', '.join(wrong)}")
-
-
-def valid_timestamp(value: Any) -> bool:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and 0 <= value <= MAX_TIMESTAMP
-    )
-
-
-Facts = tuple[str | None, float | None, int]  # model, created_at, the metadata's fingerprint
-
-
-def facts(row: Response) -> Facts:
-    return facts_of(row.model, row.created_at, row.meta)
-
-
-def facts_of(model: str | None, created_at: float | None, metadata: Mapping[str, str]) -> Facts:
-    """What policies and deadlines are decided from: model, created_at, metadata.
-
-    The daemon keeps these for every active response only to notice when an answer changes
-    them, so the metadata is kept as a fingerprint (a hash of its items, in any order), not
-    as its strings: 100,000 responses with metadata of their own would hold ~20 MB of
-    them. Two different metadata would need a 64-bit hash collision to look alike."""
-    return interned(model), created_at, fingerprint(metadata)
-
-
-def fingerprint(metadata: Mapping[str, str]) -> int:
-    return hash(frozenset(metadata.items()))
-
-
-def interned(text: str | None) -> str | None:
-    return sys.intern(text) if text is not None else None
-
-
-def facts_after(observed: Mapping[str, Any], known: Facts) -> Facts:
-    """`known` updated by an observation as fill_facts would; absent fields change nothing."""
-    model, created_at, metadata = known
-    if isinstance(observed.get("model"), str):
-        model = observed["model"]
-    created = observed.get("created_at")
-    if valid_timestamp(created):
-        created_at = float(created)
-    if isinstance(observed.get("metadata"), dict):
-        metadata = fingerprint({str(k): str(v) for k, v in observed["metadata"].items()})
-    return model, created_at, metadata
 
 
 def record_outcome(

@@ -38,7 +38,8 @@ SIGNATURE_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
 class FrontLike(Protocol):
     """What this door needs of the daemon (tether.server.front.Front)."""
 
-    config: Config
+    @property
+    def config(self) -> Config: ...
 
     async def poll_now(self, rid: str) -> bool: ...
 

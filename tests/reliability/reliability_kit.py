@@ -38,7 +38,17 @@ DAEMON_PROJECT = "proj_daemon"
 CLI_PROJECT = "proj_cli"
 # Faults after which a client sees a failed request (slow alone, extra and missing fields do not).
 FAILURE_FAULTS = frozenset(
-    {"outage", "hang", "drop", "server_error", "rate_limit", "quota", "malformed_json", "wrong_content_type", "odd_shape"}
+    {
+        "outage",
+        "hang",
+        "drop",
+        "server_error",
+        "rate_limit",
+        "quota",
+        "malformed_json",
+        "wrong_content_type",
+        "odd_shape",
+    }
 )
 # Faults after which the reply carries no usable status.
 UNUSABLE_BODY = FAILURE_FAULTS | {"unknown_status"}
@@ -208,7 +218,9 @@ def disagreements(install: Install, fake, ids: Iterable[str]) -> list[str]:
     ]
 
 
-def wait_converged(install: Install, fake, ids: list[str], settle: float, timeout: float, quiet: float = 15.0) -> list[str]:
+def wait_converged(
+    install: Install, fake, ids: list[str], settle: float, timeout: float, quiet: float = 15.0
+) -> list[str]:
     """Wait until tether agrees with the server on every response; or, failing that, until
     nothing has changed in tether's store for `quiet` seconds while the server has long settled.
     Returns the disagreements left (for the final-status invariant to report), [] when converged."""
@@ -321,7 +333,13 @@ def check_log_matches_events(events: list[dict], lines: list[dict]) -> list[str]
         if ev["kind"] in EVENT_LINES
     )
     logged = Counter(
-        key(line["event"].removeprefix("response."), line.get("response_id"), line.get("from"), line.get("to"), line.get("reason"))
+        key(
+            line["event"].removeprefix("response."),
+            line.get("response_id"),
+            line.get("from"),
+            line.get("to"),
+            line.get("reason"),
+        )
         for line in lines
         if line.get("event", "").removeprefix("response.") in EVENT_LINES and line["event"].startswith("response.")
     )
@@ -330,7 +348,9 @@ def check_log_matches_events(events: list[dict], lines: list[dict]) -> list[str]
     return bad
 
 
-def check_api_errors_logged(calls: list[dict], lines: list[dict], project: str = DAEMON_PROJECT) -> tuple[list[str], Counter]:
+def check_api_errors_logged(
+    calls: list[dict], lines: list[dict], project: str = DAEMON_PROJECT
+) -> tuple[list[str], Counter]:
     """Every request of the daemon that the stand-in failed has an `api.error` line for the
     same response and operation; an unknown status has its anomaly line. Returns (violations,
     failures injected by kind)."""
@@ -371,8 +391,12 @@ def check_lines_are_committed(events: list[dict], lines: list[dict]) -> list[str
     """A response event's log line is written after its transaction commits: a kill may lose
     the line of a committed event, never leave a line without its event."""
     stored = Counter(
-        (ev["kind"], ev["response_id"], ev["from_status"] if ev["kind"] in ("status", "lost") else None,
-         ev["to_status"] if ev["kind"] in ("status", "lost") else None)
+        (
+            ev["kind"],
+            ev["response_id"],
+            ev["from_status"] if ev["kind"] in ("status", "lost") else None,
+            ev["to_status"] if ev["kind"] in ("status", "lost") else None,
+        )
         for ev in events
     )
     logged: Counter = Counter()
@@ -381,8 +405,12 @@ def check_lines_are_committed(events: list[dict], lines: list[dict]) -> list[str
         if not name.startswith("response.") or line.get("origin") == "cli":
             continue
         kind = name.removeprefix("response.")
-        logged[kind, line.get("response_id"), line.get("from") if kind in ("status", "lost") else None,
-               line.get("to") if kind in ("status", "lost") else None] += 1
+        logged[
+            kind,
+            line.get("response_id"),
+            line.get("from") if kind in ("status", "lost") else None,
+            line.get("to") if kind in ("status", "lost") else None,
+        ] += 1
     return [f"logged without its event: {key} x{n}" for key, n in (logged - stored).items()]
 
 
@@ -519,7 +547,9 @@ def check_cancels(
         for attempt in attempts:
             before = [ev for ev in requested if ev["at"] <= attempt["at"] + 0.01]
             if not before:
-                report.unjustified.append(f"{rid}: a cancel request at {attempt['at']:.3f} with no cancel_requested before it")
+                report.unjustified.append(
+                    f"{rid}: a cancel request at {attempt['at']:.3f} with no cancel_requested before it"
+                )
                 continue
             reason = before[-1]["reason"]
             report.attempts_by_reason[reason] += 1
@@ -529,11 +559,15 @@ def check_cancels(
                     report.unjustified.append(f"{rid}: cancel for reason manual, but nobody cancelled it by hand")
                 continue
             if lim is None or lim.action != "cancel" or getattr(lim, reason, None) is None:
-                report.unjustified.append(f"{rid}: cancel for reason {reason!r}, but its policy has no such cancel limit")
+                report.unjustified.append(
+                    f"{rid}: cancel for reason {reason!r}, but its policy has no such cancel limit"
+                )
                 continue
             deadline = int(record["created_at"]) + getattr(lim, reason)
             if attempt["at"] < deadline - 0.01:
-                report.unjustified.append(f"{rid}: cancel ({reason}) {deadline - attempt['at']:.3f}s before its deadline")
+                report.unjustified.append(
+                    f"{rid}: cancel ({reason}) {deadline - attempt['at']:.3f}s before its deadline"
+                )
             if not server_active_at(record, reason, deadline, sim):
                 note = (
                     f"{rid}: cancel request for {reason} at {attempt['at']:.3f} (status then {attempt['status']}), but on the "
@@ -551,7 +585,8 @@ def check_cancels(
         # (1) was a cancel due, and did one leave in time?
         knowable = row.get("tracked_at", record["created_at"])
         usable_gets = [
-            c["ended"] for c in my_calls
+            c["ended"]
+            for c in my_calls
             if c["route"] == "get" and c["status"] == 200 and not (faults_of(c) & UNUSABLE_BODY) and c["ended"]
         ]
         # A response tracked without a look (--no-verify) has no created_at until a usable GET.
@@ -625,7 +660,13 @@ def check_cancels(
             answered = [c for c in mine if c["status"] == 200 or (c["status"] and 400 <= c["status"] < 429)]
             if mine and not answered and not record["cancels"]:
                 last = max(c["ended"] or c["at"] for c in mine)
-                retry_due = last + min(60.0, 2.0 ** max(0, len(mine) - 1)) + timing.retry_after + timing.request_timeout + timing.slack
+                retry_due = (
+                    last
+                    + min(60.0, 2.0 ** max(0, len(mine) - 1))
+                    + timing.retry_after
+                    + timing.request_timeout
+                    + timing.slack
+                )
                 if state_end > retry_due:
                     report.missed.append(
                         f"{rid}: {len(mine)} cancel requests for {limit} failed, the last at {last:.3f}, and no retry "

@@ -26,7 +26,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from reliability_kit import (
     DAEMON_PROJECT,
     UNUSABLE_BODY,
@@ -42,17 +41,18 @@ from reliability_kit import (
     check_no_duplicate_events,
     check_no_tracebacks,
     check_secret_absent,
-    faults_of,
-    wait_converged,
-    env_number,
     dump_oracle,
+    env_number,
+    faults_of,
     kill_all,
     machine_stalls,
     read_store,
     save_figures,
     stats_summary,
     summary,
+    wait_converged,
 )
+
 from tether import logs
 from tether.cli.tracking import store_tracked
 from tether.config import load_config
@@ -224,7 +224,9 @@ def test_chaos(tmp_path: Path, fake: FakeServer, suite_store: str | None):
         --no-verify` does) without starting a process: the CLI costs a second of CPU per run,
         which on two loaded cores would delay tracking by tens of seconds."""
         began = time.monotonic()
-        store_tracked(cli_config, cli_store, [(rid, None) for rid in ids], account="default", policy=None, labels=labels)
+        store_tracked(
+            cli_config, cli_store, [(rid, None) for rid in ids], account="default", policy=None, labels=labels
+        )
         track_seconds.append(time.monotonic() - began)
 
     try:
@@ -257,7 +259,9 @@ def test_chaos(tmp_path: Path, fake: FakeServer, suite_store: str | None):
             made += len(ids)
             modes[mode] += len(ids)
             if mode.startswith("cli"):
-                args = (["--label", "chaos=runaway"] if labelled else []) + (["--no-verify"] if "no-verify" in mode else [])
+                args = (["--label", "chaos=runaway"] if labelled else []) + (
+                    ["--no-verify"] if "no-verify" in mode else []
+                )
                 thread = threading.Thread(target=track, args=(ids, args), daemon=True)
             else:
                 labels = {"chaos": "runaway"} if labelled else {}
@@ -331,11 +335,15 @@ def test_chaos(tmp_path: Path, fake: FakeServer, suite_store: str | None):
         "no duplicate events": check_no_duplicate_events(events, ids),
         "every event is one log line": check_log_matches_events(events, lines),
         "every API failure is an api.error line": api_errors,
-        "the daemon never exited, and stopped with 0": [] if alive and exit_code == 0 else [f"alive={alive} exit={exit_code}"],
+        "the daemon never exited, and stopped with 0": []
+        if alive and exit_code == 0
+        else [f"alive={alive} exit={exit_code}"],
         "no daemon.error / store_failed lines": check_daemon_lines_clean(lines),
         "no tracebacks": check_no_tracebacks([install.raw_logs(), *install.cli_outputs]),
         "the API key appears nowhere": check_secret_absent(install.root, install.cli_outputs),
-        "the CLI lists every response": [] if {r["id"] for r in records} == set(ids) else ["ls --json misses responses"],
+        "the CLI lists every response": []
+        if {r["id"] for r in records} == set(ids)
+        else ["ls --json misses responses"],
     }
     save_figures(
         f"chaos-{RESPONSES}" + ("-postgresql" if suite_store else ""),
@@ -388,7 +396,8 @@ def check_policies(rows: dict, events: list[dict], sims: dict, calls: list[dict]
     (or its labels) select. (One seen finished at once keeps whatever its one reply said, and
     one whose every reply lacked its metadata, a fault, could not be matched on it.)"""
     told = {
-        c["response_id"] for c in calls
+        c["response_id"]
+        for c in calls
         if c["route"] in ("get", "cancel") and c["status"] == 200 and not faults_of(c) & WITHOUT_METADATA
     }
     first_seen: dict[str, str | None] = {}

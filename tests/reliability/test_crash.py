@@ -28,8 +28,6 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-
-from conftest import wait_for
 from reliability_kit import (
     DAEMON_PROJECT,
     Install,
@@ -42,7 +40,6 @@ from reliability_kit import (
     check_no_duplicate_events,
     check_no_tracebacks,
     check_secret_absent,
-    wait_converged,
     dump_oracle,
     env_number,
     kill_all,
@@ -50,7 +47,10 @@ from reliability_kit import (
     read_store,
     save_figures,
     summary,
+    wait_converged,
 )
+
+from conftest import wait_for
 from tether import logs
 from tether.cli.tracking import store_tracked
 from tether.config import load_config
@@ -86,7 +86,12 @@ backoff = 1.5
 jitter = 0.1
 confirm_window = "{CONFIRM_WINDOW:g}s"
 """
-CASES = {"stuck": Limits(max_queued=2), "runaway": Limits(max_runtime=3), "late": Limits(max_runtime=3), "free": Limits()}
+CASES = {
+    "stuck": Limits(max_queued=2),
+    "runaway": Limits(max_runtime=3),
+    "late": Limits(max_runtime=3),
+    "free": Limits(),
+}
 KNOWN_BUGS: dict[str, str] = {}
 
 
@@ -98,7 +103,12 @@ def plan(rng: random.Random) -> dict:
         "late": (0.0, 40.0),
         "free": (rng.uniform(0, 2), rng.uniform(0.5, 6)),
     }[case]
-    return {"case": case, "queue": round(queue, 3), "run": round(run, 3), "outcome": rng.choice(["completed", "failed", "incomplete"])}
+    return {
+        "case": case,
+        "queue": round(queue, 3),
+        "run": round(run, 3),
+        "outcome": rng.choice(["completed", "failed", "incomplete"]),
+    }
 
 
 def started_at(proc) -> float:
@@ -159,7 +169,10 @@ def test_crash(tmp_path: Path, fake: FakeServer, suite_store: str | None):
                 # deadline is acted on at once); kill once the server holds a cancel request.
                 fake.state.faults.cancel.hang = 1.0
                 due_now = fake.state.create(
-                    "o3-pro", background=True, metadata={"case": "runaway", "fake_run": "60"}, created_at=time.time() - 10
+                    "o3-pro",
+                    background=True,
+                    metadata={"case": "runaway", "fake_run": "60"},
+                    created_at=time.time() - 10,
                 )
                 sims[due_now.id] = {"case": "late", "queue": 0.0, "run": 60.0, "outcome": "completed"}
                 store_tracked(cli_config, cli_store, [(due_now.id, None)], account="default", policy=None, labels={})
@@ -205,7 +218,11 @@ def test_crash(tmp_path: Path, fake: FakeServer, suite_store: str | None):
 
     rows, events = read_store(install.store)
     dump_oracle(
-        tmp_path, snapshot=snapshot, calls=calls, sims=sims, downtimes=downtimes,
+        tmp_path,
+        snapshot=snapshot,
+        calls=calls,
+        sims=sims,
+        downtimes=downtimes,
         stored={"responses": rows, "events": events},
     )
     lines = install.all_log_lines()
@@ -229,12 +246,16 @@ def test_crash(tmp_path: Path, fake: FakeServer, suite_store: str | None):
         if record["cancels"]:
             continue
         ended = record["created_at"] + sim["queue"] + sim["run"]
-        decided = min((ev["at"] for ev in events if ev["response_id"] == rid and ev["kind"] == "cancel_requested"), default=None)
+        decided = min(
+            (ev["at"] for ev in events if ev["response_id"] == rid and ev["kind"] == "cancel_requested"), default=None
+        )
         # The intent may settle without a call only if the response ended before a cancel could
         # land: before the restart that followed a held (killed) request, else soon after the decision.
         could_land = (decided or 0) + 1.0 + SLACK
         if rid in in_flight_killed:
-            could_land = min((end for start, end in downtimes if end >= (decided or 0)), default=could_land) + 1.0 + SLACK
+            could_land = (
+                min((end for start, end in downtimes if end >= (decided or 0)), default=could_land) + 1.0 + SLACK
+            )
         if ended > could_land:
             lost.append(
                 f"{rid}: cancel intent recorded at {decided} never reached the server "
@@ -253,7 +274,9 @@ def test_crash(tmp_path: Path, fake: FakeServer, suite_store: str | None):
         "a completion after a cancel is seen (confirmation window)": statuses[1],
         "no log line for an event the store does not hold": logged_unstored,
         **({} if suite_store else {"the SQLite store passes integrity_check": sqlite_integrity(install.store_path)}),
-        "every restart came up, the last stopped with 0": [] if alive and exit_code == 0 else [f"alive={alive} exit={exit_code}"],
+        "every restart came up, the last stopped with 0": []
+        if alive and exit_code == 0
+        else [f"alive={alive} exit={exit_code}"],
         "no tracebacks": check_no_tracebacks([install.raw_logs(), *install.cli_outputs]),
         "the API key appears nowhere": check_secret_absent(install.root, install.cli_outputs),
     }

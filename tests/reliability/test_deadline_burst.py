@@ -18,8 +18,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from conftest import wait_for
 from reliability_kit import Install, env_number, kill_all, read_store, save_figures, summary
+
+from conftest import wait_for
 from tether.fakeapi import FakeServer, Faults, RouteFaults
 from tether.models import EventKind
 
@@ -82,7 +83,7 @@ def test_every_cancel_of_a_burst_of_simultaneous_deadlines_leaves_within_a_secon
             "cancel_decision_to_wire_s": summary(to_wire),
         },
     )
-    late = sorted((round(x, 3), rid) for x, rid in zip(lateness, ids) if x > 1.0 + SLACK)
+    late = sorted((round(x, 3), rid) for x, rid in zip(lateness, ids, strict=True) if x > 1.0 + SLACK)
     assert not late, (
         f"{len(late)} of {BATCH} cancels left more than {1.0 + SLACK:g}s after their common deadline; "
         f"the latest {late[-1][0]}s (decided {max(to_wire):.3f}s before leaving)"
@@ -128,7 +129,11 @@ def test_a_burst_is_answered_in_one_transaction_and_not_polled_until_its_confirm
         def confirmation_polled() -> bool:  # each response has had a GET after its cancel
             calls = fake.state.calls()
             cancelled = {c["response_id"]: c["at"] for c in calls if c["route"] == "cancel"}
-            looked = {c["response_id"] for c in calls if c["route"] == "get" and c["at"] > cancelled.get(c["response_id"], 1e18)}
+            looked = {
+                c["response_id"]
+                for c in calls
+                if c["route"] == "get" and c["at"] > cancelled.get(c["response_id"], 1e18)
+            }
             return set(ids) <= looked
 
         wait_for(confirmation_polled, timeout=60, interval=0.2, what="a confirmation poll of every cancelled response")
@@ -170,7 +175,9 @@ def test_a_bursts_failed_cancels_are_recorded_in_one_transaction_and_retried(tmp
         wait_for(every_cancel_failed_once, timeout=60, interval=0.2, what="a failed cancel of every response")
         fake.state.faults = Faults()
         wait_for(
-            lambda: all(r["status"] == "cancelled" for rid, r in fake.state.snapshot()["responses"].items() if rid in ids),
+            lambda: all(
+                r["status"] == "cancelled" for rid, r in fake.state.snapshot()["responses"].items() if rid in ids
+            ),
             timeout=60,
             interval=0.5,
             what="every retried cancel to succeed",

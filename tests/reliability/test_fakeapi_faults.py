@@ -29,7 +29,9 @@ def test_the_request_log_records_every_request_with_its_fault_status_and_sender(
     assert client.post(f"/responses/{rid}/cancel").status_code == 200
     calls = fake.state.calls()
     assert [(c["route"], c["response_id"], c["project"]) for c in calls] == [
-        ("get", rid, "proj_test"), ("get", rid, "proj_test"), ("cancel", rid, "proj_test")
+        ("get", rid, "proj_test"),
+        ("get", rid, "proj_test"),
+        ("cancel", rid, "proj_test"),
     ]
     assert calls[0]["fault"] == "server_error" and calls[0]["status"] >= 500
     assert calls[1]["fault"] is None and calls[1]["status"] == 200

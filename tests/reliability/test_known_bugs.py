@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+from reliability_kit import Install, kill_all, read_store, store_statuses
 
 from conftest import wait_for
-from reliability_kit import Install, kill_all, read_store, store_statuses
 from tether.fakeapi import FakeServer, Faults
 
 # Sparse polls: after the first one, the next is 10 s away, so the requests around a
@@ -49,13 +49,18 @@ def tracked_running(install: Install, fake: FakeServer) -> str:
 
 def api_errors(install: Install, rid: str, op: str) -> list[dict]:
     return [
-        line for line in install.all_log_lines()
+        line
+        for line in install.all_log_lines()
         if line.get("event") == "api.error" and line.get("response_id") == rid and line.get("op") == op
     ]
 
 
 def daemon_calls(fake: FakeServer, rid: str, route: str) -> list[dict]:
-    return [c for c in fake.state.calls() if c["response_id"] == rid and c["route"] == route and c["project"] == "proj_daemon"]
+    return [
+        c
+        for c in fake.state.calls()
+        if c["response_id"] == rid and c["route"] == route and c["project"] == "proj_daemon"
+    ]
 
 
 def test_a_cancel_that_fails_once_then_succeeds_logs_the_failure(tmp_path: Path, fake: FakeServer):

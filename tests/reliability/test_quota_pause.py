@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import wait_for
 from reliability_kit import (
     DAEMON_PROJECT,
     Install,
@@ -16,6 +15,8 @@ from reliability_kit import (
     kill_all,
     save_figures,
 )
+
+from conftest import wait_for
 from tether.fakeapi import FakeServer
 
 PAUSE = 30.0  # tether.api.ACCOUNT_PAUSE_FIRST
@@ -36,7 +37,10 @@ def test_a_quota_429_pauses_the_account_without_spinning_and_deadlines_in_the_pa
     install.write_configs(POLICIES, POLLING)
     daemon = install.start_daemon()
     try:
-        runaway = [fake.state.create("o3-pro", background=True, metadata={"case": "runaway", "fake_run": "60"}).id for _ in range(8)]
+        runaway = [
+            fake.state.create("o3-pro", background=True, metadata={"case": "runaway", "fake_run": "60"}).id
+            for _ in range(8)
+        ]
         free = [fake.state.create("o3-pro", background=True, metadata={"fake_run": "15"}).id for _ in range(8)]
         assert install.cli("track", *runaway, *free).returncode == 0
         wait_for(
@@ -71,7 +75,10 @@ def test_a_quota_429_pauses_the_account_without_spinning_and_deadlines_in_the_pa
             "requests_during_pause": len(during),
             "requests_after_pause": len(after),
             "error_lines": len(errors),
-            "cancel_after_pause_end_s": {"max": round(max(lateness.values()), 3), "min": round(min(lateness.values()), 3)},
+            "cancel_after_pause_end_s": {
+                "max": round(max(lateness.values()), 3),
+                "min": round(min(lateness.values()), 3),
+            },
         },
     )
     assert not during, f"{len(during)} requests sent while the account was paused: {during[:3]}"

@@ -28,8 +28,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from conftest import wait_for
 from reliability_kit import (
     Install,
     check_lines_are_committed,
@@ -39,6 +37,8 @@ from reliability_kit import (
     read_store,
     store_statuses,
 )
+
+from conftest import wait_for
 from tether.fakeapi import FakeServer
 
 EXT4_IOC_SHUTDOWN = 0x8004587D  # _IOR('X', 125, __u32)
@@ -157,14 +157,20 @@ def test_cli_and_daemon_writing_under_an_outside_write_lock_wait_for_it_instead_
     `sqlite3` shell in a transaction, say) holds the write lock for 3 s while the daemon
     records transitions and the CLI tracks and cancels."""
     install = Install(root=tmp_path, base_url=fake.base_url)
-    install.write_configs('[[policy]]\nname = "p"\nmatch = { metadata = { limited = "yes" } }\nmax_runtime = "4s"\n', POLLING)
+    install.write_configs(
+        '[[policy]]\nname = "p"\nmatch = { metadata = { limited = "yes" } }\nmax_runtime = "4s"\n', POLLING
+    )
     daemon = install.start_daemon()
     try:
         first = create(fake, 30, run="6", limited="yes")  # still running when tracked on a loaded machine
         assert install.cli("track", *first).returncode == 0
+
         # The daemon has them (on a slow machine they may be cancelled by then: max_runtime 4 s).
-        picked_up = lambda: {line.get("response_id") for line in install.all_log_lines()  # noqa: E731
-                             if line.get("event") == "response.tracked"}
+        def picked_up() -> set[str | None]:
+            return {
+                line.get("response_id") for line in install.all_log_lines() if line.get("event") == "response.tracked"
+            }
+
         wait_for(lambda: set(first) <= picked_up(), timeout=30, what="the daemon to pick up the first responses")
         later, manual = create(fake, 10, run="30"), create(fake, 1, run="30")
         assert install.cli("track", *manual).returncode == 0
@@ -189,7 +195,9 @@ def test_cli_and_daemon_writing_under_an_outside_write_lock_wait_for_it_instead_
         ids = first + later + manual
         server = lambda: fake.state.snapshot()["responses"]  # noqa: E731
         wait_for(
-            lambda: all(store_statuses(install.store_path).get(rid) == server()[rid]["status"] for rid in first + manual),
+            lambda: all(
+                store_statuses(install.store_path).get(rid) == server()[rid]["status"] for rid in first + manual
+            ),
             timeout=30,
             what="statuses to converge",
         )
@@ -325,9 +333,7 @@ except sqlite3.Error as exc:
 
 
 @pytest.mark.parametrize("free_kib", [16, 24, 32])
-def test_a_wal_index_outgrowing_its_region_on_a_nearly_full_disk_is_an_error_not_sigbus(
-    loopfs: LoopFS, free_kib: int
-):
+def test_a_wal_index_outgrowing_its_region_on_a_nearly_full_disk_is_an_error_not_sigbus(loopfs: LoopFS, free_kib: int):
     """The running daemon's side of the full disk. Every 4,096 frames the WAL index (`-shm`, mapped
     into memory) needs another 32 KiB region. SQLite grows the file by writing one byte per 4 KiB
     page; on this filesystem's 1 KiB blocks that leaves holes, and writing the new region through
@@ -339,7 +345,9 @@ def test_a_wal_index_outgrowing_its_region_on_a_nearly_full_disk_is_an_error_not
     db = loopfs.mount / "grow.db"
     proc = subprocess.run(
         [sys.executable, "-c", GROW_WAL_INDEX, str(db), str(loopfs.mount), str(free_kib)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0, (proc.returncode, proc.stderr[-500:])
     assert "error: database or disk is full" in proc.stdout, proc.stdout
@@ -373,8 +381,7 @@ def test_committed_events_survive_a_power_cut_and_the_daemon_stops_on_the_failed
         kill_all(install)
     lines = install.all_log_lines()
     before_cut = [
-        line for line in lines
-        if line.get("event", "").startswith("response.") and line.get("origin") != "cli"
+        line for line in lines if line.get("event", "").startswith("response.") and line.get("origin") != "cli"
     ]
     failed = store_failed_lines(install)
     assert exit_code != 0
@@ -423,7 +430,9 @@ def test_a_small_read_only_filesystem_is_named_read_only_not_full(tmp_path: Path
         small.remount("ro")
         install = install_on(tmp_path, fake, small.mount)
         checked = install.cli("check-config")
-        ran = subprocess.run([*install_command(install), "run"], env=install.env, capture_output=True, text=True, timeout=60)
+        ran = subprocess.run(
+            [*install_command(install), "run"], env=install.env, capture_output=True, text=True, timeout=60
+        )
     finally:
         small.detach()
     message = f"the filesystem holding the store {install.store_path} is read-only"

@@ -33,5 +33,7 @@ def main() -> None:
             raise
         # a store that cannot be read or written: say so, no traceback
         reason = getattr(exc, "orig", None) or exc
-        err.print(f"tether: the store failed: {reason} (is the disk full, the file read-only, or its database server down?)")
+        err.print(
+            f"tether: the store failed: {reason} (is the disk full, the file read-only, or its database server down?)"
+        )
         sys.exit(EXIT_FAILURE)

@@ -54,8 +54,9 @@ def cancel_here(context: Context, response_id: str, reason: str | None) -> dict:
 
     async def cancel_it():
         try:
-            return await actions.cancel(store, config, Pricing.from_config(config), client, response_id, reason,
-                                        run=run, origin="cli")
+            return await actions.cancel(
+                store, config, Pricing.from_config(config), client, response_id, reason, run=run, origin="cli"
+            )
         finally:
             for c in clients:
                 await c.aclose()

@@ -6,7 +6,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -38,8 +38,9 @@ app.add_typer(db_app, name="db")
 # rich markup or :emoji: codes.
 # Off a terminal (a pipe, a log) tables get room instead of rich's 80-column default.
 out = Console(soft_wrap=True, markup=False, emoji=False, highlight=False, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, soft_wrap=True, markup=False, emoji=False, highlight=False,
-              width=None if sys.stderr.isatty() else 200)
+err = Console(
+    stderr=True, soft_wrap=True, markup=False, emoji=False, highlight=False, width=None if sys.stderr.isatty() else 200
+)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
@@ -75,7 +76,7 @@ class Context:
             fail(EXIT_FAILURE, str(exc))
 
 
-def fail(code: int, message: str) -> typer.Exit:
+def fail(code: int, message: str) -> NoReturn:
     err.print(f"tether: {message}")
     raise typer.Exit(code)
 
@@ -98,7 +99,8 @@ def refusals() -> Iterator[None]:
 def main_options(
     ctx: typer.Context,
     config: Annotated[
-        str | None, typer.Option("--config", metavar="PATH", help="Config file (else $TETHER_CONFIG, ./tether.toml, …).")
+        str | None,
+        typer.Option("--config", metavar="PATH", help="Config file (else $TETHER_CONFIG, ./tether.toml, …)."),
     ] = None,
 ) -> None:
     ctx.obj = Context(config)

@@ -35,13 +35,25 @@ def list_responses(
     labels = parse_labels(label)
     config = context.config()
     if remote := context.remote():
-        params = {"status": statuses, "active": str(active).lower(), "policy": policy,
-                  "label": [f"{k}={v}" for k, v in labels.items()], "limit": limit}
+        params = {
+            "status": statuses,
+            "active": str(active).lower(),
+            "policy": policy,
+            "label": [f"{k}={v}" for k, v in labels.items()],
+            "limit": limit,
+        }
         records = remote.call("GET", "/api/responses", params={k: v for k, v in params.items() if v is not None})
     else:
         with refusals():
-            records = actions.list_records(context.store(config), config, statuses=statuses, active=active,
-                                           policy=policy, labels=labels, limit=limit)
+            records = actions.list_records(
+                context.store(config),
+                config,
+                statuses=statuses,
+                active=active,
+                policy=policy,
+                labels=labels,
+                limit=limit,
+            )
     if as_json:
         print(render.dumps(records))
     elif records:
@@ -51,7 +63,9 @@ def list_responses(
 
 
 @app.command()
-def show(ctx: typer.Context, response_id: Annotated[str, typer.Argument(metavar="ID")], as_json: JsonFlag = False) -> None:
+def show(
+    ctx: typer.Context, response_id: Annotated[str, typer.Argument(metavar="ID")], as_json: JsonFlag = False
+) -> None:
     """One response with its whole event history."""
     context: Context = ctx.obj
     with refusals():
@@ -79,7 +93,7 @@ def parse_since(value: str, now: float) -> float:
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        fail(EXIT_USAGE, f"--since {value!r}: expected a duration (\"10m\", \"2h\") or an ISO 8601 timestamp")
+        fail(EXIT_USAGE, f'--since {value!r}: expected a duration ("10m", "2h") or an ISO 8601 timestamp')
     if moment.tzinfo is None:
         fail(EXIT_USAGE, f"--since {value!r}: give the timestamp a timezone, e.g. {value}Z")
     return moment.timestamp()
@@ -89,7 +103,7 @@ def parse_since(value: str, now: float) -> float:
 def event_log(
     ctx: typer.Context,
     response_id: Annotated[str | None, typer.Option("--id", help="Only this response's events.")] = None,
-    since: Annotated[str | None, typer.Option(help="A duration (\"1h\") or an ISO 8601 timestamp.")] = None,
+    since: Annotated[str | None, typer.Option(help='A duration ("1h") or an ISO 8601 timestamp.')] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events.")] = False,
     as_json: JsonFlag = False,
 ) -> None:

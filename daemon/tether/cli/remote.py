@@ -27,8 +27,10 @@ def reach(path: str | None) -> Remote | None:
     try:
         probe.connect(path)
     except PermissionError:
-        err.print(f"tether: cannot use the daemon's socket {path}: permission denied (run tether as root or "
-                  "as a member of the socket's group, such as tether); trying the store directly")
+        err.print(
+            f"tether: cannot use the daemon's socket {path}: permission denied (run tether as root or "
+            "as a member of the socket's group, such as tether); trying the store directly"
+        )
         return None
     except OSError:  # no socket file, nobody listening, or too slow: no daemon to ask
         return None
@@ -48,8 +50,15 @@ class Remote:
             timeout=httpx2.Timeout(REPLY_TIMEOUT, connect=CONNECT_TIMEOUT),
         )
 
-    def call(self, method: str, route: str, *, params: dict[str, Any] | None = None, body: Any = None,
-             accept: tuple[int, ...] = ()) -> Any:
+    def call(
+        self,
+        method: str,
+        route: str,
+        *,
+        params: dict[str, Any] | None = None,
+        body: Any = None,
+        accept: tuple[int, ...] = (),
+    ) -> Any:
         """The JSON answer; an error answer ends the command as the CLI would have on its own,
         unless its status is one the caller `accept`s (it gets the error object then)."""
         import httpx2
@@ -67,8 +76,12 @@ class Remote:
         import httpx2
 
         try:
-            with self.client.stream("GET", "/api/events", params={**params, "follow": "true"},
-                                    timeout=httpx2.Timeout(None, connect=CONNECT_TIMEOUT)) as reply:
+            with self.client.stream(
+                "GET",
+                "/api/events",
+                params={**params, "follow": "true"},
+                timeout=httpx2.Timeout(None, connect=CONNECT_TIMEOUT),
+            ) as reply:
                 if reply.status_code >= 400:
                     self._answer(reply.status_code, reply.read())
                 for line in reply.iter_lines():

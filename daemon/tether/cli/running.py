@@ -56,7 +56,9 @@ def run(ctx: typer.Context) -> None:
 def check_config(
     ctx: typer.Context,
     as_json: JsonFlag = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only validate the file: print nothing unless it is invalid.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Only validate the file: print nothing unless it is invalid.")
+    ] = False,
 ) -> None:
     """Validate the config; print its accounts, policies and budgets; exit 0 or 78."""
     config: Config = ctx.obj.config()
@@ -80,14 +82,28 @@ def check_config(
             config.webhooks.read_secret()
         except ConfigError as exc:
             warnings.append(f"warning: {exc} (the daemon will refuse to start without it)")
-    policies = [
-        {"name": p.name, "match": match_shape(p.match), "max_queued": p.max_queued,
-         "max_runtime": p.max_runtime, "action": p.action, "reserve_usd": p.reserve_usd}
+    policies: list[dict[str, Any]] = [
+        {
+            "name": p.name,
+            "match": match_shape(p.match),
+            "max_queued": p.max_queued,
+            "max_runtime": p.max_runtime,
+            "action": p.action,
+            "reserve_usd": p.reserve_usd,
+        }
         for p in config.policies
     ]
-    budgets = [
-        {"name": b.name, "match": match_shape(b.match), "limit_usd": b.limit_usd, "period": b.period,
-         "window": b.window, "timezone": b.timezone, "warn_at": list(b.warn_at), "on_exceed": b.on_exceed}
+    budgets: list[dict[str, Any]] = [
+        {
+            "name": b.name,
+            "match": match_shape(b.match),
+            "limit_usd": b.limit_usd,
+            "period": b.period,
+            "window": b.window,
+            "timezone": b.timezone,
+            "warn_at": list(b.warn_at),
+            "on_exceed": b.on_exceed,
+        }
         for b in config.budgets
     ]
     warnings += after_the_fact_warnings(config) + server_warnings(config)
@@ -100,27 +116,62 @@ def check_config(
         warnings.append(f"warning: {exc}")
     source = str(config.path) if config.path else None
     if as_json:
-        shape = {"config": source, "store": config.store.url, "socket": config.server.socket, "accounts": accounts, "policies": policies,
-                 "budgets": budgets, "warnings": warnings}
+        shape = {
+            "config": source,
+            "store": config.store.url,
+            "socket": config.server.socket,
+            "accounts": accounts,
+            "policies": policies,
+            "budgets": budgets,
+            "warnings": warnings,
+        }
         print(render.dumps(shape))
         return
     out.print(f"config: {source or '(none found: defaults)'}")
     out.print(f"store:  {config.store.url}")
     out.print(f"socket: {config.server.socket or '(none)'}")
-    out.print(render.table("accounts", ["name", "base_url", "key source", "key"],
-                           [[a["name"], a["base_url"], a["key_source"], a["key"]] for a in accounts]))
-    out.print(render.table(
-        "policies (first match applies)", ["name", "match", "max_queued", "max_runtime", "action", "reserve"],
-        [[p["name"], match_text(p["match"]), render.duration(p["max_queued"]), render.duration(p["max_runtime"]),
-          p["action"], render.usd(p["reserve_usd"])] for p in policies],
-    ))
+    out.print(
+        render.table(
+            "accounts",
+            ["name", "base_url", "key source", "key"],
+            [[a["name"], a["base_url"], a["key_source"], a["key"]] for a in accounts],
+        )
+    )
+    out.print(
+        render.table(
+            "policies (first match applies)",
+            ["name", "match", "max_queued", "max_runtime", "action", "reserve"],
+            [
+                [
+                    p["name"],
+                    match_text(p["match"]),
+                    render.duration(p["max_queued"]),
+                    render.duration(p["max_runtime"]),
+                    p["action"],
+                    render.usd(p["reserve_usd"]),
+                ]
+                for p in policies
+            ],
+        )
+    )
     if budgets:
-        out.print(render.table(
-            "budgets (every match counts)", ["name", "match", "limit", "window", "warn at", "on exceed"],
-            [[b["name"], match_text(b["match"]), render.usd(b["limit_usd"]),
-              b["period"] and f"{b['period']} ({b['timezone']})" or f"rolling {render.duration(b['window'])}",
-              ", ".join(f"{f:.0%}" for f in b["warn_at"]) or "-", b["on_exceed"]] for b in budgets],
-        ))
+        out.print(
+            render.table(
+                "budgets (every match counts)",
+                ["name", "match", "limit", "window", "warn at", "on exceed"],
+                [
+                    [
+                        b["name"],
+                        match_text(b["match"]),
+                        render.usd(b["limit_usd"]),
+                        b["period"] and f"{b['period']} ({b['timezone']})" or f"rolling {render.duration(b['window'])}",
+                        ", ".join(f"{f:.0%}" for f in b["warn_at"]) or "-",
+                        b["on_exceed"],
+                    ]
+                    for b in budgets
+                ],
+            )
+        )
     for warning in warnings:
         err.print(warning, style="yellow")
     out.print("configuration OK", style="green")
@@ -135,11 +186,15 @@ def server_warnings(config: Config) -> list[str]:
     warnings = []
     if server.listen and token is None:
         host, port = server.listen
-        warnings.append(f"warning: server.listen ({host}:{port}) is set without a token (token_file, token_env or "
-                        "token_credential): the control API is not served on TCP, only on the socket")
+        warnings.append(
+            f"warning: server.listen ({host}:{port}) is set without a token (token_file, token_env or "
+            "token_credential): the control API is not served on TCP, only on the socket"
+        )
     if server.listen and config.proxy.enabled and not is_loopback(server.listen[0]):
-        warnings.append(f"warning: server.listen ({server.listen[0]}) is not a loopback address and the proxy is on: "
-                        "other machines reach the proxy over plain HTTP, their keys and the token in clear")
+        warnings.append(
+            f"warning: server.listen ({server.listen[0]}) is not a loopback address and the proxy is on: "
+            "other machines reach the proxy over plain HTTP, their keys and the token in clear"
+        )
     return warnings
 
 
@@ -153,8 +208,12 @@ def is_loopback(host: str) -> bool:
 
 
 def match_shape(match) -> dict[str, Any]:
-    parts = (("model", list(match.model)), ("metadata", dict(match.metadata)),
-             ("account", list(match.account)), ("labels", dict(match.labels)))
+    parts = (
+        ("model", list(match.model)),
+        ("metadata", dict(match.metadata)),
+        ("account", list(match.account)),
+        ("labels", dict(match.labels)),
+    )
     return {k: v for k, v in parts if v}
 
 

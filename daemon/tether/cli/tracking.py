@@ -66,8 +66,11 @@ def track(
     labels = parse_labels(label)
     ids = list(dict.fromkeys(ids))
     if remote is not None:
-        answer = remote.call("POST", "/api/responses", body={
-            "ids": ids, "policy": policy, "account": account, "labels": labels, "verify": not no_verify})
+        answer = remote.call(
+            "POST",
+            "/api/responses",
+            body={"ids": ids, "policy": policy, "account": account, "labels": labels, "verify": not no_verify},
+        )
         tracked = [(record, record["id"] in answer["new"]) for record in answer["responses"]]
     else:
         tracked = track_here(context, config, ids, policy=policy, account=chosen, labels=labels, verify=not no_verify)
@@ -79,8 +82,16 @@ def track(
             out.print(f"{note} {record['id']}  status={record['status'] or 'unseen'}  policy={record['policy'] or '-'}")
 
 
-def track_here(context: Context, config: Config, ids: list[str], *, policy: str | None, account: str,
-               labels: dict[str, str], verify: bool) -> list[tuple[dict[str, Any], bool]]:
+def track_here(
+    context: Context,
+    config: Config,
+    ids: list[str],
+    *,
+    policy: str | None,
+    account: str,
+    labels: dict[str, str],
+    verify: bool,
+) -> list[tuple[dict[str, Any], bool]]:
     import asyncio
 
     observed: list[dict[str, Any] | None] = [None] * len(ids)
@@ -96,7 +107,9 @@ def track_here(context: Context, config: Config, ids: list[str], *, policy: str 
         with refusals():
             observed = [*asyncio.run(look_up())]
     store = context.store(config)
-    tracked = store_tracked(config, store, list(zip(ids, observed, strict=True)), account=account, policy=policy, labels=labels)
+    tracked = store_tracked(
+        config, store, list(zip(ids, observed, strict=True)), account=account, policy=policy, labels=labels
+    )
     return [(render.record(row), created) for row, created in tracked]
 
 
@@ -121,8 +134,9 @@ def submit(
     labels = parse_labels(label)
     body = read_body(file)
     if remote is not None:
-        record = remote.call("POST", "/api/responses/submit",
-                             body={"body": body, "policy": policy, "account": account, "labels": labels})
+        record = remote.call(
+            "POST", "/api/responses/submit", body={"body": body, "policy": policy, "account": account, "labels": labels}
+        )
     else:
         client = client_for(config, chosen)
 
@@ -135,8 +149,9 @@ def submit(
         with refusals():
             created = asyncio.run(create())
         store = context.store(config)
-        [(row, _)] = store_tracked(config, store, [(created["id"], created)], account=chosen, policy=policy,
-                                   labels=labels)
+        [(row, _)] = store_tracked(
+            config, store, [(created["id"], created)], account=chosen, policy=policy, labels=labels
+        )
         record = render.record(row)
     print(render.dumps(record) if as_json else record["id"])
 

@@ -37,7 +37,25 @@ from tether.config.selectors import Match
 from tether.config.values import ConfigError, parse_duration, timezone_named
 
 __all__ = [
-    "AccountConfig", "BudgetConfig", "Config", "ConfigError", "LogConfig", "Match", "PolicyConfig", "PollingConfig",
-    "Price", "ProxyConfig", "ServerConfig", "StoreConfig", "WebhooksConfig", "default_store_url", "find_config_path",
-    "load_config", "parse_config", "parse_duration", "parse_prices", "parse_service_tiers", "timezone_named",
+    "AccountConfig",
+    "BudgetConfig",
+    "Config",
+    "ConfigError",
+    "LogConfig",
+    "Match",
+    "PolicyConfig",
+    "PollingConfig",
+    "Price",
+    "ProxyConfig",
+    "ServerConfig",
+    "StoreConfig",
+    "WebhooksConfig",
+    "default_store_url",
+    "find_config_path",
+    "load_config",
+    "parse_config",
+    "parse_duration",
+    "parse_prices",
+    "parse_service_tiers",
+    "timezone_named",
 ]

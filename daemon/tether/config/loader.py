@@ -118,9 +118,21 @@ def parse_config(
 ) -> Config:
     environ = os.environ if environ is None else environ
     check_known(
-        data, "", (
-            "store", "log", "accounts", "polling", "policy", "prices", "service_tiers", "estimate", "budget",
-            "server", "proxy", "webhooks",
+        data,
+        "",
+        (
+            "store",
+            "log",
+            "accounts",
+            "polling",
+            "policy",
+            "prices",
+            "service_tiers",
+            "estimate",
+            "budget",
+            "server",
+            "proxy",
+            "webhooks",
         ),
     )
     accounts = _parse_accounts(data.get("accounts"), environ)
@@ -262,9 +274,7 @@ def _parse_budgets(value: Any, accounts: Mapping[str, AccountConfig]) -> tuple[B
         if "period" in fields and "window" in fields:
             raise ConfigError(f"{path}: give either period or window, not both")
         if "period" not in fields and "window" not in fields:
-            raise ConfigError(
-                f'{path}: needs a period (hour, day, week, month) or a rolling window (such as "24h")'
-            )
+            raise ConfigError(f'{path}: needs a period (hour, day, week, month) or a rolling window (such as "24h")')
         budget = BudgetConfig(**fields)
         _check_accounts(budget.match, path, accounts)
         budgets.append(budget)

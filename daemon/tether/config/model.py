@@ -268,8 +268,10 @@ class ServerConfig:
             key = "server.token_credential"
             directory = environ.get("CREDENTIALS_DIRECTORY")
             if not directory:
-                raise ConfigError(f"{key}: $CREDENTIALS_DIRECTORY is not set"
-                                  f" (start the service with LoadCredential={self.token_credential}:PATH)")
+                raise ConfigError(
+                    f"{key}: $CREDENTIALS_DIRECTORY is not set"
+                    f" (start the service with LoadCredential={self.token_credential}:PATH)"
+                )
             text = _read_secret(Path(directory) / self.token_credential, key)
         else:
             return None

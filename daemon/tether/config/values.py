@@ -9,8 +9,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping
-from datetime import timezone as _timezone
-from datetime import tzinfo
+from datetime import UTC, tzinfo
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,8 +38,7 @@ def parse_duration(value: Any, key: str) -> float:
         match = _DURATION.fullmatch(value)
         if not value or not match:
             raise ConfigError(
-                f"{key}: invalid duration {show(value)}"
-                ' (write e.g. "90s", "5m", "1h30m", "2d", or a number of seconds)'
+                f'{key}: invalid duration {show(value)} (write e.g. "90s", "5m", "1h30m", "2d", or a number of seconds)'
             )
         seconds = sum(float(number) * _UNITS[unit] for unit, number in match.groupdict().items() if number)
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -63,7 +61,7 @@ def timezone_named(name: str) -> tzinfo:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):
         if name == "UTC":
-            return _timezone.utc
+            return UTC
         raise
 
 

@@ -83,7 +83,7 @@ class BudgetWatch:
             return []
         detail = {**figures, "cancelling": plan}
         rec.event(None, EventKind.BUDGET_EXCEEDED, reason="cancel", budget=budget.name, detail=detail)
-        rows = [rec.session.get(Response, rid) for rid in plan]
+        rows = [rec.session.get_one(Response, rid) for rid in plan]
         for row in rows:
             tracker.request_cancel(rec, row, f"budget:{budget.name}")
         return rows

@@ -69,7 +69,7 @@ class Deadlines:
             if to_look:
                 await state.until(at)
             answers = await asyncio.gather(*(self._deadline_look(rec) for rec in to_look))
-            looked = {rec.id for rec, answered in zip(to_look, answers) if answered}
+            looked = {rec.id for rec, answered in zip(to_look, answers, strict=True) if answered}
             for rec in to_look:
                 rec.look_failures = 0 if rec.id in looked else rec.look_failures + 1
             due = [rec for rec in recs if rec.id in state.active and is_active(rec.status)]
@@ -80,9 +80,10 @@ class Deadlines:
             )
             await state.until(at)
             cancels = []
-            for rec, (row, cancel) in zip(due, decisions):
-                if row is not None:
-                    rec.refresh_state(row)
+            for rec, (row, cancel) in zip(due, decisions, strict=True):
+                if row is None:  # forgotten meanwhile: nothing decided
+                    continue
+                rec.refresh_state(row)
                 if cancel:
                     rec.next_cancel_at = None
                     overrun = state.clock() - at
@@ -138,7 +139,7 @@ class Deadlines:
         with self.polling.held():
             replies = await asyncio.gather(*(self._cancel_one(rec) for rec in recs), return_exceptions=True)
         outcomes: list[tuple[Active, Outcome]] = []
-        for rec, reply in zip(recs, replies):
+        for rec, reply in zip(recs, replies, strict=True):
             if isinstance(reply, BaseException):
                 if not isinstance(reply, (StoreFailure, asyncio.CancelledError)):  # those stop the daemon
                     self._cancel_broke(rec, op, reply)
@@ -157,8 +158,8 @@ class Deadlines:
             for rec, _ in outcomes:
                 self._cancel_broke(rec, op, exc)
             return
-        for (rec, outcome), row in zip(outcomes, rows):
-            if outcome.answered:
+        for (rec, outcome), row in zip(outcomes, rows, strict=True):
+            if outcome.failed is None:
                 self._after_cancel(rec, row)
             else:
                 if row is not None:
@@ -174,7 +175,11 @@ class Deadlines:
         answer, or a failure to retry), or None after a 404 (recorded here)."""
         state = self.state
         outcome = await cancelling.send(
-            state.clients[rec.account], rec.id, rec.status, state.clock(), on_error=functools.partial(state.api_error, rec)
+            state.clients[rec.account],
+            rec.id,
+            rec.status,
+            state.clock(),
+            on_error=functools.partial(state.api_error, rec),
         )
         if isinstance(outcome.failed, NotFound):
             await self.polling.record_not_found(rec, outcome.asked_at)

@@ -134,8 +134,11 @@ class Daemon:
     def _scheduler(self) -> AsyncIOScheduler:
         logging.getLogger("apscheduler").setLevel(logging.ERROR)
         scheduler = AsyncIOScheduler(timezone="UTC")
-        jobs = [(self.pickup.run, "pickup", PICKUP_EVERY), (self.polling.flush, "flush", FLUSH_EVERY),
-                (self._heartbeat, "heartbeat", HEARTBEAT_EVERY)]
+        jobs = [
+            (self.pickup.run, "pickup", PICKUP_EVERY),
+            (self.polling.flush, "flush", FLUSH_EVERY),
+            (self._heartbeat, "heartbeat", HEARTBEAT_EVERY),
+        ]
         if self.state.config.log.stats_interval > 0:
             jobs.append((self._log_stats, "log_stats", self.state.config.log.stats_interval))
         if self.notify.watchdog_interval:
@@ -196,10 +199,7 @@ class Daemon:
         self.notify.close()
 
     def _build_clients(self, config: Config) -> dict[str, ResponsesClient]:
-        return {
-            name: ResponsesClient(account, account.read_api_key())
-            for name, account in config.accounts.items()
-        }
+        return {name: ResponsesClient(account, account.read_api_key()) for name, account in config.accounts.items()}
 
     # ---- periodic jobs ---------------------------------------------------------
 

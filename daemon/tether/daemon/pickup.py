@@ -32,7 +32,9 @@ class Pickup:
             rows = await state.writer.run(state.queries.reapply_policies, ids, last)
             self.event_cursor = last
             for ev in events:
-                tracker.log_event(ev.kind, ev.response_id, ev.from_status, ev.to_status, ev.reason, ev.detail, origin=ev.origin)
+                tracker.log_event(
+                    ev.kind, ev.response_id, ev.from_status, ev.to_status, ev.reason, ev.detail, origin=ev.origin
+                )
                 if ev.kind == EventKind.CANCEL_REQUESTED:
                     state.metrics.cancel_requested(ev.reason or "manual")
             state.budget_wake.set()

@@ -10,11 +10,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from tether import tracker
 from tether.api import NO_RETRY, APIError, NotFound, ResponsesClient, TransientError
 from tether.daemon.records import Active, PollMark
 from tether.daemon.state import State
 from tether.daemon.writer import StoreFailure
+from tether.facts import facts_after
 from tether.logs import log
 from tether.models import API_STATUSES, Response
 from tether.schedule import jittered, next_interval
@@ -147,7 +147,7 @@ class Polling:
         status seen again does not: its outcome was recorded when it was first seen.
         """
         status = observed.get("status") if isinstance(observed.get("status"), str) else None
-        return status != rec.status or tracker.facts_after(observed, rec.facts) != rec.facts
+        return status != rec.status or facts_after(observed, rec.facts) != rec.facts
 
     def _next_mark(self, rec: Active, now: float) -> PollMark:
         previous = self.marks.pop(rec.id, None)

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import os
 import socket
-from collections import namedtuple
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import Text, bindparam, cast, func, or_, select, update
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from tether import cancelling, tracker
 from tether.cancelling import Outcome
 from tether.daemon.records import PollMark
-from tether.models import ACTIVE, CancelState, Event, Heartbeat, Response
+from tether.models import ACTIVE, RESPONSES, CancelState, Event, Heartbeat, Response
 from tether.policies import Act, decide
 
 if TYPE_CHECKING:
@@ -24,25 +23,49 @@ if TYPE_CHECKING:
 LOAD_PAGE = 5000  # open responses read per step at start
 PICKUP_PAGE = 1000  # events read per pass: a long backlog is taken in bounded steps
 
-# What Active.loaded reads; the metadata as its JSON text (parsed there).
+
+class ScheduledRow(NamedTuple):
+    """What Active.loaded reads of a response, the metadata as its JSON text (parsed there).
+    Read by name as fast as by position: a SQLAlchemy row's attribute lookup made loading
+    100,000 records take half as long again."""
+
+    id: str
+    account: str
+    policy: str | None
+    status: str | None
+    deadline_at: float | None
+    next_poll_at: float | None
+    poll_interval: float | None
+    cancel_state: str
+    cancel_attempts: int
+    confirm_until: float | None
+    model: str | None
+    created_at: float | None
+    meta: str
+
+
 SCHEDULING_COLUMNS = (
-    Response.id, Response.account, Response.policy, Response.status, Response.deadline_at, Response.next_poll_at,
-    Response.poll_interval, Response.cancel_state, Response.cancel_attempts, Response.confirm_until,
-    Response.model, Response.created_at, cast(Response.meta, Text).label("meta"),
+    *(RESPONSES.c[name] for name in ScheduledRow._fields if name != "meta"),
+    cast(RESPONSES.c["metadata"], Text).label("meta"),
 )
-# One of them as a named tuple, read by name (`Active.loaded`) as fast as by position: a
-# SQLAlchemy row's attribute lookup made loading 100,000 records take half as long again.
-ScheduledRow = namedtuple("ScheduledRow", [column.key for column in SCHEDULING_COLUMNS])
 # What a deadline decision (`Queries.decide`) reads, and what it may change and writes back.
-DECISION_READS = (Response.id, Response.status, Response.created_at, Response.confirm_until, Response.policy)
-DECISION_WRITES = (
-    Response.deadline_at, Response.deadline_kind, Response.limits_hit,
-    Response.cancel_state, Response.cancel_requested_at, Response.cancel_reason, Response.cancel_attempts,
+DECISION_READS = tuple(RESPONSES.c[name] for name in ("id", "status", "created_at", "confirm_until", "policy"))
+DECIDED = (
+    "deadline_at",
+    "deadline_kind",
+    "limits_hit",
+    "cancel_state",
+    "cancel_requested_at",
+    "cancel_reason",
+    "cancel_attempts",
 )
-DECIDED = tuple(column.key for column in DECISION_WRITES)
+DECISION_WRITES = tuple(RESPONSES.c[name] for name in DECIDED)
+# A decision's row (`decision_rows`): a plain object with a `Response` row's attribute names,
+# which the tracker's functions take as they take a row.
+DecisionRow = Any
 DECIDED_UPDATE = (
-    update(Response.__table__)
-    .where(Response.__table__.c.id == bindparam("b_id"))
+    update(RESPONSES)
+    .where(RESPONSES.c.id == bindparam("b_id"))
     .values({name: bindparam(f"b_{name}") for name in DECIDED})
 )
 
@@ -72,8 +95,8 @@ class Queries:
             events = list(
                 session.execute(
                     select(Event)
-                    .where(Event.id > after, Event.id <= last, Event.origin != "daemon")
-                    .order_by(Event.id)
+                    .where(col(Event.id) > after, col(Event.id) <= last, col(Event.origin) != "daemon")
+                    .order_by(col(Event.id))
                     .limit(PICKUP_PAGE)
                 ).scalars()
             )
@@ -108,7 +131,9 @@ class Queries:
     def write_stopped(self) -> None:
         """Mark the heartbeat stopped: `tether check` then says so at once, not when it goes stale."""
         with self.state.store.writing() as session:
-            session.execute(update(Heartbeat).where(Heartbeat.name == "daemon").values(stopped_at=self.state.clock()))
+            session.execute(
+                update(Heartbeat).where(col(Heartbeat.name) == "daemon").values(stopped_at=self.state.clock())
+            )
 
     # ---- polls ----------------------------------------------------------------
 
@@ -118,7 +143,9 @@ class Queries:
             if row is None:
                 return None
             state = self.state
-            tracker.observe(rec, row, observed, state.config, state.pricing, reason=reason, asked_at=mark.last_polled_at)
+            tracker.observe(
+                rec, row, observed, state.config, state.pricing, reason=reason, asked_at=mark.last_polled_at
+            )
             apply_mark(row, mark)
             return row
 
@@ -132,7 +159,7 @@ class Queries:
             return row
 
     def write_marks(self, marks: dict[str, PollMark], confirmed: dict[str, float]) -> None:
-        table = Response.__table__
+        table = RESPONSES
         statement = (
             update(table)
             .where(table.c.id == bindparam("b_id"))
@@ -145,7 +172,13 @@ class Queries:
             )
         )
         params = [
-            {"b_id": rid, "b_polls": m.polls, "b_last": m.last_polled_at, "b_next": m.next_poll_at, "b_interval": m.interval}
+            {
+                "b_id": rid,
+                "b_polls": m.polls,
+                "b_last": m.last_polled_at,
+                "b_next": m.next_poll_at,
+                "b_interval": m.interval,
+            }
             for rid, m in marks.items()
         ]
         with self.state.store.writing() as session:
@@ -162,9 +195,7 @@ class Queries:
 
     # ---- deadlines and cancels --------------------------------------------------
 
-    def write_decisions(
-        self, items: list[tuple[str, bool]], at: float
-    ) -> list[tuple[SimpleNamespace | None, bool]]:
+    def write_decisions(self, items: list[tuple[str, bool]], at: float) -> list[tuple[DecisionRow | None, bool]]:
         """Record the limits exceeded at `at`; returns (row, whether to send a cancel) per item.
 
         Without a fresh look, max_queued is not acted on: `queued` may be stale, and a
@@ -183,9 +214,7 @@ class Queries:
             write_decided(rec.session, [row for row, _ in decided if row is not None])
         return decided
 
-    def decide(
-        self, rec: tracker.Recorder, row: SimpleNamespace | None, looked: bool
-    ) -> tuple[SimpleNamespace | None, bool]:
+    def decide(self, rec: tracker.Recorder, row: DecisionRow | None, looked: bool) -> tuple[DecisionRow | None, bool]:
         if row is None:
             return None, False
         policy = self.state.config.policy_named(row.policy) if row.policy else None
@@ -212,7 +241,7 @@ class Queries:
             for rid, outcome in items:
                 if (row := rows.get(rid)) is None:
                     continue
-                if outcome.answered:
+                if outcome.failed is None:
                     cancelling.settle(rec, row, outcome, self.state.config, self.state.pricing)
                 else:
                     cancelling.record_failure(rec, row, outcome.failed, self.state.config)
@@ -224,7 +253,7 @@ class Queries:
 
 def rows_by_id(session: Session, ids: list[str]) -> dict[str, Response]:
     """The rows of these responses (one query), by id; ids not in the store are absent."""
-    return {row.id: row for row in session.execute(select(Response).where(Response.id.in_(ids))).scalars()}
+    return {row.id: row for row in session.execute(select(Response).where(col(Response.id).in_(ids))).scalars()}
 
 
 def open_rows(session: Session, after: str) -> list[ScheduledRow]:
@@ -236,15 +265,15 @@ def open_rows(session: Session, after: str) -> list[ScheduledRow]:
         .execute(
             select(*SCHEDULING_COLUMNS)
             .where(
-                Response.id > after,
+                col(Response.id) > after,
                 or_(
-                    Response.status.is_(None),
-                    Response.status.in_(ACTIVE),
-                    Response.cancel_state == CancelState.PENDING.value,
-                    Response.confirm_until.is_not(None),  # a window not confirmed yet, even if over
+                    col(Response.status).is_(None),
+                    col(Response.status).in_(ACTIVE),
+                    col(Response.cancel_state) == CancelState.PENDING.value,
+                    col(Response.confirm_until).is_not(None),  # a window not confirmed yet, even if over
                 ),
             )
-            .order_by(Response.id)
+            .order_by(col(Response.id))
             .limit(LOAD_PAGE)
         )
         .all()
@@ -252,14 +281,14 @@ def open_rows(session: Session, after: str) -> list[ScheduledRow]:
     return [ScheduledRow._make(row) for row in rows]
 
 
-def decision_rows(session: Session, ids: list[str]) -> dict[str, SimpleNamespace]:
+def decision_rows(session: Session, ids: list[str]) -> dict[str, DecisionRow]:
     """What a deadline decision needs of these rows, as plain objects with the rows'
     attribute names (the tracker's functions take them like rows); by id."""
-    query = select(*DECISION_READS, *DECISION_WRITES).where(Response.id.in_(ids))
+    query = select(*DECISION_READS, *DECISION_WRITES).where(col(Response.id).in_(ids))
     return {row.id: SimpleNamespace(**row._mapping) for row in session.execute(query)}
 
 
-def write_decided(session: Session, rows: list[SimpleNamespace]) -> None:
+def write_decided(session: Session, rows: list[DecisionRow]) -> None:
     """Write back what `decision_rows` read and a decision may have changed, in one statement."""
     if rows:
         params = [{"b_id": row.id, **{f"b_{name}": getattr(row, name) for name in DECIDED}} for row in rows]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
-from tether import tracker
+from tether.facts import Facts, facts_of, interned, row_facts
 from tether.models import CancelState, Response, is_active
 
 
@@ -26,7 +26,7 @@ class Active:
     cancel_state: str
     cancel_attempts: int
     confirm_until: float | None
-    facts: tracker.Facts
+    facts: Facts
     next_cancel_at: float | None = None
     # When the latest look the API answered with a status began: a confirmation window is
     # over only once a look begun after its end was answered (see `finished`).
@@ -42,23 +42,23 @@ class Active:
 
     @classmethod
     def from_row(cls, row: Response) -> Active:
-        return cls.of(row, tracker.facts(row))
+        return cls.of(row, row_facts(row))
 
     @classmethod
     def loaded(cls, row: Any) -> Active:
         """From a `queries.ScheduledRow`: a plain row, no ORM object (start-up reads 100,000),
         with the metadata as its JSON text."""
-        return cls.of(row, tracker.facts_of(row.model, row.created_at, json.loads(row.meta)))
+        return cls.of(row, facts_of(row.model, row.created_at, json.loads(row.meta)))
 
     @classmethod
-    def of(cls, row: Any, facts: tracker.Facts) -> Active:
+    def of(cls, row: Any, facts: Facts) -> Active:
         """The one place a record is made, from anything with the row's attribute names."""
         # The few distinct strings are interned: one copy each for 100,000 records, not one per row.
         return cls(
             id=row.id,
             account=sys.intern(row.account),
-            policy=tracker.interned(row.policy),
-            status=tracker.interned(row.status),
+            policy=interned(row.policy),
+            status=interned(row.status),
             deadline_at=row.deadline_at,
             next_poll_at=row.next_poll_at,
             interval=row.poll_interval,
@@ -71,13 +71,13 @@ class Active:
     def refresh(self, row: Response) -> None:
         """Take what a write changed, keeping the scheduling state owned here."""
         self.refresh_state(row)
-        self.facts = tracker.facts(row)
+        self.facts = row_facts(row)
 
     def refresh_state(self, row: Response | SimpleNamespace) -> None:
         """`refresh` but for the facts (model, created_at, metadata): a deadline decision
         does not change them."""
-        self.status = tracker.interned(row.status)
-        self.policy = tracker.interned(row.policy)
+        self.status = interned(row.status)
+        self.policy = interned(row.policy)
         self.deadline_at = row.deadline_at
         self.cancel_state = sys.intern(row.cancel_state)
         self.cancel_attempts = row.cancel_attempts
@@ -96,7 +96,11 @@ class Active:
             and self.cancel_state != CancelState.PENDING.value
             and (
                 self.confirm_until is None
-                or (now >= self.confirm_until and self.answered_at is not None and self.answered_at >= self.confirm_until)
+                or (
+                    now >= self.confirm_until
+                    and self.answered_at is not None
+                    and self.answered_at >= self.confirm_until
+                )
             )
         )
 

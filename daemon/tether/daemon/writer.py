@@ -92,7 +92,8 @@ class StoreWriter:
                         except Exception as exc:  # its savepoint is rolled back; the others go on
                             outcomes.append((future, None, exc))
             except Exception as exc:  # the commit failed: nothing of this batch is durable
-                loop.call_soon_threadsafe(_settle, [(future, None, exc) for _, _, future in jobs])
+                failed: Outcomes = [(future, None, exc) for _, _, future in jobs]
+                loop.call_soon_threadsafe(_settle, failed)
 
 
 def _settle(outcomes: Outcomes) -> None:

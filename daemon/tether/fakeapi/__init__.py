@@ -17,6 +17,18 @@ backdate responses (`POST /_fake/responses` with `created_at`). docs/reliability
 
 from .app import FakeAPI
 from .server import FakeServer
-from .state import REMOVE, ApiError, Call, CancelCall, Faults, FakeState, Record, RouteFaults, Simulation
+from .state import REMOVE, ApiError, Call, CancelCall, FakeState, Faults, Record, RouteFaults, Simulation
 
-__all__ = ["REMOVE", "ApiError", "Call", "CancelCall", "FakeAPI", "FakeServer", "FakeState", "Faults", "Record", "RouteFaults", "Simulation"]
+__all__ = [
+    "REMOVE",
+    "ApiError",
+    "Call",
+    "CancelCall",
+    "FakeAPI",
+    "FakeServer",
+    "FakeState",
+    "Faults",
+    "Record",
+    "RouteFaults",
+    "Simulation",
+]

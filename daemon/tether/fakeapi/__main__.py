@@ -21,7 +21,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--api-key", help="the key clients must send (default: accept any)")
     parser.add_argument("--id-prefix", default="resp_")
     parser.add_argument(
-        "--cancel-finished-status", type=int, choices=(400, 409, 200), default=400,
+        "--cancel-finished-status",
+        type=int,
+        choices=(400, 409, 200),
+        default=400,
         help="the answer to cancelling a finished response",
     )
     defaults = parser.add_argument_group("simulation defaults (per request: metadata fake_<name>)")

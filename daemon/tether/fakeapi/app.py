@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .state import REMOVE, ApiError, Call, Faults, FakeState, Record
+from .state import REMOVE, ApiError, Call, FakeState, Faults, Record
 
 # Request fields a response object repeats, with the value it shows when the request lacks them.
 ECHOED_DEFAULTS: dict[str, Any] = {
@@ -42,7 +42,17 @@ ECHOED_DEFAULTS: dict[str, Any] = {
     "user": None,
 }
 # Fields the SDK's `Response` model requires, plus status: all a "missing fields" reply keeps.
-REQUIRED_FIELDS = ("id", "object", "created_at", "model", "output", "parallel_tool_calls", "tool_choice", "tools", "status")
+REQUIRED_FIELDS = (
+    "id",
+    "object",
+    "created_at",
+    "model",
+    "output",
+    "parallel_tool_calls",
+    "tool_choice",
+    "tools",
+    "status",
+)
 MAX_METADATA_KEYS = 16
 CANCEL_LOOK = 0.05  # how often a stream waiting for its next event looks for a cancel
 PROXY_PAGE = (
@@ -52,7 +62,9 @@ PROXY_PAGE = (
 
 
 def json_reply(status: int, payload: Any, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, body=json.dumps(payload).encode(), content_type="application/json", headers=headers)
+    return web.Response(
+        status=status, body=json.dumps(payload).encode(), content_type="application/json", headers=headers
+    )
 
 
 def html_reply(status: int, title: str) -> web.Response:
@@ -71,7 +83,12 @@ def response_object(record: Record, now: float) -> dict[str, Any]:
     finished_at = record.finished_at(now)
     output = []
     if status in ("completed", "incomplete"):
-        text = {"type": "output_text", "text": f"Simulated answer from {record.model}.", "annotations": [], "logprobs": []}
+        text = {
+            "type": "output_text",
+            "text": f"Simulated answer from {record.model}.",
+            "annotations": [],
+            "logprobs": [],
+        }
         output.append(
             {"type": "message", "id": record.message_id, "status": status, "role": "assistant", "content": [text]}
         )
@@ -92,7 +109,9 @@ def response_object(record: Record, now: float) -> dict[str, Any]:
         "background": record.background,
         "completed_at": int(finished_at) if status == "completed" else None,  # type: ignore[arg-type]
         "error": (
-            {"code": "server_error", "message": "The model failed to generate a response."} if status == "failed" else None
+            {"code": "server_error", "message": "The model failed to generate a response."}
+            if status == "failed"
+            else None
         ),
         "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
         "model": record.model,
@@ -145,7 +164,7 @@ class FakeAPI:
         except (Dropped, asyncio.CancelledError):  # dropped, or the client left a held request
             self.state.end_call(call, 0)
             raise
-        if reply.status >= 400 and self.state.faults.echo_key:
+        if reply.status >= 400 and self.state.faults.echo_key and isinstance(reply, web.Response):
             _echo_key(reply, headers.get("authorization", ""))
         self.state.end_call(call, reply.status)
         return reply
@@ -221,9 +240,16 @@ class FakeAPI:
             count("server_error")
             return faults.rng.choice(
                 [
-                    json_reply(500, _error("The server had an error while processing your request. Sorry about that!", "server_error")),
+                    json_reply(
+                        500,
+                        _error(
+                            "The server had an error while processing your request. Sorry about that!", "server_error"
+                        ),
+                    ),
                     html_reply(502, "502 Bad Gateway"),
-                    json_reply(503, _error("The engine is currently overloaded, please try again later.", "server_error")),
+                    json_reply(
+                        503, _error("The engine is currently overloaded, please try again later.", "server_error")
+                    ),
                 ]
             )
         if strikes("rate_limit"):
@@ -231,7 +257,9 @@ class FakeAPI:
             wait = f"{faults.retry_after:g}"
             return json_reply(
                 429,
-                _error(f"Rate limit reached for requests. Please try again in {wait}s.", "requests", "rate_limit_exceeded"),
+                _error(
+                    f"Rate limit reached for requests. Please try again in {wait}s.", "requests", "rate_limit_exceeded"
+                ),
                 {
                     "retry-after": wait,
                     "x-ratelimit-limit-requests": "500",
@@ -297,7 +325,9 @@ class FakeAPI:
     async def _create(self, fields: dict[str, Any], created_at: float | None = None, hold: bool = True) -> Record:
         model = fields.get("model")
         if model is None:
-            raise ApiError(400, "Missing required parameter: 'model'.", param="model", code="missing_required_parameter")
+            raise ApiError(
+                400, "Missing required parameter: 'model'.", param="model", code="missing_required_parameter"
+            )
         if not isinstance(model, str):
             raise _invalid_type("model", "a string")
         background = fields.get("background") or False
@@ -335,12 +365,20 @@ def stream_events(record: Record) -> list[tuple[float, dict[str, Any]]]:
         words = re.findall(r"\S+\s*", text)
         part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
         timeline += [
-            (start, "response.output_item.added", {"output_index": 0, "item": {**item, "status": "in_progress", "content": []}}),
+            (
+                start,
+                "response.output_item.added",
+                {"output_index": 0, "item": {**item, "status": "in_progress", "content": []}},
+            ),
             (start, "response.content_part.added", {**at_item, "part": part}),
         ]
         run = record.simulation.run
         timeline += [
-            (start + run * (n + 1) / (len(words) + 1), "response.output_text.delta", {**at_item, "delta": word, "logprobs": []})
+            (
+                start + run * (n + 1) / (len(words) + 1),
+                "response.output_text.delta",
+                {**at_item, "delta": word, "logprobs": []},
+            )
             for n, word in enumerate(words)
         ]
         timeline += [
@@ -350,15 +388,16 @@ def stream_events(record: Record) -> list[tuple[float, dict[str, Any]]]:
         ]
     timeline.append((end, f"response.{outcome}", {"response": response_object(record, end)}))
     return [
-        (at, {"type": kind, "sequence_number": number, **fields})
-        for number, (at, kind, fields) in enumerate(timeline)
+        (at, {"type": kind, "sequence_number": number, **fields}) for number, (at, kind, fields) in enumerate(timeline)
     ]
 
 
 async def _event_stream(request: web.BaseRequest, record: Record, after: int) -> web.StreamResponse:
     """Stream the events after sequence number `after`, each when it is due; a cancel ends the
     stream. Events already due go out at once, so a resumed stream catches up first."""
-    reply = web.StreamResponse(headers={"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"})
+    reply = web.StreamResponse(
+        headers={"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}
+    )
     reply.headers["x-request-id"] = f"req_{secrets.token_hex(16)}"
     await reply.prepare(request)
     for at, event in stream_events(record)[after + 1 :]:
@@ -488,4 +527,3 @@ def _service_tier(requested: Any) -> dict[str, Any]:
     if requested not in ("default", "flex", "scale", "priority", "fast", "ultrafast"):
         raise ApiError(400, f"Invalid value for 'service_tier': {requested!r}.", param="service_tier")
     return {"service_tier": requested}
-

@@ -86,7 +86,7 @@ class Simulation:
 
 # metadata key -> (Simulation field, its type); annotations are strings under `from __future__`
 _METADATA_KEYS = {
-    f"fake_{f.name}": (f.name, {"float": float, "int": int, "str": str}[f.type])
+    f"fake_{f.name}": (f.name, {"float": float, "int": int, "str": str}[str(f.type)])
     for f in dataclasses.fields(Simulation)
 }
 
@@ -258,7 +258,7 @@ class Faults:
         """Faults from the `POST /_fake/faults` body; `outage_for` (seconds) opens an outage."""
         data = dict(data)
         outage = data.pop("outage_for", None)
-        routes = {}
+        routes: dict[str, Any] = {}
         for route in ROUTES:
             if route in data:
                 if not isinstance(data[route], dict):
@@ -397,9 +397,7 @@ class FakeState:
                     self.fault_counts["cancel_then_complete"] += 1
         if changed or status == "cancelled" or self.cancel_finished_status == 200:
             return record
-        message = (
-            "Cannot cancel a synchronous response." if status in ACTIVE else f"Cannot cancel a {status} response."
-        )
+        message = "Cannot cancel a synchronous response." if status in ACTIVE else f"Cannot cancel a {status} response."
         raise ApiError(self.cancel_finished_status, message)
 
     def snapshot(self) -> dict[str, Any]:
@@ -412,8 +410,7 @@ class FakeState:
                 "fault_counts": dict(self.fault_counts),
                 "requests": dict(self.requests),
                 "client_headers": [
-                    {"organization": org, "project": proj, "count": n}
-                    for (org, proj), n in self.client_headers.items()
+                    {"organization": org, "project": proj, "count": n} for (org, proj), n in self.client_headers.items()
                 ],
             }
 

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from tether import __version__, webhooks
-from tether.proxy import Proxy
 from tether.metrics import METRICS, Metrics, metrics_handler
+from tether.proxy import Proxy
 from tether.server import control, openapi
 from tether.server.front import Front
 
@@ -41,8 +41,9 @@ class ServerError(Exception):
     """A listener cannot start; the message says why and what to do."""
 
 
-def build_app(front: Front, *, control_api: bool, token: str | None = None,
-              metrics: Metrics | None = None) -> web.Application:
+def build_app(
+    front: Front, *, control_api: bool, token: str | None = None, metrics: Metrics | None = None
+) -> web.Application:
     """One listener's application: the probes, `metrics` at /metrics, and the control API when
     `control_api` (behind the bearer `token` when one is given)."""
     middlewares = [control.refusals]
@@ -68,8 +69,9 @@ def bearer(token: str):
         if request.path.startswith("/api/") or request.path == "/openapi.json":
             given = request.headers.get("Authorization", "").encode()
             if not hmac.compare_digest(given, expected):
-                answer = control.error_answer(401, "a bearer token is required (Authorization: Bearer <token>)",
-                                              "unauthorized")
+                answer = control.error_answer(
+                    401, "a bearer token is required (Authorization: Bearer <token>)", "unauthorized"
+                )
                 answer.headers["WWW-Authenticate"] = "Bearer"
                 return answer
         return await handler(request)
@@ -116,8 +118,9 @@ class Server:
             if server.listen:
                 token = server.read_token()
                 host, port = server.listen
-                app = build_app(self.front, control_api=token is not None, token=token,
-                                metrics=self.front.state.metrics)
+                app = build_app(
+                    self.front, control_api=token is not None, token=token, metrics=self.front.state.metrics
+                )
                 app.add_routes(webhooks.routes(self.front, self.front.config))
                 if self.front.config.proxy.enabled:
                     self.proxy = Proxy(self.front, self.front.config, token)
@@ -187,5 +190,6 @@ def prepare_socket_path(path: str) -> None:
         return
     finally:
         probe.close()
-    raise ServerError(f"{path} is in use: another tether daemon listens there; stop it, "
-                      "or give this one another [server] socket")
+    raise ServerError(
+        f"{path} is in use: another tether daemon listens there; stop it, or give this one another [server] socket"
+    )

@@ -78,8 +78,9 @@ def optional_string(body: dict[str, Any], key: str) -> str | None:
 def labels_of(value: Any) -> dict[str, str]:
     if value is None:
         return {}
-    if not isinstance(value, dict) or not all(isinstance(k, str) and k.strip() and isinstance(v, str)
-                                              for k, v in value.items()):
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and k.strip() and isinstance(v, str) for k, v in value.items()
+    ):
         raise Refused(400, "labels: expected an object of non-empty names to strings", "invalid_field")
     return value
 
@@ -118,8 +119,11 @@ async def list_responses(request: web.Request) -> web.Response:
     front = request.app[FRONT]
     limit = number(request, "limit", int)
     records = await asyncio.to_thread(
-        front.list, statuses=request.query.getall("status", []), active=flag(request, "active"),
-        policy=request.query.get("policy"), labels=label_params(request.query.getall("label", [])),
+        front.list,
+        statuses=request.query.getall("status", []),
+        active=flag(request, "active"),
+        policy=request.query.get("policy"),
+        labels=label_params(request.query.getall("label", [])),
         limit=100 if limit is None else limit,
     )
     return answer(records)
@@ -134,17 +138,26 @@ async def track(request: web.Request) -> web.Response:
     if not isinstance(verify, bool):
         raise Refused(400, "verify: expected true or false", "invalid_field")
     tracked = await request.app[FRONT].track_records(
-        ids, policy=optional_string(body, "policy"), account=optional_string(body, "account"),
-        labels=labels_of(body.get("labels")), verify=verify,
+        ids,
+        policy=optional_string(body, "policy"),
+        account=optional_string(body, "account"),
+        labels=labels_of(body.get("labels")),
+        verify=verify,
     )
-    return answer({"responses": [record for record, _ in tracked],
-                   "new": [record["id"] for record, created in tracked if created]})
+    return answer(
+        {
+            "responses": [record for record, _ in tracked],
+            "new": [record["id"] for record, created in tracked if created],
+        }
+    )
 
 
 async def submit(request: web.Request) -> web.Response:
     body = await json_body(request)
     record = await request.app[FRONT].submit(
-        actions.checked_body(body.get("body")), policy=optional_string(body, "policy"), account=optional_string(body, "account"),
+        actions.checked_body(body.get("body")),
+        policy=optional_string(body, "policy"),
+        account=optional_string(body, "account"),
         labels=labels_of(body.get("labels")),
     )
     return answer(record, 201)

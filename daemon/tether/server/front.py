@@ -29,7 +29,9 @@ Records = list[Record]  # (named here: inside Front, `list` is the method)
 Tracked = list[tuple[Record, bool]]  # (record, newly tracked) each
 Observed = list[tuple[str, dict[str, Any] | None]]  # (id, what the API said of it, if looked up)
 
-FrontError = Refused  # status 400 bad input · 404 not found · 409 nothing to do · 502 the API failed · 503 the daemon cannot
+FrontError = (
+    Refused  # status 400 bad input · 404 not found · 409 nothing to do · 502 the API failed · 503 the daemon cannot
+)
 
 
 class Front:
@@ -43,13 +45,17 @@ class Front:
 
     # ---- acting (on the event loop) ------------------------------------------------
 
-    async def track(self, ids: list[str], *, policy: str | None, account: str | None,
-                    labels: dict[str, str], verify: bool) -> Records:
-        return [record for record, _ in await self.track_records(
-            ids, policy=policy, account=account, labels=labels, verify=verify)]
+    async def track(
+        self, ids: list[str], *, policy: str | None, account: str | None, labels: dict[str, str], verify: bool
+    ) -> Records:
+        return [
+            record
+            for record, _ in await self.track_records(ids, policy=policy, account=account, labels=labels, verify=verify)
+        ]
 
-    async def track_records(self, ids: list[str], *, policy: str | None, account: str | None,
-                            labels: dict[str, str], verify: bool) -> Tracked:
+    async def track_records(
+        self, ids: list[str], *, policy: str | None, account: str | None, labels: dict[str, str], verify: bool
+    ) -> Tracked:
         """(record, newly tracked) for each id, in the order given, duplicates dropped."""
         for rid in ids:
             actions.checked_id(rid)
@@ -63,14 +69,12 @@ class Front:
             observed = [*await actions.look_up(self._client(account), ids, account)]
         return await self._store(list(zip(ids, observed, strict=True)), account=account, policy=policy, labels=labels)
 
-    async def track_created(self, response: dict, *, account: str, policy: str | None,
-                            labels: dict[str, str]) -> dict:
+    async def track_created(self, response: dict, *, account: str, policy: str | None, labels: dict[str, str]) -> dict:
         actions.checked_id(str(response.get("id")))
         [(record, _)] = await self._store([(response["id"], response)], account=account, policy=policy, labels=labels)
         return record
 
-    async def submit(self, body: dict, *, policy: str | None, account: str | None,
-                     labels: dict[str, str]) -> dict:
+    async def submit(self, body: dict, *, policy: str | None, account: str | None, labels: dict[str, str]) -> dict:
         config = self.config
         account = actions.check_names(config, policy, account)
         created = await actions.create(self._client(account), actions.checked_body(body))
@@ -79,8 +83,14 @@ class Front:
     async def cancel(self, rid: str, *, reason: str | None) -> dict:
         state = self.state
         row, failure = await actions.cancel(
-            state.store, state.config, state.pricing, self._client, rid, reason,
-            run=state.writer.run, origin="daemon",
+            state.store,
+            state.config,
+            state.pricing,
+            self._client,
+            rid,
+            reason,
+            run=state.writer.run,
+            origin="daemon",
         )
         state.metrics.cancel_requested("manual")  # the daemon's own writes: the pickup does not see them
         state.adopt(row)  # its confirmation polls, or the retries of a cancel that failed
@@ -114,15 +124,26 @@ class Front:
         if row is not None:
             state.adopt(row)
 
-    def budget_refusal(self, *, account: str, model: str | None, metadata: dict[str, str],
-                       labels: dict[str, str], policy: str | None, max_output_tokens: int | None) -> str | None:
+    def budget_refusal(
+        self,
+        *,
+        account: str,
+        model: str | None,
+        metadata: dict[str, str],
+        labels: dict[str, str],
+        policy: str | None,
+        max_output_tokens: int | None,
+    ) -> str | None:
         """The first `cancel` budget in whose scope a new response would go and that cannot
         afford what it would reserve (or is exceeded already), else None. Reads the store."""
         from tether import accounting
 
         config, pricing = self.config, self.state.pricing
-        budgets = [b for b in config.budgets if b.on_exceed == "cancel"
-                   and b.match.fits(model=model, metadata=metadata, account=account, labels=labels)]
+        budgets = [
+            b
+            for b in config.budgets
+            if b.on_exceed == "cancel" and b.match.fits(model=model, metadata=metadata, account=account, labels=labels)
+        ]
         if not budgets:
             return None
         chosen = config.select_policy(named=policy, model=model, metadata=metadata, account=account, labels=labels)
@@ -145,10 +166,12 @@ class Front:
 
     # ---- reading (plain functions: run them off the loop) ------------------------------
 
-    def list(self, *, statuses: list[str], active: bool, policy: str | None, labels: dict[str, str],
-             limit: int) -> Records:
-        return actions.list_records(self.state.store, self.config, statuses=statuses, active=active,
-                                    policy=policy, labels=labels, limit=limit)
+    def list(
+        self, *, statuses: list[str], active: bool, policy: str | None, labels: dict[str, str], limit: int
+    ) -> Records:
+        return actions.list_records(
+            self.state.store, self.config, statuses=statuses, active=active, policy=policy, labels=labels, limit=limit
+        )
 
     def show(self, rid: str) -> dict:
         return actions.show_record(self.state.store, rid)
@@ -185,11 +208,18 @@ class Front:
             raise Refused(503, f"account {account!r} is not configured in the running daemon", "unknown_account")
         return cast("ResponsesClient", LoggedClient(client, self.state))
 
-    async def _store(self, items: Observed, *, account: str, policy: str | None,
-                     labels: dict[str, str]) -> Tracked:
+    async def _store(self, items: Observed, *, account: str, policy: str | None, labels: dict[str, str]) -> Tracked:
         state = self.state
-        store_them = functools.partial(actions.track_rows, state.config, state.store, items, account=account,
-                                       policy=policy, labels=labels, origin="daemon")
+        store_them = functools.partial(
+            actions.track_rows,
+            state.config,
+            state.store,
+            items,
+            account=account,
+            policy=policy,
+            labels=labels,
+            origin="daemon",
+        )
         tracked = await state.writer.run(store_them)
         for row, created in tracked:
             if created:
