@@ -66,9 +66,14 @@ def front_config(work: Path) -> tuple[str, str, int]:
 @contextmanager
 def traffic(args: list[str], seconds: float) -> Iterator[dict[str, Any]]:
     """bench.front_traffic for `seconds` from when it is ready; yields its result once it is done."""
-    proc = subprocess.Popen([sys.executable, "-m", "bench.front_traffic", *args, "--seconds", f"{seconds:.1f}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.front_traffic", *args, "--seconds", f"{seconds:.1f}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     out: dict[str, Any] = {}
     try:
         assert proc.stdout is not None
@@ -89,8 +94,19 @@ def loaded(work: Path, active: int, spread: float, lead: float, create_rate: flo
     config, sock, port = front_config(work)
 
     def during(stand: Stand, t: Tether, until: float) -> Any:
-        return traffic(["--proxy", f"http://127.0.0.1:{port}/v1", "--create-rate", str(create_rate),
-                        "--socket", sock, "--ls-rate", str(ls_rate)], seconds=max(1.0, until - time.time() - 1))
+        return traffic(
+            [
+                "--proxy",
+                f"http://127.0.0.1:{port}/v1",
+                "--create-rate",
+                str(create_rate),
+                "--socket",
+                sock,
+                "--ls-rate",
+                str(ls_rate),
+            ],
+            seconds=max(1.0, until - time.time() - 1),
+        )
 
     result = deadline(work, active, spread, lead, config=config, during=during)
     result.pop("lags")
@@ -114,8 +130,10 @@ def overhead(work: Path, active: int, rate: float, seconds: float) -> dict[str, 
             t.track(records)
             t.spread([r.id for r in records], start=time.time() + 3, interval=60.0)
             t.start()
-            with traffic(["--proxy", f"http://127.0.0.1:{port}/v1", "--direct", stand.base_url,
-                          "--create-rate", str(rate)], seconds=seconds) as out:
+            with traffic(
+                ["--proxy", f"http://127.0.0.1:{port}/v1", "--direct", stand.base_url, "--create-rate", str(rate)],
+                seconds=seconds,
+            ) as out:
                 pass
             t.stop()
         finally:
@@ -135,20 +153,28 @@ def table(results: dict[str, Any]) -> str:
     lines = [
         "| deadline run | p50 ms | p99 ms | max ms | missing | cancels | daemon CPU | others' CPU |",
         "|---|---|---|---|---|---|---|---|",
-        (f"| no traffic | {ms(q['lag']['p50'])} | {ms(q['lag']['p99'])} | {ms(q['lag']['max'])} | {q['missing']} "
-         f"| {q['cancels_seen_by_server']} | {q['cpu_share']:.2f} | {q['others_cores']:.2f} |"),
-        (f"| 200 creates/s + 20 ls/s | {ms(l_['lag']['p50'])} | {ms(l_['lag']['p99'])} | {ms(l_['lag']['max'])} "
-         f"| {l_['missing']} | {l_['cancels_seen_by_server']} | {l_['cpu_share']:.2f} | {l_['others_cores']:.2f} |"),
-        (f"| ratio (target ≤ 2×) | {l_['lag']['p50'] / q['lag']['p50']:.2f}× | {results['p99_ratio']:.2f}× "
-         f"| {l_['lag']['max'] / q['lag']['max']:.2f}× | | | | |"),
+        (
+            f"| no traffic | {ms(q['lag']['p50'])} | {ms(q['lag']['p99'])} | {ms(q['lag']['max'])} | {q['missing']} "
+            f"| {q['cancels_seen_by_server']} | {q['cpu_share']:.2f} | {q['others_cores']:.2f} |"
+        ),
+        (
+            f"| 200 creates/s + 20 ls/s | {ms(l_['lag']['p50'])} | {ms(l_['lag']['p99'])} | {ms(l_['lag']['max'])} "
+            f"| {l_['missing']} | {l_['cancels_seen_by_server']} | {l_['cpu_share']:.2f} | {l_['others_cores']:.2f} |"
+        ),
+        (
+            f"| ratio (target ≤ 2×) | {l_['lag']['p50'] / q['lag']['p50']:.2f}× | {results['p99_ratio']:.2f}× "
+            f"| {l_['lag']['max'] / q['lag']['max']:.2f}× | | | | |"
+        ),
         "",
         "| during the loaded run | n | p50 ms | p99 ms | max ms | errors | skipped |",
         "|---|---|---|---|---|---|---|",
     ]
     for name in ("proxy", "ls"):
         s = traffic_[name]
-        lines.append(f"| {name} | {s['latency']['n']} | {ms(s['latency']['p50'])} | {ms(s['latency']['p99'])} "
-                     f"| {ms(s['latency']['max'])} | {s['errors'] or 0} | {s['skipped']} |")
+        lines.append(
+            f"| {name} | {s['latency']['n']} | {ms(s['latency']['p50'])} | {ms(s['latency']['p99'])} "
+            f"| {ms(s['latency']['max'])} | {s['errors'] or 0} | {s['skipped']} |"
+        )
     o = results["overhead"]
     lines += [
         "",
@@ -163,8 +189,9 @@ def table(results: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.front_load", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.front_load", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="small and short: checks that the harness works")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -172,14 +199,16 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     q = args.quick
     active, spread, lead = (2_000, 20.0, 20.0) if q else (10_000, 60.0, 35.0)
-    results: dict[str, Any] = {"meta": {
-        "commit": git("rev-parse", "HEAD") or "unknown",
-        "dirty": bool(git("status", "--porcelain", "--", "daemon", "bench", "pyproject.toml", "uv.lock")),
-        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "load_before": loadavg(),
-        "machine": machine(),
-        "quick": q,
-    }}
+    results: dict[str, Any] = {
+        "meta": {
+            "commit": git("rev-parse", "HEAD") or "unknown",
+            "dirty": bool(git("status", "--porcelain", "--", "daemon", "bench", "pyproject.toml", "uv.lock")),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "load_before": loadavg(),
+            "machine": machine(),
+            "quick": q,
+        }
+    }
     log(f"front door: load average before {results['meta']['load_before']}")
     work = Path(tempfile.mkdtemp(prefix="tether-front-"))
     try:

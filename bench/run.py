@@ -268,9 +268,14 @@ def run_json(cmd: list[str], timeout: float = 600) -> dict[str, Any]:
 # ---- deadline precision --------------------------------------------------------------
 
 
-def deadline(work: Path, active: int, spread: float, lead: float, config: str = "",
-             during: Callable[[Stand, Tether, float], AbstractContextManager[dict[str, Any]]] | None = None,
-             ) -> dict[str, Any]:
+def deadline(
+    work: Path,
+    active: int,
+    spread: float,
+    lead: float,
+    config: str = "",
+    during: Callable[[Stand, Tether, float], AbstractContextManager[dict[str, Any]]] | None = None,
+) -> dict[str, Any]:
     """`active` responses whose max_runtime deadlines fall within `spread` seconds, while all of
     them are polled (60 s steady-state interval) and cancelled ones are confirmed. `config` is
     added to the daemon's config; `during(stand, tether, until)` is entered once the daemon has
@@ -285,8 +290,9 @@ def deadline(work: Path, active: int, spread: float, lead: float, config: str = 
             created_at=lambda i: window_start - DEADLINE_AFTER + rng.uniform(0, spread),
             metadata=lambda i: {"fake_run": f"{LONG_RUN:g}"},
         )
-        t = Tether(work / "deadline", stand.base_url, polling=Polling(), policies=DEADLINE_POLICY + config,
-                   stats_interval=10)
+        t = Tether(
+            work / "deadline", stand.base_url, polling=Polling(), policies=DEADLINE_POLICY + config, stats_interval=10
+        )
         try:
             t.track(records)
             t.spread([r.id for r in records], start=time.time(), interval=60.0)
@@ -299,7 +305,12 @@ def deadline(work: Path, active: int, spread: float, lead: float, config: str = 
                 raise RuntimeError("the daemon started too late for the deadline window; raise the lead")
             until = window_start + spread + 5
             with during(stand, t, until) if during else nullcontext({}) as alongside:
-                cpu0, gets0, w0, others = t.cpu(), stand.requests() + stand.requests("cancel"), time.time(), Others(t.pid)
+                cpu0, gets0, w0, others = (
+                    t.cpu(),
+                    stand.requests() + stand.requests("cancel"),
+                    time.time(),
+                    Others(t.pid),
+                )
                 time.sleep(max(0.0, until - time.time()))
             cpu1, gets1, elapsed = t.cpu(), stand.requests() + stand.requests("cancel"), time.time() - w0
             others_cores = others.cores()
