@@ -135,7 +135,7 @@ class Tether:
         from tether import logs, tracker
         from tether.config import load_config
         from tether.facts import fill_facts, known_status
-        from tether.fakeapi.app import response_object
+        from tether.fakeapi.objects import response_object
         from tether.models import EVENTS, RESPONSES, TERMINAL, EventKind, Response, Status, is_active
         from tether.pricing import Pricing
         from tether.store import Store

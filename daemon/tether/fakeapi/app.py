@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import re
 import secrets
 import time
 from collections.abc import Mapping
@@ -18,29 +17,10 @@ from typing import Any
 
 from aiohttp import web
 
-from .state import REMOVE, ApiError, Call, FakeState, Faults, Record
+from .objects import ECHOED_DEFAULTS, response_object
+from .state import ApiError, Call, FakeState, Faults, Record
+from .streaming import event_stream
 
-# Request fields a response object repeats, with the value it shows when the request lacks them.
-ECHOED_DEFAULTS: dict[str, Any] = {
-    "instructions": None,
-    "max_output_tokens": None,
-    "max_tool_calls": None,
-    "parallel_tool_calls": True,
-    "previous_response_id": None,
-    "prompt_cache_key": None,
-    "reasoning": {"effort": None, "summary": None},
-    "safety_identifier": None,
-    "service_tier": "default",
-    "store": True,
-    "temperature": 1.0,
-    "text": {"format": {"type": "text"}, "verbosity": "medium"},
-    "tool_choice": "auto",
-    "tools": [],
-    "top_logprobs": 0,
-    "top_p": 1.0,
-    "truncation": "disabled",
-    "user": None,
-}
 # Fields the SDK's `Response` model requires, plus status: all a "missing fields" reply keeps.
 REQUIRED_FIELDS = (
     "id",
@@ -54,7 +34,6 @@ REQUIRED_FIELDS = (
     "status",
 )
 MAX_METADATA_KEYS = 16
-CANCEL_LOOK = 0.05  # how often a stream waiting for its next event looks for a cancel
 PROXY_PAGE = (
     b"<html><head><title>{status}</title></head><body><center><h1>{status}</h1></center>"
     b"<hr><center>nginx</center></body></html>"
@@ -74,59 +53,6 @@ def html_reply(status: int, title: str) -> web.Response:
 
 class Dropped(Exception):
     """The connection is to be closed without an answer."""
-
-
-def response_object(record: Record, now: float) -> dict[str, Any]:
-    """The record as the API's response object at instant `now`."""
-    status = record.status(now)
-    sim = record.simulation
-    finished_at = record.finished_at(now)
-    output = []
-    if status in ("completed", "incomplete"):
-        text = {
-            "type": "output_text",
-            "text": f"Simulated answer from {record.model}.",
-            "annotations": [],
-            "logprobs": [],
-        }
-        output.append(
-            {"type": "message", "id": record.message_id, "status": status, "role": "assistant", "content": [text]}
-        )
-    usage = None
-    if finished_at is not None and status != "cancelled":
-        usage = {
-            "input_tokens": sim.input_tokens,
-            "input_tokens_details": {"cached_tokens": sim.cached_tokens, "cache_write_tokens": 0},
-            "output_tokens": sim.output_tokens,
-            "output_tokens_details": {"reasoning_tokens": sim.reasoning_tokens},
-            "total_tokens": sim.input_tokens + sim.output_tokens,
-        }
-    obj = {
-        "id": record.id,
-        "object": "response",
-        "created_at": int(record.created_at),
-        "status": status,
-        "background": record.background,
-        "completed_at": int(finished_at) if status == "completed" else None,  # type: ignore[arg-type]
-        "error": (
-            {"code": "server_error", "message": "The model failed to generate a response."}
-            if status == "failed"
-            else None
-        ),
-        "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
-        "model": record.model,
-        "output": output,
-        **ECHOED_DEFAULTS,
-        **record.echoed,
-        "usage": usage,
-        "metadata": record.metadata,
-    }
-    for key, value in record.overrides.items():
-        if value is REMOVE:
-            obj.pop(key, None)
-        else:
-            obj[key] = value
-    return obj
 
 
 class FakeAPI:
@@ -180,13 +106,13 @@ class FakeAPI:
             stream = _stream_flag(fields.get("stream"))
             record = await self._create(fields, hold=not stream)
             if stream:
-                return await _event_stream(request, record, after=-1)
+                return await event_stream(request, record, after=-1)
         elif route == "get":
             record = self.state.get(response_id)
             if request.rel_url.query.get("stream") == "true":
                 if not record.background:
                     raise ApiError(400, "Only background responses can be streamed again.", param="stream")
-                return await _event_stream(request, record, after=_starting_after(request.rel_url.query))
+                return await event_stream(request, record, after=_starting_after(request.rel_url.query))
         else:
             record = self.state.cancel(response_id)
         return self._garbled(route, response_object(record, time.time()), call, forced)
@@ -345,69 +271,6 @@ class FakeAPI:
             # Answered when it finishes, or not at all: the client leaving cancels the handler.
             await asyncio.sleep(max(0.0, record.finishes_at - time.time()))
         return record
-
-
-def stream_events(record: Record) -> list[tuple[float, dict[str, Any]]]:
-    """The server-sent events of a streamed response, each with the instant it is due: created
-    at once; in progress when its queue time ends; the answer's words as `output_text` deltas
-    spread over its run; the outcome event when it finishes. `sequence_number` counts from 0."""
-    start, end = record.created_at + record.simulation.queue, record.finishes_at
-    outcome = record.simulation.outcome
-    timeline: list[tuple[float, str, dict[str, Any]]] = [
-        (record.created_at, "response.created", {"response": response_object(record, record.created_at)}),
-        (start, "response.in_progress", {"response": response_object(record, start)}),
-    ]
-    if outcome != "failed":
-        done = response_object(record, end)
-        item = done["output"][0]
-        text = item["content"][0]["text"]
-        at_item = {"item_id": item["id"], "output_index": 0, "content_index": 0}
-        words = re.findall(r"\S+\s*", text)
-        part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
-        timeline += [
-            (
-                start,
-                "response.output_item.added",
-                {"output_index": 0, "item": {**item, "status": "in_progress", "content": []}},
-            ),
-            (start, "response.content_part.added", {**at_item, "part": part}),
-        ]
-        run = record.simulation.run
-        timeline += [
-            (
-                start + run * (n + 1) / (len(words) + 1),
-                "response.output_text.delta",
-                {**at_item, "delta": word, "logprobs": []},
-            )
-            for n, word in enumerate(words)
-        ]
-        timeline += [
-            (end, "response.output_text.done", {**at_item, "text": text, "logprobs": []}),
-            (end, "response.content_part.done", {**at_item, "part": item["content"][0]}),
-            (end, "response.output_item.done", {"output_index": 0, "item": item}),
-        ]
-    timeline.append((end, f"response.{outcome}", {"response": response_object(record, end)}))
-    return [
-        (at, {"type": kind, "sequence_number": number, **fields}) for number, (at, kind, fields) in enumerate(timeline)
-    ]
-
-
-async def _event_stream(request: web.BaseRequest, record: Record, after: int) -> web.StreamResponse:
-    """Stream the events after sequence number `after`, each when it is due; a cancel ends the
-    stream. Events already due go out at once, so a resumed stream catches up first."""
-    reply = web.StreamResponse(
-        headers={"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache"}
-    )
-    reply.headers["x-request-id"] = f"req_{secrets.token_hex(16)}"
-    await reply.prepare(request)
-    for at, event in stream_events(record)[after + 1 :]:
-        while record.cancelled_at is None and (wait := at - time.time()) > 0:
-            await asyncio.sleep(min(wait, CANCEL_LOOK))
-        if record.cancelled_at is not None:
-            break
-        await reply.write(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
-    await reply.write_eof()
-    return reply
 
 
 def _stream_flag(value: Any) -> bool:
