@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -24,17 +21,12 @@ from typing import Any
 import httpx2
 from httpx_aiohttp.httpx2 import Httpx2AiohttpClient
 
+from bench.procs import stand_in_process
 from tether.api import ResponsesClient, RetryPolicy
 from tether.config import AccountConfig
 
 KEY = "sk-bench-client-cost"
 CONCURRENCY = 16
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def create_ids(base: str, n: int) -> list[str]:
@@ -92,30 +84,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=4000)
     args = parser.parse_args()
-    port = free_port()
-    stand = subprocess.Popen(
-        [sys.executable, "-m", "tether.fakeapi", "--port", str(port), "--api-key", KEY],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SystemExit("the stand-in did not start") from None
-                time.sleep(0.1)
+    with stand_in_process("--api-key", KEY) as (port, _):
+        base = f"http://127.0.0.1:{port}/v1"
         ids = asyncio.run(create_ids(base, 100))
         for name, client in CLIENTS.items():
             ms = asyncio.run(client(base, ids, args.requests))
             print(f"{name:15s} {ms:.3f} ms CPU per GET")
-    finally:
-        stand.terminate()
-        stand.wait(timeout=10)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bench.procs import loadavg
+from bench.procs import free_port, loadavg
 from bench.run import FAR_POLICY, ROOT, deadline, git, log, machine
 from bench.stand import Stand
 from bench.tether_proc import Polling, Tether
@@ -49,12 +48,6 @@ listen = "127.0.0.1:{port}"
 enabled = true
 key = "client"
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def front_config(work: Path) -> tuple[str, str, int]:

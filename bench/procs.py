@@ -1,10 +1,16 @@
-"""Reading a process's (or a thread's) CPU time and memory from /proc, and small stats helpers."""
+"""Reading a process's (or a thread's) CPU time and memory from /proc, small stats helpers, and
+the stand-in API as a process of its own."""
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -88,3 +94,34 @@ class Others:
         busy1, ours1, t1 = self._sample()
         busy0, ours0, t0 = self._start
         return max(0.0, (busy1 - busy0) - (ours1 - ours0)) / (t1 - t0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def stand_in_process(*args: str) -> Iterator[tuple[int, int]]:
+    """`python -m tether.fakeapi ARGS` on a free port, once it accepts connections: (port, pid)."""
+    port = free_port()
+    stand = subprocess.Popen(
+        [sys.executable, "-m", "tether.fakeapi", "--port", str(port), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise SystemExit("the stand-in did not start") from None
+                time.sleep(0.1)
+        yield port, stand.pid
+    finally:
+        stand.terminate()
+        stand.wait(timeout=10)

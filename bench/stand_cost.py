@@ -14,12 +14,8 @@ import argparse
 import asyncio
 import json
 import socket
-import subprocess
-import sys
-import time
 
-from bench.client_cost import free_port
-from bench.procs import cpu_seconds
+from bench.procs import cpu_seconds, stand_in_process
 
 KEY = "sk-bench-stand-cost"
 
@@ -72,35 +68,16 @@ def main() -> None:
     parser.add_argument("--cancels", type=int, default=2000)
     parser.add_argument("--connections", type=int, default=16)
     args = parser.parse_args()
-    port = free_port()
-    stand = subprocess.Popen(
-        [sys.executable, "-m", "tether.fakeapi", "--port", str(port), "--api-key", KEY, "--run", "86400"],
-        stdout=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SystemExit("the stand-in did not start") from None
-                time.sleep(0.1)
+    with stand_in_process("--api-key", KEY, "--run", "86400") as (port, pid):
         ids = asyncio.run(create(port, 100 + args.cancels))
         rounds = {
             "GET": [request("GET", f"/v1/responses/{ids[i % 100]}") for i in range(args.gets)],
             "cancel": [request("POST", f"/v1/responses/{rid}/cancel") for rid in ids[100:]],
         }
         for name, requests in rounds.items():
-            count, cpu = len(requests), cpu_seconds(stand.pid)
+            count, cpu = len(requests), cpu_seconds(pid)
             asyncio.run(send_all(port, requests, args.connections))
-            print(
-                f"{name:6s} {(cpu_seconds(stand.pid) - cpu) / count * 1000:.3f} ms of stand-in CPU per request ({count})"
-            )
-    finally:
-        stand.terminate()
-        stand.wait(timeout=10)
+            print(f"{name:6s} {(cpu_seconds(pid) - cpu) / count * 1000:.3f} ms of stand-in CPU per request ({count})")
 
 
 if __name__ == "__main__":
