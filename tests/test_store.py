@@ -24,7 +24,7 @@ from tether.store import Store, StoreError, writer_lock
 
 def test_migrations_from_empty_build_exactly_the_models_schema(store_url):
     store = Store(store_url)
-    assert store.migrate() == ["0001", "0002", "0003", "0004"]
+    assert store.migrate() == ["0001", "0002", "0003", "0004", "0005"]
     with store.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), SQLModel.metadata) == []
     assert store.migrate() == []

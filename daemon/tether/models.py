@@ -84,7 +84,7 @@ class Response(SQLModel, table=True):
     # `metadata` is reserved by SQLAlchemy's declarative base.
     meta: dict[str, str] = Field(default_factory=dict, sa_column=Column("metadata", JSON, nullable=False))
     created_at: float | None = None  # server clock
-    tracked_at: float
+    tracked_at: float = Field(index=True)  # `tether ls` reads newest first
     started_at: float | None = None  # when tether first saw it in_progress (for cost estimates)
     deadline_at: float | None = None
     deadline_kind: str | None = None  # max_queued | max_runtime

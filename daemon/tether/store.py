@@ -31,7 +31,7 @@ from sqlmodel import Session
 from tether.diskspace import free_space_problem, preallocate_on_checkout, read_only_message, read_only_problem
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-SCHEMA_HEAD = "0004"  # the newest revision in migrations/versions (a test keeps them equal)
+SCHEMA_HEAD = "0005"  # the newest revision in migrations/versions (a test keeps them equal)
 BUSY_TIMEOUT_MS = 30_000  # how long a writer waits for another's turn before it fails
 # PostgreSQL advisory locks, pg_advisory_lock(PG_LOCKS, what): tether's class id, then what.
 PG_LOCKS = 0x7E7E
