@@ -597,7 +597,7 @@ def test_an_invalid_budget_or_price_is_rejected_with_its_key_path(text, message)
         pytest.param(
             '[budgets]\nname = "b"',
             "budgets: unknown key (known: store, log, accounts, polling, policy, prices, service_tiers, estimate, "
-            "budget, server, proxy, webhooks)",
+            "budget, server, proxy, webhooks, cluster)",
             id="an unknown top-level table",
         ),
         pytest.param(
@@ -1531,3 +1531,31 @@ def test_check_config_warns_when_the_proxy_listens_beyond_loopback(tether):
     file_text = tether.config_path.read_text().replace("0.0.0.0", "127.0.0.1")
     tether.config_path.write_text(file_text)
     assert "not a loopback address" not in tether.ok("check-config").stderr
+
+
+def test_cluster_takeover_is_a_duration_of_ten_seconds_by_default():
+    assert parse("").cluster.takeover == 10.0
+    assert parse('[cluster]\ntakeover = "3s"\n').cluster.takeover == 3.0
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ('"1s"', 'cluster.takeover: expected a duration of at least 2s, got "1s"'),
+        ('"soon"', 'cluster.takeover: invalid duration "soon"'),
+        ("true", "cluster.takeover: expected a duration, got true"),
+    ],
+)
+def test_a_bad_cluster_takeover_is_rejected_naming_its_key(value, message):
+    with pytest.raises(ConfigError) as caught:
+        parse(f"[cluster]\ntakeover = {value}\n")
+    assert str(caught.value).startswith(message)
+
+
+def test_an_unknown_cluster_key_stops_run_with_78_naming_it(tether):
+    tether.write_config()
+    with tether.config_path.open("a") as file:
+        file.write("\n[cluster]\nshards = 8\n")
+    result = tether.cli("run")
+    assert result.returncode == 78, result.stdout + result.stderr
+    assert "cluster.shards" in result.stderr

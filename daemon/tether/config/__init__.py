@@ -23,6 +23,7 @@ from tether.config.loader import (
 from tether.config.model import (
     AccountConfig,
     BudgetConfig,
+    ClusterConfig,
     Config,
     LogConfig,
     PolicyConfig,
@@ -39,6 +40,7 @@ from tether.config.values import ConfigError, parse_duration, timezone_named
 __all__ = [
     "AccountConfig",
     "BudgetConfig",
+    "ClusterConfig",
     "Config",
     "ConfigError",
     "LogConfig",

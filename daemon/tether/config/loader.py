@@ -13,6 +13,7 @@ from tether.config.model import (
     DEFAULT_OUTPUT_TOKENS_PER_SECOND,
     AccountConfig,
     BudgetConfig,
+    ClusterConfig,
     Config,
     LogConfig,
     PolicyConfig,
@@ -36,6 +37,7 @@ from tether.config.values import (
     choice,
     converted,
     credential_name,
+    duration_at_least,
     env_name,
     fractions,
     http_url,
@@ -54,6 +56,8 @@ OPENAI_BASE_URL = "https://api.openai.com/v1"
 SYSTEM_CONFIG = Path("/etc/tether/tether.toml")
 _KEY_SOURCES = ("api_key_env", "api_key_file", "api_key_credential")
 _SECRET_SOURCES = ("secret_credential", "secret_env", "secret_file")
+# A shorter takeover mistakes a busy daemon for a frozen one (docs/cluster.md, "Timing").
+MIN_TAKEOVER = 2.0
 
 
 def default_store_url(environ: Mapping[str, str] | None = None) -> str:
@@ -133,6 +137,7 @@ def parse_config(
             "server",
             "proxy",
             "webhooks",
+            "cluster",
         ),
     )
     accounts = _parse_accounts(data.get("accounts"), environ)
@@ -151,6 +156,7 @@ def parse_config(
         proxy=_parse_proxy(data.get("proxy", {}), accounts),
         server=_parse_server(data.get("server", {}), environ),
         webhooks=_parse_webhooks(data["webhooks"]) if "webhooks" in data else None,
+        cluster=ClusterConfig(**converted(data.get("cluster", {}), "cluster", _CLUSTER_FIELDS)),
     )
     _check_doors(config)
     return config
@@ -381,6 +387,7 @@ _POLLING_FIELDS = {
     "confirm_window": parse_duration,
     "lost_after": integer(1),
 }
+_CLUSTER_FIELDS = {"takeover": duration_at_least(MIN_TAKEOVER)}
 _WEBHOOKS_FIELDS = {
     "secret_credential": credential_name,
     "secret_env": env_name,

@@ -217,6 +217,14 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Several daemons on one PostgreSQL store (docs/cluster.md): a daemon that dies or freezes
+    loses its share within `takeover`, and the others take it over."""
+
+    takeover: float = 10.0
+
+
+@dataclass(frozen=True)
 class LogConfig:
     format: Literal["auto", "json", "console"] = "auto"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -297,6 +305,7 @@ class Config:
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     webhooks: WebhooksConfig | None = None  # None: no [webhooks] table, the route is not served
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     @property
     def default_account(self) -> str:

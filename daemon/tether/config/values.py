@@ -187,6 +187,16 @@ def positive_duration(value: Any, key: str) -> float:
     return seconds
 
 
+def duration_at_least(minimum: float) -> Converter:
+    def convert(value: Any, key: str) -> float:
+        seconds = parse_duration(value, key)
+        if seconds < minimum:
+            raise ConfigError(f"{key}: expected a duration of at least {minimum:g}s, got {show(value)}")
+        return seconds
+
+    return convert
+
+
 def http_url(value: Any, key: str) -> str:
     url = string(value, key)
     if not url.startswith(("http://", "https://")):
