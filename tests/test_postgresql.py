@@ -1,5 +1,5 @@
 """tether on a PostgreSQL store: the daemon and the CLI beside it, and what SQLite gives for free
-(writers in turn, one daemon per store), kept with advisory locks.
+(writers in turn), kept with advisory locks. Several daemons on one store: test_cluster.py.
 
 Each test gets a database of its own (conftest's `postgres_url`); the store tests run on both
 kinds of store are in test_store.py.
@@ -12,7 +12,7 @@ import threading
 
 from conftest import create, server_record, wait_for
 from tether.models import Event
-from tether.store import PG_LOCKS, PG_WRITES, Store
+from tether.store import PG_DAEMON, PG_LOCKS, PG_WRITES, Store
 
 POLICIES = """
 [[policy]]
@@ -45,12 +45,23 @@ def test_the_daemon_on_postgresql_picks_up_what_the_cli_tracks_and_cancels_at_th
     assert "healthy" in tether.ok("check").stdout
     assert not tether.store_path.exists()  # no SQLite file beside it: the database is the store
 
-    second = tether.cli("run", timeout=60)
-    assert second.returncode == 1
-    assert f"another tether daemon (pid {daemon.pid} on " in second.stderr
     assert tether.stop_daemon(daemon) == 0
     logged = [line["event"] for line in tether.log_lines(daemon)]
     assert logged.count("response.tracked") == 2  # the CLI's tracks reached the daemon's log
+
+
+def test_a_daemon_of_an_older_version_holding_the_store_alone_refuses_this_one(tether, postgres_url):
+    """Older daemons took the daemon lock exclusively: one of them and these never run together."""
+    import psycopg
+
+    tether.store_url = postgres_url
+    tether.write_config()
+    with psycopg.connect(postgres_url, autocommit=True) as older:
+        older.execute("SELECT set_config('application_name', 'tether daemon pid 41 on oldhost', false)")
+        older.execute(f"SELECT pg_advisory_lock({PG_LOCKS}, {PG_DAEMON})")
+        refused = tether.cli("run", timeout=60)
+    assert refused.returncode == 1
+    assert "another tether daemon (pid 41 on oldhost) is already running on" in refused.stderr
 
 
 def test_writers_take_turns_so_no_event_commits_behind_a_later_one(postgres_url):

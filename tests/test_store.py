@@ -24,7 +24,7 @@ from tether.store import Store, StoreError, writer_lock
 
 def test_migrations_from_empty_build_exactly_the_models_schema(store_url):
     store = Store(store_url)
-    assert store.migrate() == ["0001", "0002", "0003", "0004", "0005"]
+    assert store.migrate() == ["0001", "0002", "0003", "0004", "0005", "0006"]
     with store.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), SQLModel.metadata) == []
     assert store.migrate() == []
@@ -64,8 +64,8 @@ def test_the_store_runs_in_wal_mode_with_full_sync(tmp_path):
         assert conn.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL
 
 
-def test_a_second_writer_lock_on_the_same_store_is_refused_naming_the_holder(store_url):
-    url = store_url
+def test_a_second_writer_lock_on_the_same_sqlite_store_is_refused_naming_the_holder(tmp_path):
+    url = f"sqlite:///{tmp_path / 't.db'}"
     holder = subprocess.Popen(
         [
             sys.executable,
@@ -87,6 +87,17 @@ def test_a_second_writer_lock_on_the_same_store_is_refused_naming_the_holder(sto
     lock = writer_lock(Store(url))
     lock.acquire()  # free again once the holder is gone
     lock.release()
+
+
+def test_the_daemon_lock_of_a_postgresql_store_is_shared_by_its_daemons(postgres_url):
+    """Several daemons run on one PostgreSQL store (test_cluster.py); each holds the lock."""
+    first, second = writer_lock(Store(postgres_url)), writer_lock(Store(postgres_url))
+    first.acquire()
+    second.acquire()
+    assert first.held() and second.held() and first.in_use()
+    first.release()
+    second.release()
+    assert writer_lock(Store(postgres_url)).in_use() is False
 
 
 def test_a_start_that_meets_the_health_probe_on_the_lock_file_is_not_refused(tmp_path):

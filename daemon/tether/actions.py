@@ -161,11 +161,24 @@ def budget_records(store: Store, config: Config, pricing: Pricing) -> list[dict[
     return [render.budget(m.state) for m in measured]
 
 
-def health(store: Store, running: bool | None, now: float) -> tuple[bool, str]:
+def daemons(store: Store) -> list[dict[str, Any]] | None:
+    """Every daemon on a PostgreSQL store (host, pid, shards, heartbeat age); None on SQLite."""
+    if store.sqlite_path is not None:
+        return None
+    from tether.cluster import survey
+
+    with store.reading() as session:
+        return [member.describe() for member in survey(session).members]
+
+
+def health(store: Store, running: bool | None, now: float, takeover: float) -> tuple[bool, str]:
     """(healthy, what `tether check` says): a daemon runs on the store (`running`: its lock is
-    held; None: unknown) and its heartbeat is fresh."""
+    held; None: unknown) and its heartbeat is fresh. On PostgreSQL: at least one daemon does,
+    and each is listed."""
     from tether.models import Heartbeat
 
+    if store.sqlite_path is None:
+        return cluster_health(store, takeover)
     with store.reading() as session:
         beat = session.get(Heartbeat, "daemon")
     if beat is None:
@@ -182,6 +195,30 @@ def health(store: Store, running: bool | None, now: float) -> tuple[bool, str]:
     if age > HEARTBEAT_STALE:
         return False, f"unhealthy: the daemon's last heartbeat was {age:.0f}s ago ({daemon})"
     return True, f"healthy: daemon {daemon}, heartbeat {age:.1f}s ago"
+
+
+def cluster_health(store: Store, takeover: float) -> tuple[bool, str]:
+    from tether.cluster import SHARDS, Timing, survey
+
+    with store.reading() as session:
+        seen = survey(session)
+    stale_after = Timing(takeover).stale_after
+    running = [m for m in seen.members if m.alive and m.age <= stale_after]
+    lines = []
+    for m in seen.members:
+        state = "gone (its session ended)" if not m.alive else "frozen?" if m.age > stale_after else "running"
+        budgets = ", budgets" if m.budgets else ""
+        lines.append(
+            f"  {m.instance}: pid {m.pid} on {m.host}, {state}, {len(m.shards)} shards{budgets}, "
+            f"heartbeat {m.age:.1f}s ago"
+        )
+    if not running:
+        return False, "\n".join(["unhealthy: no daemon is running on this store", *lines])
+    head = (
+        f"healthy: {len(running)} daemon{'s' if len(running) > 1 else ''} running on this store, "
+        f"{len(seen.held)} of {SHARDS} shards held"
+    )
+    return True, "\n".join([head, *lines])
 
 
 # ---- acting ---------------------------------------------------------------------------

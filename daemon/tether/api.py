@@ -208,10 +208,17 @@ class ResponsesClient:
         )
 
     async def cancel(
-        self, response_id: str, *, retry: RetryPolicy | None = None, on_failure: FailureHook | None = None
+        self,
+        response_id: str,
+        *,
+        retry: RetryPolicy | None = None,
+        on_failure: FailureHook | None = None,
+        fence: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
+        """`fence` is called just before each attempt is sent, once a slot is free: it raises
+        to keep the cancel from leaving (a daemon that may have been replaced, tether/cluster.py)."""
         return await self._call(
-            "POST", f"responses/{response_id}/cancel", None, retry, priority=True, on_failure=on_failure
+            "POST", f"responses/{response_id}/cancel", None, retry, priority=True, on_failure=on_failure, fence=fence
         )
 
     async def create(
@@ -237,13 +244,14 @@ class ResponsesClient:
         idempotent: bool = True,
         priority: bool = False,
         on_failure: FailureHook | None = None,
+        fence: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
         """`on_failure` hears of every attempt that failed, the retried ones included."""
         policy = retry or self.retry
         attempt = 0
         while True:
             try:
-                return await self._once(method, path, body, self._priority if priority else self._semaphore)
+                return await self._once(method, path, body, self._priority if priority else self._semaphore, fence)
             except APIError as exc:
                 if on_failure is not None:
                     on_failure(exc)
@@ -255,9 +263,16 @@ class ResponsesClient:
                 await asyncio.sleep(policy.delay(attempt - 1, exc.retry_after, self._rng))
 
     async def _once(
-        self, method: str, path: str, body: dict[str, Any] | None, lane: asyncio.Semaphore
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        lane: asyncio.Semaphore,
+        fence: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
         async with lane:
+            if fence is not None:
+                fence()
             # Checked once a slot is free: calls queued behind a 401 must not follow it.
             remaining = self.pause_remaining()
             if remaining > 0:

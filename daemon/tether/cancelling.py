@@ -47,13 +47,15 @@ async def send(
     *,
     retry: RetryPolicy | None = NO_RETRY,
     on_error: Callable[[str, APIError], None] = lambda op, exc: None,
+    fence: Callable[[], None] | None = None,
 ) -> Outcome:
     """Call cancel; on a refusal, look (GET) at what the response is instead. `on_error`
-    hears of every API error, with the operation (`cancel` or `get`)."""
+    hears of every API error, with the operation (`cancel` or `get`); `fence` may keep the
+    cancel from leaving (`ResponsesClient.cancel`)."""
     if status in TERMINAL:  # it ended on its own while the cancel was pending
         return Outcome(now)
     try:
-        return Outcome(now, await client.cancel(rid, retry=retry))
+        return Outcome(now, await client.cancel(rid, retry=retry, fence=fence))
     except RequestRejected as exc:
         on_error("cancel", exc)
         try:

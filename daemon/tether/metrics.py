@@ -62,9 +62,14 @@ class Metrics:
     `status`, `policy` and `account`); it is called at each scrape, on the event loop.
     """
 
-    def __init__(self, records: Callable[[], Iterable[Any]]) -> None:
+    def __init__(self, records: Callable[[], Iterable[Any]], instance: str | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         registry = self.registry
+        # With several daemons on one store, each series names its daemon (docs/cluster.md).
+        self._exposed = registry
+        if instance is not None:
+            self._exposed = CollectorRegistry(auto_describe=False)
+            self._exposed.register(_Labelled(registry, instance))
         Info("tether", "The daemon's version.", registry=registry).info({"version": __version__})
         self.polls = Counter("tether_polls", "Polls started (GETs on the polling backoff).", registry=registry)
         self._api_errors = Counter(
@@ -129,7 +134,7 @@ class Metrics:
     def exposition(self) -> bytes:
         """Every metric in the Prometheus text format 0.0.4. Call it on the daemon's event loop:
         it counts the records the loop changes."""
-        return generate_latest(self.registry)
+        return generate_latest(self._exposed)
 
 
 class _ReadWhenScraped(Collector):
@@ -172,6 +177,23 @@ class _ReadWhenScraped(Collector):
             ),
             GaugeMetricFamily("tether_budget_limit_usd", "The budget's limit.", labels=["budget"]),
         )
+
+
+class _Labelled(Collector):
+    """Every metric of `registry`, each sample with an `instance` label added."""
+
+    def __init__(self, registry: CollectorRegistry, instance: str) -> None:
+        self._registry = registry
+        self._instance = instance
+
+    def collect(self) -> Iterator[Metric]:
+        for family in self._registry.collect():
+            labelled = Metric(family.name, family.documentation, family.type, family.unit)
+            for sample in family.samples:
+                labelled.add_sample(
+                    sample.name, {**sample.labels, "instance": self._instance}, sample.value, sample.timestamp
+                )
+            yield labelled
 
 
 async def metrics_handler(request: web.Request) -> web.Response:

@@ -123,6 +123,7 @@ class Event(SQLModel, table=True):
     reason: str | None = None
     detail: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     origin: str = "cli"  # daemon | cli: the daemon picks up what others wrote
+    instance: str | None = None  # the daemon that wrote it (on a PostgreSQL store; docs/cluster.md)
 
 
 class BudgetMark(SQLModel, table=True):
@@ -149,6 +150,22 @@ class Heartbeat(SQLModel, table=True):
     event_cursor: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     # Set by a clean stop, once everything is written; a running daemon's heartbeat clears it.
     stopped_at: float | None = None
+
+
+class Daemon(SQLModel, table=True):
+    """A daemon running on a PostgreSQL store (docs/cluster.md): a row while it runs."""
+
+    __tablename__ = "daemons"
+
+    instance: str = Field(primary_key=True)  # host-pid-random: unique among every daemon ever started
+    host: str
+    pid: int
+    member: int  # its membership lock's key: held while its lock session lives
+    lock_pid: int  # pg_backend_pid() of its lock session, which others may end when it freezes
+    started_at: float
+    heartbeat_at: float  # the database server's clock: every daemon compares it to the same clock
+    shards: list[int] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    budgets: bool = False  # holds budget enforcement
 
 
 # The tables as SQLAlchemy Core sees them, for bulk statements (SQLModel leaves `__table__` untyped).

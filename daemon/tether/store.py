@@ -6,9 +6,9 @@ at once with SQLITE_BUSY (no busy wait), an immediate one waits on busy_timeout.
 `synchronous=FULL` makes every committed transition durable across power loss; the
 daemon batches its bookkeeping writes so this costs one fsync per batch, not per poll.
 
-PostgreSQL (through psycopg) keeps the same two rules with advisory locks: write
-transactions take turns on one transaction-scoped lock, as SQLite's writers do, and the
-daemon holds a session-scoped one for its whole life (one daemon per database).
+PostgreSQL (through psycopg) keeps the first rule with an advisory lock: write transactions
+take turns on one transaction-scoped lock, as SQLite's writers do. Any number of daemons may
+run on one PostgreSQL database, each on a lock session of its own (tether/cluster.py).
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ from sqlmodel import Session
 from tether.diskspace import free_space_problem, preallocate_on_checkout, read_only_message, read_only_problem
 
 MIGRATIONS = Path(__file__).parent / "migrations"
-SCHEMA_HEAD = "0005"  # the newest revision in migrations/versions (a test keeps them equal)
+SCHEMA_HEAD = "0006"  # the newest revision in migrations/versions (a test keeps them equal)
 BUSY_TIMEOUT_MS = 30_000  # how long a writer waits for another's turn before it fails
 # PostgreSQL advisory locks, pg_advisory_lock(PG_LOCKS, what): tether's class id, then what.
 PG_LOCKS = 0x7E7E
 PG_WRITES = 1  # every write transaction: their event ids commit in order (the daemon's feed)
-PG_DAEMON = 2  # the running daemon's own connection
+PG_DAEMON = 2  # every running daemon's lock session, shared (a daemon of an older version takes it alone)
 LOCK_PROBE_GRACE = 0.2  # a busy SQLite lock file is tried again this long (see FileLock.acquire)
 
 
@@ -56,8 +56,9 @@ class Store:
         self.engine = build_engine(url)
         if self.sqlite_path is not None:
             preallocate_on_checkout(self.engine, self.sqlite_path)
-        self._writer = self.engine.execution_options(tether_immediate=True)
+        self._writer: Engine | Connection = self.engine.execution_options(tether_immediate=True)
         self._batch = threading.local()
+        self.instance: str | None = None  # the daemon writing through this store, on PostgreSQL (events.instance)
 
     @contextmanager
     def reading(self) -> Iterator[Session]:
@@ -95,6 +96,13 @@ class Store:
                     self._batch.open = None
         for callback in callbacks:
             callback()
+
+    def pin_writer(self, conn: Connection) -> None:
+        """Every write transaction from now on runs on `conn`, a daemon's lock session: once
+        another daemon has ended that session, nothing more this daemon writes can commit
+        (tether/cluster.py). Call it from the one thread that writes from then on."""
+        conn.execution_options(tether_immediate=True)  # the writers' turn, at each begin
+        self._writer = conn
 
     def after_commit(self, callback: Callable[[], object]) -> None:
         """Run `callback` once what was written is committed: now, or at the end of the batch."""
@@ -134,7 +142,7 @@ class Store:
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(MIGRATIONS))
         script = ScriptDirectory.from_config(cfg)
-        with self._writer.begin() as conn:
+        with self.engine.execution_options(tether_immediate=True).begin() as conn:
             before = MigrationContext.configure(conn).get_current_revision()
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
@@ -253,7 +261,7 @@ def postgresql_engine(url: URL) -> Engine:
 
 
 def writer_lock(store: Store) -> WriterLock:
-    """The lock that keeps a store to one daemon."""
+    """The lock a daemon holds on its store: a SQLite store's keeps it to one daemon."""
     return FileLock(store.sqlite_path) if store.sqlite_path is not None else AdvisoryLock(store)
 
 
@@ -322,7 +330,9 @@ class FileLock:
 
 
 class AdvisoryLock:
-    """A PostgreSQL store's: a session advisory lock, on a connection of its own.
+    """A PostgreSQL store's: a shared session advisory lock, on a connection of its own, the
+    daemon's lock session (tether/cluster.py). Daemons of this version share it; one of an
+    older version, which takes it alone, is refused and refuses them.
 
     The connection's application_name names the holder so the refusal can. The server
     drops the lock when the connection ends, so a crash never leaves a stale lock.
@@ -338,7 +348,7 @@ class AdvisoryLock:
             conn = self.store.engine.connect()
             conn.detach()  # closing it ends the session (and the lock) instead of pooling it
             conn.exec_driver_sql("SELECT set_config('application_name', %s, false)", (me,))
-            held = conn.exec_driver_sql(f"SELECT pg_try_advisory_lock({PG_LOCKS}, {PG_DAEMON})").scalar()
+            held = conn.exec_driver_sql(f"SELECT pg_try_advisory_lock_shared({PG_LOCKS}, {PG_DAEMON})").scalar()
             holder = None if held else conn.exec_driver_sql(HOLDER).scalar()
             conn.commit()
         except OperationalError as exc:
@@ -347,6 +357,11 @@ class AdvisoryLock:
             conn.close()
             raise refusal((holder or "unknown").removeprefix(HOLDER_PREFIX), self.store.shown_url)
         self._conn = conn
+
+    @property
+    def connection(self) -> Connection:
+        assert self._conn is not None, "the lock is not held"
+        return self._conn
 
     def held(self) -> bool:
         """Whether the lock's session is alive: a server restart, or a terminated backend, ends it."""

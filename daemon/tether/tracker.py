@@ -55,10 +55,11 @@ LEVELS = {
 class Recorder:
     """Event rows of one transaction, and the log lines to emit after it commits."""
 
-    def __init__(self, session: Session, origin: str, now: float) -> None:
+    def __init__(self, session: Session, origin: str, now: float, instance: str | None = None) -> None:
         self.session = session
         self.origin = origin
         self.now = now
+        self.instance = instance
         self._lines: list[tuple[str, str | None, str | None, str | None, str | None, dict[str, Any]]] = []
         self._rows: list[dict[str, Any]] = []  # event rows, inserted together (`write`)
 
@@ -87,6 +88,7 @@ class Recorder:
                 "reason": reason,
                 "detail": detail,
                 "origin": self.origin,
+                "instance": self.instance,
             }
         )
         self._lines.append((kind.value, response_id, from_, to, reason, detail))
@@ -139,7 +141,7 @@ def log_event(
 @contextmanager
 def recording(store: Store, origin: str, now: float) -> Iterator[Recorder]:
     with store.writing() as session:
-        recorder = Recorder(session, origin, now)
+        recorder = Recorder(session, origin, now, store.instance)
         yield recorder
         recorder.write()
     store.after_commit(recorder.emit)  # log lines only for what is durable

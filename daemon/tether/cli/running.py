@@ -21,9 +21,12 @@ def run(ctx: typer.Context) -> None:
     """Run the daemon in the foreground (systemd's ExecStart)."""
     import asyncio
 
+    from sqlalchemy.exc import OperationalError
+
     from tether import logs
+    from tether.cluster import Cluster
     from tether.daemon import Daemon
-    from tether.store import Store, StoreError, writer_lock
+    from tether.store import AdvisoryLock, Store, StoreError, writer_lock
 
     context: Context = ctx.obj
     config = context.config()
@@ -38,15 +41,24 @@ def run(ctx: typer.Context) -> None:
             config.webhooks.read_secret()
     except ConfigError as exc:
         fail(EXIT_CONFIG, f"invalid configuration: {exc}")
+    cluster = None
     try:
         store = Store(config.store.url)
         lock = writer_lock(store)
-        lock.acquire()  # before migrating: only the one daemon of a store changes its schema
-        store.ensure_schema()
+        lock.acquire()  # before migrating: a daemon of an older version is refused first
+        store.ensure_schema()  # migrations take the writers' turn: daemons starting together apply them once
+        if isinstance(lock, AdvisoryLock):  # several daemons may share a PostgreSQL store
+            cluster = Cluster(store, lock.connection, config.cluster.takeover)
+            cluster.join()
+            store.instance = cluster.instance
+            store.pin_writer(lock.connection)
     except StoreError as exc:
         fail(EXIT_FAILURE, str(exc))
+    except OperationalError as exc:
+        fail(EXIT_FAILURE, str(store.unreachable(exc)))
     try:
-        code = asyncio.run(Daemon(config, store, config_path=context.config_path, lock=lock).run())
+        daemon = Daemon(config, store, config_path=context.config_path, lock=lock, cluster=cluster)
+        code = asyncio.run(daemon.run())
     finally:
         lock.release()
     raise typer.Exit(code)

@@ -26,7 +26,8 @@ class BudgetWatch:
         while True:
             rollover = self._next_rollover()
             await state.sleep(state.budget_wake, None if rollover is None else rollover - state.clock())
-            if not state.config.budgets:
+            if not state.config.budgets or (state.cluster is not None and not state.cluster.budgets):
+                # With several daemons, one enforces the budgets (tether/cluster.py, PG_BUDGETS).
                 state.metrics.measured([])
                 state.budget_wake.clear()
                 continue

@@ -12,6 +12,7 @@ import heapq
 from tether import cancelling
 from tether.api import NotFound
 from tether.cancelling import Outcome
+from tether.cluster import Fenced
 from tether.daemon.polling import Polling
 from tether.daemon.records import Active
 from tether.daemon.state import State
@@ -128,6 +129,12 @@ class Deadlines:
 
     async def _retry_cancel(self, rec: Active) -> None:
         try:
+            if rec.id in self.state.look_first:
+                # Taken over from a daemon that may have sent it: what the response is now says.
+                if not await self._deadline_look(rec):
+                    rec.next_cancel_at = self._retry_at(rec, rec.cancel_attempts)
+                    return
+                self.state.look_first.discard(rec.id)
             await self._send_cancels([rec], "cancel")
         finally:
             rec.enforcing = False
@@ -135,11 +142,19 @@ class Deadlines:
 
     async def _send_cancels(self, recs: list[Active], op: str) -> None:
         """Send the cancels at once (polls held back meanwhile), then record their answers and
-        their failures to retry in one transaction."""
+        their failures to retry in one transaction. None leaves unless this daemon's lease
+        runs (tether/cluster.py): checked before the burst, and before each cancel."""
+        state = self.state
+        if recs and not await state.lease():
+            self._fenced(recs)
+            return
         with self.polling.held():
             replies = await asyncio.gather(*(self._cancel_one(rec) for rec in recs), return_exceptions=True)
         outcomes: list[tuple[Active, Outcome]] = []
+        self._fenced([rec for rec, reply in zip(recs, replies, strict=True) if isinstance(reply, Fenced)])
         for rec, reply in zip(recs, replies, strict=True):
+            if isinstance(reply, Fenced):
+                continue
             if isinstance(reply, BaseException):
                 if not isinstance(reply, (StoreFailure, asyncio.CancelledError)):  # those stop the daemon
                     self._cancel_broke(rec, op, reply)
@@ -147,7 +162,6 @@ class Deadlines:
                 outcomes.append((rec, reply))
         if not outcomes:
             return
-        state = self.state
         try:
             rows = await state.writer.run(
                 state.queries.write_cancels_settled, [(rec.id, outcome) for rec, outcome in outcomes]
@@ -166,6 +180,20 @@ class Deadlines:
                     rec.refresh(row)
                 rec.next_cancel_at = self._retry_at(rec, rec.cancel_attempts, outcome.failed.retry_after)
 
+    def _fenced(self, recs: list[Active]) -> None:
+        """Cancels held back: tried again once a heartbeat has renewed the lease (if one can)."""
+        if not recs:
+            return
+        log.warning(
+            "daemon.fenced",
+            cancels=len(recs),
+            response_ids=[rec.id for rec in recs[:10]],
+            hint="this daemon's lease ran out (frozen, or cut off from the database): the cancels were not sent",
+        )
+        retry_at = self.state.clock() + self.state.config.cluster.takeover / 10
+        for rec in recs:
+            rec.next_cancel_at = retry_at
+
     def _cancel_broke(self, rec: Active, op: str, exc: BaseException) -> None:
         log.error("daemon.error", response_id=rec.id, op=op, error=repr(exc))
         rec.next_cancel_at = self.state.clock() + self.state.config.polling.max_interval
@@ -180,6 +208,7 @@ class Deadlines:
             rec.status,
             state.clock(),
             on_error=functools.partial(state.api_error, rec),
+            fence=state.cluster.fence if state.cluster is not None else None,
         )
         if isinstance(outcome.failed, NotFound):
             await self.polling.record_not_found(rec, outcome.asked_at)

@@ -15,6 +15,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from tether import logs
 from tether.api import ResponsesClient
+from tether.cluster import Cluster
 from tether.config import Config, ConfigError, load_config
 from tether.daemon import queries
 from tether.daemon.budget_watch import BudgetWatch
@@ -22,6 +23,7 @@ from tether.daemon.deadlines import Deadlines
 from tether.daemon.pickup import PICKUP_EVERY, Pickup
 from tether.daemon.polling import Polling
 from tether.daemon.records import Active
+from tether.daemon.sharing import Sharing
 from tether.daemon.state import State
 from tether.daemon.writer import StoreFailure
 from tether.logs import log
@@ -46,13 +48,16 @@ class Daemon:
         clock: Callable[[], float] = time.time,
         notifier: Notifier | None = None,
         lock: WriterLock | None = None,
+        cluster: Cluster | None = None,
     ) -> None:
-        self.state = State(config, store, clock)
+        self.state = State(config, store, clock, cluster)
+        self.cluster = cluster  # on a PostgreSQL store: this daemon's membership (tether/cluster.py)
+        self.sharing = Sharing(self.state, cluster) if cluster is not None else None
         self.polling = Polling(self.state)
         self.deadlines = Deadlines(self.state, self.polling)
         self.pickup = Pickup(self.state)
         self.budgets = BudgetWatch(self.state)
-        self.lock = lock  # the store's single-writer lock, held by the caller
+        self.lock = lock  # the store's lock, held by the caller
         self.notify = notifier or Notifier()
         self.server = Server(self)
         self.config_path = config_path
@@ -68,6 +73,8 @@ class Daemon:
             loop.add_signal_handler(sig, state.stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: state.spawn(self.reload(), "reload"))
         state.clients = self._build_clients(state.config)
+        if self.cluster is not None:
+            self.cluster.start(lambda: loop.call_soon_threadsafe(self._lost))
         await self._load()
         try:
             await self.server.start()  # the doors open on a loaded daemon
@@ -84,6 +91,7 @@ class Daemon:
         log.info(
             "daemon.started",
             pid=os.getpid(),
+            **({"instance": self.cluster.instance, "shards": len(self.cluster.owned)} if self.cluster else {}),
             store=state.store.url,
             active=self._counts()[0],
             accounts=list(state.config.accounts),
@@ -95,6 +103,8 @@ class Daemon:
             asyncio.create_task(self.deadlines.loop(), name="timer-loop"),
             asyncio.create_task(self.budgets.loop(), name="budget-loop"),
         ]
+        if self.sharing is not None:
+            loops.append(asyncio.create_task(self.sharing.loop(), name="sharing-loop"))
         stopped = asyncio.create_task(state.stop.wait(), name="stop")
         done, _ = await asyncio.wait([stopped, *loops], return_when=asyncio.FIRST_COMPLETED)
         log.info("daemon.stopping", active=self._counts()[0], in_flight=len(state.tasks))
@@ -119,8 +129,14 @@ class Daemon:
         self.state.stop.set()
 
     async def _load(self) -> None:
-        """Schedule every open response in the store, a page at a time (bounded memory)."""
+        """Schedule every open response in the store, a page at a time (bounded memory). With
+        several daemons on the store, only those of the shards this one takes at first."""
         state = self.state
+        if self.sharing is not None:
+            # The CLI's events from now on are picked up; what it wrote before is in the rows loaded.
+            self.pickup.event_cursor = await state.writer.run(state.queries.read_last_event)
+            await self.sharing.run_once()
+            return
         self.pickup.event_cursor = await state.writer.run(state.queries.read_event_cursor)
         after = ""
         while True:
@@ -185,10 +201,13 @@ class Daemon:
                 await asyncio.wait(late, timeout=1.0)
 
     async def _finish(self) -> None:
+        if self.cluster is not None:
+            await asyncio.to_thread(self.cluster.stop)  # its heartbeat first: the row goes below
         try:
             await self.polling.flush()
             if self.state.failure is None:  # a failed daemon says nothing more (its lock may be another's)
-                await self.state.writer.run(self.state.queries.write_stopped)
+                stopped = self.cluster.leave if self.cluster is not None else self.state.queries.write_stopped
+                await self.state.writer.run(stopped)
         except StoreFailure:
             pass
         for client in self.state.clients.values():
@@ -203,8 +222,25 @@ class Daemon:
 
     # ---- periodic jobs ---------------------------------------------------------
 
+    def _lost(self) -> None:
+        """The heartbeat found this daemon replaced: its session was ended (it froze, or the
+        database restarted). It stops at once; its lease is over, so nothing more is sent."""
+        state = self.state
+        state.failure = state.failure or StoreFailure("the lock session was ended")
+        log.critical(
+            "daemon.lock_lost",
+            instance=self.cluster.instance if self.cluster else None,
+            hint="this daemon's database session was ended (it was frozen past [cluster] takeover, or the "
+            "database restarted); others have taken its shards; stopping (systemd starts it afresh)",
+        )
+        state.stop.set()
+
     async def _heartbeat(self) -> None:
         state = self.state
+        if self.cluster is not None:  # its heartbeat thread keeps its row (tether/cluster.py)
+            if self.notify.enabled:
+                self.notify.status(self._status())
+            return
         if self.lock is not None and not await asyncio.to_thread(self.lock.held):
             state.failure = state.failure or StoreFailure("the single-writer lock was lost")
             log.critical(

@@ -19,7 +19,8 @@ class Pickup:
         """Adopt responses that the CLI tracked or changed (a manual cancel, say).
 
         Their events are logged here too, so the daemon's log (the journal) holds
-        every event of the store, whoever wrote it.
+        every event of the store, whoever wrote it; with several daemons on the store, every
+        event of the responses it works (docs/cluster.md).
         """
         state = self.state
         while True:
@@ -32,6 +33,8 @@ class Pickup:
             rows = await state.writer.run(state.queries.reapply_policies, ids, last)
             self.event_cursor = last
             for ev in events:
+                if ev.origin == "daemon" or (ev.response_id is not None and not state.owns(ev.response_id)):
+                    continue  # another daemon's, logged by it; a response another daemon works, logged there
                 tracker.log_event(
                     ev.kind, ev.response_id, ev.from_status, ev.to_status, ev.reason, ev.detail, origin=ev.origin
                 )

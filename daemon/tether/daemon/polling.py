@@ -36,6 +36,10 @@ class Polling:
         state = self.state
         while True:
             await self.free.wait()
+            if state.cluster is not None and state.cluster.lease_left() <= 0:
+                # Frozen past its lease, or cut off from the database: it may have been replaced.
+                await asyncio.sleep(state.cluster.timing.beat_every)
+                continue
             state.poll_wake.clear()
             now = state.clock()
             while state.polls and state.polls[0][0] <= now and self.free.is_set():

@@ -8,11 +8,12 @@ import socket
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sqlalchemy import Text, bindparam, cast, func, or_, select, update
+from sqlalchemy import Text, and_, bindparam, cast, func, literal_column, or_, select, update
 from sqlmodel import Session, col
 
 from tether import cancelling, tracker
 from tether.cancelling import Outcome
+from tether.cluster import SHARD_SQL
 from tether.daemon.records import PollMark
 from tether.models import ACTIVE, RESPONSES, CancelState, Event, Heartbeat, Response
 from tether.policies import Act, decide
@@ -84,18 +85,28 @@ class Queries:
             beat = session.get(Heartbeat, "daemon")
             return beat.event_cursor if beat is not None else 0
 
-    def read_open_rows(self, after: str) -> list[ScheduledRow]:
+    def read_open_rows(self, after: str, shards: list[int] | None = None) -> list[ScheduledRow]:
+        """The next page of open responses; with `shards`, only theirs."""
         with self.state.store.reading() as session:
-            return open_rows(session, after)
+            return open_rows(session, after, shards)
+
+    def read_last_event(self) -> int:
+        with self.state.store.reading() as session:
+            return session.execute(select(func.max(Event.id))).scalar() or 0
 
     def read_events_by_others(self, after: int) -> tuple[list[Event], int]:
-        """The next page of events others wrote after `after`, and the id to resume from."""
+        """The next page of events others wrote after `after` (the CLI, other daemons), and
+        the id to resume from."""
+        me = self.state.store.instance
+        others = col(Event.origin) != "daemon"
+        if me is not None:
+            others = or_(others, and_(col(Event.instance).is_not(None), col(Event.instance) != me))
         with self.state.store.reading() as session:
             last = session.execute(select(func.max(Event.id))).scalar() or after
             events = list(
                 session.execute(
                     select(Event)
-                    .where(col(Event.id) > after, col(Event.id) <= last, col(Event.origin) != "daemon")
+                    .where(col(Event.id) > after, col(Event.id) <= last, others)
                     .order_by(col(Event.id))
                     .limit(PICKUP_PAGE)
                 ).scalars()
@@ -105,13 +116,14 @@ class Queries:
             return events, last
 
     def reapply_policies(self, ids: list[str], cursor: int | None = None) -> list[Response]:
-        """Resolve policies again with this daemon's config (and move the event cursor)."""
+        """Resolve policies again with this daemon's config (and move the event cursor): for
+        the responses this daemon works, others' are left to theirs."""
         with self._recording() as rec:
-            rows = list(rows_by_id(rec.session, ids).values())
+            rows = list(rows_by_id(rec.session, self._owned(ids)).values())
             for row in rows:
                 tracker.refresh_policy(row, self.state.config)
             beat = rec.session.get(Heartbeat, "daemon")
-            if cursor is not None and beat is not None:
+            if cursor is not None and beat is not None and self.state.cluster is None:
                 beat.event_cursor = cursor
             return rows
 
@@ -138,6 +150,8 @@ class Queries:
     # ---- polls ----------------------------------------------------------------
 
     def write_observation(self, rid: str, observed: dict[str, Any], reason: str, mark: PollMark) -> Response | None:
+        if not self.state.owns(rid):
+            return None
         with self._recording() as rec:
             row = rec.session.get(Response, rid)
             if row is None:
@@ -150,6 +164,8 @@ class Queries:
             return row
 
     def write_not_found(self, rid: str, mark: PollMark) -> Response | None:
+        if not self.state.owns(rid):
+            return None
         with self._recording() as rec:
             row = rec.session.get(Response, rid)
             if row is None:
@@ -159,6 +175,9 @@ class Queries:
             return row
 
     def write_marks(self, marks: dict[str, PollMark], confirmed: dict[str, float]) -> None:
+        owns = self.state.owns
+        marks = {rid: mark for rid, mark in marks.items() if owns(rid)}
+        confirmed = {rid: until for rid, until in confirmed.items() if owns(rid)}
         table = RESPONSES
         statement = (
             update(table)
@@ -209,7 +228,7 @@ class Queries:
         (`state.DECISION_LEAD`), its events dated `at`, so that the cancels wait for nothing at `at`.
         """
         with tracker.recording(self.state.store, "daemon", max(at, self.state.clock())) as rec:
-            rows = decision_rows(rec.session, [rid for rid, _ in items])
+            rows = decision_rows(rec.session, self._owned([rid for rid, _ in items]))
             decided = [self.decide(rec, rows.get(rid), looked) for rid, looked in items]
             write_decided(rec.session, [row for row, _ in decided if row is not None])
         return decided
@@ -237,7 +256,7 @@ class Queries:
         """Record the outcomes of cancels, answers and failures to retry: one transaction for a burst."""
         with self._recording() as rec:
             ids = [rid for rid, _ in items]
-            rows = rows_by_id(rec.session, ids)
+            rows = rows_by_id(rec.session, self._owned(ids))
             for rid, outcome in items:
                 if (row := rows.get(rid)) is None:
                     continue
@@ -246,6 +265,11 @@ class Queries:
                 else:
                     cancelling.record_failure(rec, row, outcome.failed, self.state.config)
             return [rows.get(rid) for rid in ids]
+
+    def _owned(self, ids: list[str]) -> list[str]:
+        """The ids of responses this daemon works: a shard given up since a job was queued is
+        another daemon's by the time it runs (tether/cluster.py)."""
+        return ids if self.state.cluster is None else [rid for rid in ids if self.state.owns(rid)]
 
     def _recording(self):
         return tracker.recording(self.state.store, "daemon", self.state.clock())
@@ -256,28 +280,23 @@ def rows_by_id(session: Session, ids: list[str]) -> dict[str, Response]:
     return {row.id: row for row in session.execute(select(Response).where(col(Response.id).in_(ids))).scalars()}
 
 
-def open_rows(session: Session, after: str) -> list[ScheduledRow]:
-    """The next page of open responses (by id, after `after`), as rows of SCHEDULING_COLUMNS:
-    only what scheduling needs, as plain rows, not ORM objects, so 100,000 load in a
-    fraction of the time and memory."""
-    rows = (
-        session.connection()
-        .execute(
-            select(*SCHEDULING_COLUMNS)
-            .where(
-                col(Response.id) > after,
-                or_(
-                    col(Response.status).is_(None),
-                    col(Response.status).in_(ACTIVE),
-                    col(Response.cancel_state) == CancelState.PENDING.value,
-                    col(Response.confirm_until).is_not(None),  # a window not confirmed yet, even if over
-                ),
-            )
-            .order_by(col(Response.id))
-            .limit(LOAD_PAGE)
-        )
-        .all()
-    )
+def open_rows(session: Session, after: str, shards: list[int] | None = None) -> list[ScheduledRow]:
+    """The next page of open responses (by id, after `after`; with `shards`, only theirs),
+    as rows of SCHEDULING_COLUMNS: only what scheduling needs, as plain rows, not ORM
+    objects, so 100,000 load in a fraction of the time and memory."""
+    conditions = [
+        col(Response.id) > after,
+        or_(
+            col(Response.status).is_(None),
+            col(Response.status).in_(ACTIVE),
+            col(Response.cancel_state) == CancelState.PENDING.value,
+            col(Response.confirm_until).is_not(None),  # a window not confirmed yet, even if over
+        ),
+    ]
+    if shards is not None:
+        conditions.append(literal_column(SHARD_SQL).in_(shards))
+    query = select(*SCHEDULING_COLUMNS).where(*conditions).order_by(col(Response.id)).limit(LOAD_PAGE)
+    rows = session.connection().execute(query).all()
     return [ScheduledRow._make(row) for row in rows]
 
 

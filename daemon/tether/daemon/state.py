@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy.exc import OperationalError
 
 from tether.api import AccountError, AccountPaused, APIError, ResponsesClient
+from tether.cluster import Cluster, shard_of
 from tether.config import Config
 from tether.daemon.queries import Queries
 from tether.daemon.records import Active
@@ -38,8 +39,11 @@ class State:
     (`schedule`); an entry whose record moved on is skipped when it comes up.
     """
 
-    def __init__(self, config: Config, store: Store, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, config: Config, store: Store, clock: Callable[[], float], cluster: Cluster | None = None
+    ) -> None:
         self.config = config
+        self.cluster = cluster  # None: a SQLite store, worked by this daemon alone
         self.pricing = Pricing.from_config(config)
         self.clients: dict[str, ResponsesClient] = {}
         self.store = store
@@ -48,7 +52,7 @@ class State:
         self.rng = random.Random()
         self.stats = Stats()
         self.active: dict[str, Active] = {}
-        self.metrics = Metrics(lambda: self.active.values())
+        self.metrics = Metrics(lambda: self.active.values(), cluster.instance if cluster is not None else None)
         self.writer = StoreWriter(store, self._store_failed, self.metrics.store_transactions.inc)
         self.queries = Queries(self)
         self.polls: list[tuple[float, int, str]] = []
@@ -58,14 +62,22 @@ class State:
         self.timer_wake = asyncio.Event()
         self.budget_wake = asyncio.Event()
         self.confirmed: dict[str, float] = {}  # confirmation windows seen through, not yet cleared
+        # Pending cancels taken over from another daemon, which may have sent them: looked at first.
+        self.look_first: set[str] = set()
         self.stop = asyncio.Event()
         self.failure: BaseException | None = None
         self.tasks: set[asyncio.Task[Any]] = set()
 
     # ---- scheduling -------------------------------------------------------------
 
+    def owns(self, response_id: str) -> bool:
+        """Is this response this daemon's to work (its shard is held here)?"""
+        return self.cluster is None or shard_of(response_id) in self.cluster.owned
+
     def adopt(self, row: Response) -> None:
-        """Start (or refresh) scheduling a response read from the store."""
+        """Start (or refresh) scheduling a response read from the store, if it is this daemon's."""
+        if not self.owns(row.id):
+            return
         rec = self.active.get(row.id)
         if rec is None:
             self.add(Active.from_row(row))
@@ -127,6 +139,16 @@ class State:
     async def until(self, at: float) -> None:
         while (left := at - self.clock()) > 0:
             await asyncio.sleep(left)
+
+    async def lease(self) -> bool:
+        """May this daemon act on its shards now? Always alone on its store; with others, while
+        its lease runs, renewed here by a heartbeat when it is about to run out."""
+        cluster = self.cluster
+        if cluster is None:
+            return True
+        if cluster.lease_left() > cluster.timing.beat_every:
+            return True
+        return await asyncio.to_thread(cluster.beat)
 
     # ---- what the parts report ----------------------------------------------------
 

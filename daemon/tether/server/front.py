@@ -183,8 +183,10 @@ class Front:
         return actions.budget_records(self.state.store, self.config, self.state.pricing)
 
     def health(self) -> dict:
-        healthy, message = actions.health(self.state.store, self.holds_lock(), time.time())
-        return {"healthy": healthy, "message": message}
+        store = self.state.store
+        healthy, message = actions.health(store, self.holds_lock(), time.time(), self.config.cluster.takeover)
+        daemons = actions.daemons(store)
+        return {"healthy": healthy, "message": message, **({"daemons": daemons} if daemons is not None else {})}
 
     def holds_lock(self) -> bool:
         """The daemon runs on its store's single-writer lock, not lost (its heartbeat checks it)."""

@@ -240,7 +240,29 @@ PATHS: dict[str, Any] = {
             "responses": {
                 "200": ok(
                     "Health",
-                    {"type": "object", "properties": {"healthy": {"type": "boolean"}, "message": {"type": "string"}}},
+                    {
+                        "type": "object",
+                        "properties": {
+                            "healthy": {"type": "boolean"},
+                            "message": {"type": "string"},
+                            "daemons": {
+                                "description": "On a PostgreSQL store: every daemon on it (docs/cluster.md)",
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "properties": {
+                                        "instance": {"type": "string"},
+                                        "host": {"type": "string"},
+                                        "pid": {"type": "integer"},
+                                        "shards": {"type": "integer"},
+                                        "budgets": {"type": "boolean"},
+                                        "heartbeat_age": {"type": "number"},
+                                        "alive": {"type": "boolean"},
+                                    },
+                                },
+                            },
+                        },
+                    },
                 )
             },
         },
