@@ -4,6 +4,7 @@ frozen daemon.
 
     uv run python -m bench.cluster                 # 3,000 responses, a 30 s window per size
     uv run python -m bench.cluster --quick         # 600 responses, a 10 s window
+    uv run python -m bench.cluster --interval 10   # polled every 10 s instead of 2 s
 
 Each size gets a fresh database on the PostgreSQL server of `--postgres` (created and dropped
 here; the tests' `.ci/postgres` starts one). The stand-in runs in this process; each daemon
@@ -249,13 +250,14 @@ def main() -> None:
         "--postgres", default=os.environ.get("TETHER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
     )
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--interval", type=float, default=2.0, help="the fixed poll interval, seconds")
     args = parser.parse_args()
     active, window = (600, 10.0) if args.quick else (3000, 30.0)
     results = []
     with tempfile.TemporaryDirectory(prefix="tether-bench-cluster-") as tmp:
         for daemons in (1, 2, 3):
-            log(f"{daemons} daemon(s), {active} responses polled every 2 s, {window:g} s window")
-            result = run_size(args.postgres, Path(tmp), daemons, active, 2.0, 10.0, window)
+            log(f"{daemons} daemon(s), {active} responses polled every {args.interval:g} s, {window:g} s window")
+            result = run_size(args.postgres, Path(tmp), daemons, active, args.interval, 10.0, window)
             log(json.dumps(result))
             results.append(result)
     RESULTS.write_text(json.dumps({"at": time.time(), "sizes": results}, indent=2) + "\n")

@@ -118,6 +118,8 @@ class Sharing:
         while True:
             rows = await asyncio.to_thread(state.queries.read_open_rows, after, shards)
             for row in rows:
+                if row.id in state.active:  # adopted meanwhile (the pickup): scheduled already
+                    continue
                 if row.cancel_state == CancelState.PENDING.value:
                     state.look_first.add(row.id)
                 state.add(Active.loaded(row))
