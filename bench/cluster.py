@@ -143,7 +143,9 @@ def run_size(
     due = active // 10
     with Stand() as stand, Database(admin) as url:
         now = time.time()
-        start = now + warmup + 10  # the daemons start and the responses are tracked before it
+        # Before it, the daemons start, and each response is polled once: tracked unverified,
+        # its created_at (so its deadline) is known from its first poll on.
+        start = now + warmup + 10 * daemons + interval
         # Due ones were created MAX_RUNTIME before their deadline, spread over the window.
         records = stand.create(
             active,
@@ -169,6 +171,10 @@ def run_size(
         )
         if tracked.returncode != 0:
             raise SystemExit(tracked.stderr)
+        # Spread the first polls over one interval, as responses tracked at different times
+        # would be: N polls due at once would queue the stand-in's cancels behind them.
+        with psycopg.connect(url) as conn:
+            conn.execute("UPDATE responses SET next_poll_at = extract(epoch FROM now()) + random() * %s", (interval,))
         procs = [start_daemon(root, f"d{k + 1}", cfg) for k, cfg in enumerate(configs)]
         try:
             fair = math.ceil(64 / daemons)
@@ -178,7 +184,8 @@ def run_size(
                 "the shards shared out",
                 0.2,
             )
-            wait(lambda: time.time() >= start, warmup + 30, "the window")
+            balanced = time.time()
+            wait(lambda: time.time() >= start, warmup + 30 + 10 * daemons, "the window")
             cpu0 = [cpu_seconds(p.pid) for p in procs]
             gets0 = stand.requests("get")
             time.sleep(window)
@@ -206,6 +213,7 @@ def run_size(
                 "deadline_overrun_seconds": summary(late),
                 "daemon_cpu_cores": [c / window for c in cpu],
                 "load_average": loadavg(),
+                "window_began_after_balance_seconds": start - balanced,
             }
             if daemons >= 2:
                 result["takeover"] = takeovers(url, procs)
@@ -251,11 +259,12 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--interval", type=float, default=2.0, help="the fixed poll interval, seconds")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 3], help="numbers of daemons to run")
     args = parser.parse_args()
     active, window = (600, 10.0) if args.quick else (3000, 30.0)
     results = []
     with tempfile.TemporaryDirectory(prefix="tether-bench-cluster-") as tmp:
-        for daemons in (1, 2, 3):
+        for daemons in args.sizes:
             log(f"{daemons} daemon(s), {active} responses polled every {args.interval:g} s, {window:g} s window")
             result = run_size(args.postgres, Path(tmp), daemons, active, args.interval, 10.0, window)
             log(json.dumps(result))

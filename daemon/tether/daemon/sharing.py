@@ -50,7 +50,7 @@ class Sharing:
         elif len(cluster.owned) > fair:
             await self._give_back(len(cluster.owned) - fair)
         if not cluster.budgets and (not survey.budgets_held or any(m.budgets for m in ended)):
-            if await self.state.writer.run(cluster.take_budgets):
+            if await self.state.writer.run(cluster.take_budgets, urgent=True):
                 cluster.budgets = True
                 log.info("daemon.budgets", instance=cluster.instance, held=True)
                 self.state.budget_wake.set()
@@ -83,7 +83,8 @@ class Sharing:
         state, cluster = self.state, self.cluster
         if not wanted:
             return
-        taken = await state.writer.run(cluster.take, wanted)
+        # Urgent: ahead of the queued bookkeeping, so a shard given back waits little for its taker.
+        taken = await state.writer.run(cluster.take, wanted, urgent=True)
         if not taken:
             return
         cluster.owned = cluster.owned | frozenset(taken)
@@ -152,5 +153,5 @@ class Sharing:
             for rec in by_shard.get(shard, ()):
                 state.active.pop(rec.id, None)
                 state.look_first.discard(rec.id)
-        await state.writer.run(cluster.give_back, quiet)
+        await state.writer.run(cluster.give_back, quiet, urgent=True)
         log.info("daemon.shards", instance=cluster.instance, released=quiet, held=len(cluster.owned))
