@@ -9,7 +9,8 @@ frozen daemon.
 Each size gets a fresh database on the PostgreSQL server of `--postgres` (created and dropped
 here; the tests' `.ci/postgres` starts one). The stand-in runs in this process; each daemon
 names itself with its own OpenAI-Project header, so the stand-in's call log says who sent what.
-Results go to bench/results/cluster-latest.json. Every process started here is stopped here.
+Results go to bench/results/cluster-latest.json (kept as cluster-COMMIT-CPU.json, figures in
+docs/benchmarks.md). Every process started here is stopped here.
 """
 
 from __future__ import annotations
