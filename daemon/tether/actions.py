@@ -171,14 +171,14 @@ def daemons(store: Store) -> list[dict[str, Any]] | None:
         return [member.describe() for member in survey(session).members]
 
 
-def health(store: Store, running: bool | None, now: float, takeover: float) -> tuple[bool, str]:
+def health(store: Store, running: bool | None, now: float) -> tuple[bool, str]:
     """(healthy, what `tether check` says): a daemon runs on the store (`running`: its lock is
     held; None: unknown) and its heartbeat is fresh. On PostgreSQL: at least one daemon does,
     and each is listed."""
     from tether.models import Heartbeat
 
     if store.sqlite_path is None:
-        return cluster_health(store, takeover)
+        return cluster_health(store)
     with store.reading() as session:
         beat = session.get(Heartbeat, "daemon")
     if beat is None:
@@ -197,16 +197,15 @@ def health(store: Store, running: bool | None, now: float, takeover: float) -> t
     return True, f"healthy: daemon {daemon}, heartbeat {age:.1f}s ago"
 
 
-def cluster_health(store: Store, takeover: float) -> tuple[bool, str]:
-    from tether.cluster import SHARDS, Timing, survey
+def cluster_health(store: Store) -> tuple[bool, str]:
+    from tether.cluster import SHARDS, survey
 
     with store.reading() as session:
         seen = survey(session)
-    stale_after = Timing(takeover).stale_after
-    running = [m for m in seen.members if m.alive and m.age <= stale_after]
+    running = [m for m in seen.members if m.alive and not m.frozen]
     lines = []
     for m in seen.members:
-        state = "gone (its session ended)" if not m.alive else "frozen?" if m.age > stale_after else "running"
+        state = "gone (its session ended)" if not m.alive else "frozen?" if m.frozen else "running"
         budgets = ", budgets" if m.budgets else ""
         lines.append(
             f"  {m.instance}: pid {m.pid} on {m.host}, {state}, {len(m.shards)} shards{budgets}, "

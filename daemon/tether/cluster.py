@@ -42,6 +42,7 @@ PG_MEMBERS = 0x7E80  # (PG_MEMBERS, member): a daemon's membership, held by its 
 PG_BUDGETS = 3  # (PG_LOCKS, PG_BUDGETS): budget enforcement, held by one daemon
 DATABASE = "(SELECT oid FROM pg_database WHERE datname = current_database())"
 NOW = "EXTRACT(EPOCH FROM clock_timestamp())::float8"  # the server's clock: one clock for every daemon
+STALE = 0.6  # a heartbeat older than this fraction of its daemon's takeover is a frozen daemon's
 TERMINATE_WAIT_MS = 5000  # how long ending a frozen daemon's session waits for its backend to exit
 
 # A response's shard, in SQL: the same number as `shard_of` (the first 32 bits of the id's md5).
@@ -78,7 +79,7 @@ class Timing:
     @property
     def stale_after(self) -> float:
         """A heartbeat this old is a frozen daemon's: the others end its session."""
-        return self.takeover * 0.6
+        return self.takeover * STALE
 
     @property
     def lease(self) -> float:
@@ -104,6 +105,11 @@ class Member:
     started_at: float
     age: float  # seconds since its last heartbeat, on the server's clock
     alive: bool  # its lock session still holds its membership lock
+    takeover: float  # its own [cluster] takeover: it is judged frozen by its own lease, not the judge's
+
+    @property
+    def frozen(self) -> bool:
+        return self.alive and self.age > Timing(self.takeover).stale_after
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -125,7 +131,8 @@ class Survey:
 
 
 MEMBERS = f"""
-SELECT d.instance, d.host, d.pid, d.member, d.shards, d.budgets, d.started_at, {NOW} - d.heartbeat_at AS age,
+SELECT d.instance, d.host, d.pid, d.member, d.shards, d.budgets, d.started_at, d.takeover,
+       {NOW} - d.heartbeat_at AS age,
        EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted AND l.classid = {PG_MEMBERS}
                AND l.objid::bigint = d.member AND l.objsubid = 2 AND l.database = {DATABASE}) AS alive
 FROM daemons d ORDER BY d.started_at
@@ -151,6 +158,7 @@ def survey(session: Session) -> Survey:
             started_at=row.started_at,
             age=max(0.0, row.age),
             alive=bool(row.alive),
+            takeover=row.takeover,
         )
         for row in conn.execute(text(MEMBERS))
     ]
@@ -195,10 +203,16 @@ class Cluster:
         sent = self.clock()
         conn.execute(
             text(
-                "INSERT INTO daemons (instance, host, pid, member, lock_pid, started_at, heartbeat_at, shards, budgets) "
-                f"VALUES (:instance, :host, :pid, :member, pg_backend_pid(), {NOW}, {NOW}, '[]', false)"
+                "INSERT INTO daemons (instance, host, pid, member, lock_pid, started_at, heartbeat_at, takeover, shards, "
+                f"budgets) VALUES (:instance, :host, :pid, :member, pg_backend_pid(), {NOW}, {NOW}, :takeover, '[]', false)"
             ),
-            {"instance": self.instance, "host": self.host, "pid": self.pid, "member": self.member},
+            {
+                "instance": self.instance,
+                "host": self.host,
+                "pid": self.pid,
+                "member": self.member,
+                "takeover": self.timing.takeover,
+            },
         )
         conn.commit()
         self.lease_until = sent + self.timing.lease
@@ -291,9 +305,9 @@ class Cluster:
                 stale = conn.execute(
                     text(
                         "SELECT member FROM daemons WHERE instance = :i AND lock_pid <> 0 "
-                        f"AND heartbeat_at < {NOW} - :stale FOR UPDATE"
+                        f"AND heartbeat_at < {NOW} - takeover * :stale FOR UPDATE"
                     ),
-                    {"i": member.instance, "stale": self.timing.stale_after},
+                    {"i": member.instance, "stale": STALE},
                 ).scalar()
                 if stale is None:
                     return False

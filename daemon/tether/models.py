@@ -164,6 +164,7 @@ class Daemon(SQLModel, table=True):
     lock_pid: int  # pg_backend_pid() of its lock session, which others may end when it freezes
     started_at: float
     heartbeat_at: float  # the database server's clock: every daemon compares it to the same clock
+    takeover: float  # its [cluster] takeover: its lease, so when the others may judge it frozen
     shards: list[int] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     budgets: bool = False  # holds budget enforcement
 

@@ -39,7 +39,7 @@ def check_here(config) -> tuple[bool, str]:
         return False, f"unhealthy: the store {path} does not exist: no daemon has run with this config"
     try:
         store = Store(config.store.url)
-        return actions.health(store, writer_lock(store).in_use(), time.time(), config.cluster.takeover)
+        return actions.health(store, writer_lock(store).in_use(), time.time())
     except OperationalError as exc:
         return False, f"unhealthy: store {config.store.url} is not readable: {exc.orig}"
     except StoreError as exc:

@@ -190,7 +190,8 @@ class Deadlines:
             response_ids=[rec.id for rec in recs[:10]],
             hint="this daemon's lease ran out (frozen, or cut off from the database): the cancels were not sent",
         )
-        retry_at = self.state.clock() + self.state.config.cluster.takeover / 10
+        cluster = self.state.cluster
+        retry_at = self.state.clock() + (cluster.timing.beat_every if cluster is not None else 1.0)
         for rec in recs:
             rec.next_cancel_at = retry_at
 

@@ -64,7 +64,7 @@ class Sharing:
         cluster = self.cluster
         ended = []
         for member in survey.members:
-            if member.instance == cluster.instance or not member.alive or member.age <= cluster.timing.stale_after:
+            if member.instance == cluster.instance or not member.frozen:
                 continue
             if await asyncio.to_thread(cluster.end_session, member):
                 log.warning(

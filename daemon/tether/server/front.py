@@ -184,7 +184,7 @@ class Front:
 
     def health(self) -> dict:
         store = self.state.store
-        healthy, message = actions.health(store, self.holds_lock(), time.time(), self.config.cluster.takeover)
+        healthy, message = actions.health(store, self.holds_lock(), time.time())
         daemons = actions.daemons(store)
         return {"healthy": healthy, "message": message, **({"daemons": daemons} if daemons is not None else {})}
 

@@ -23,6 +23,7 @@ def upgrade() -> None:
         sa.Column("lock_pid", sa.Integer(), nullable=False),
         sa.Column("started_at", sa.Float(), nullable=False),
         sa.Column("heartbeat_at", sa.Float(), nullable=False),
+        sa.Column("takeover", sa.Float(), nullable=False),
         sa.Column("shards", sa.JSON(), nullable=False),
         sa.Column("budgets", sa.Boolean(), nullable=False, server_default=sa.false()),
     )
