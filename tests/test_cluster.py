@@ -96,9 +96,10 @@ def events_of(tether: Tether, proc: subprocess.Popen, name: str) -> list[dict]:
 
 
 def shards_held(url: str) -> dict[int, int]:
-    """pid -> shards, as each daemon's row says (its heartbeat writes them)."""
+    """pid -> shards of each running daemon, as its row says (its heartbeat writes them)."""
     with psycopg.connect(url) as conn:
-        return {pid: len(shards) for pid, shards in conn.execute("SELECT pid, shards FROM daemons")}
+        rows = conn.execute("SELECT pid, shards FROM daemons WHERE stopped_at IS NULL AND lock_pid <> 0")
+        return {pid: len(shards) for pid, shards in rows}
 
 
 def create_many(fake, count: int, metadata) -> list[str]:
@@ -296,4 +297,6 @@ def test_two_daemons_split_the_shards_and_one_takes_them_all_when_the_other_stop
     assert time.monotonic() - stopped < TAKEOVER
     assert tether.stop_daemon(first) == 0
     assert shards_held(postgres_url) == {}
-    assert "unhealthy: no daemon is running on this store" in tether.cli("check").stderr
+    stopped = tether.cli("check").stderr
+    assert "unhealthy: no daemon is running on this store" in stopped
+    assert f"pid {first.pid} on " in stopped and "stopped at" in stopped

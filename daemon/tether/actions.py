@@ -205,7 +205,12 @@ def cluster_health(store: Store) -> tuple[bool, str]:
     running = [m for m in seen.members if m.alive and not m.frozen]
     lines = []
     for m in seen.members:
-        state = "gone (its session ended)" if not m.alive else "frozen?" if m.frozen else "running"
+        if m.stopped_at is not None:
+            state = f"stopped at {render.iso(m.stopped_at)}"
+        elif not m.alive:
+            state = "not running: its session ended without a clean stop"
+        else:
+            state = "frozen?" if m.frozen else "running"
         budgets = ", budgets" if m.budgets else ""
         lines.append(
             f"  {m.instance}: pid {m.pid} on {m.host}, {state}, {len(m.shards)} shards{budgets}, "

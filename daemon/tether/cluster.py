@@ -106,6 +106,7 @@ class Member:
     age: float  # seconds since its last heartbeat, on the server's clock
     alive: bool  # its lock session still holds its membership lock
     takeover: float  # its own [cluster] takeover: it is judged frozen by its own lease, not the judge's
+    stopped_at: float | None  # a clean stop
 
     @property
     def frozen(self) -> bool:
@@ -120,6 +121,7 @@ class Member:
             "budgets": self.budgets,
             "heartbeat_age": round(self.age, 2),
             "alive": self.alive,
+            "stopped_at": self.stopped_at,
         }
 
 
@@ -131,7 +133,7 @@ class Survey:
 
 
 MEMBERS = f"""
-SELECT d.instance, d.host, d.pid, d.member, d.shards, d.budgets, d.started_at, d.takeover,
+SELECT d.instance, d.host, d.pid, d.member, d.shards, d.budgets, d.started_at, d.takeover, d.stopped_at,
        {NOW} - d.heartbeat_at AS age,
        EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted AND l.classid = {PG_MEMBERS}
                AND l.objid::bigint = d.member AND l.objsubid = 2 AND l.database = {DATABASE}) AS alive
@@ -159,6 +161,7 @@ def survey(session: Session) -> Survey:
             age=max(0.0, row.age),
             alive=bool(row.alive),
             takeover=row.takeover,
+            stopped_at=row.stopped_at,
         )
         for row in conn.execute(text(MEMBERS))
     ]
@@ -233,9 +236,16 @@ class Cluster:
             self._thread.join(timeout=5)
 
     def leave(self) -> None:
-        """On the store thread, at a clean stop: this daemon's row goes (its locks go with its session)."""
+        """On the store thread, at a clean stop: this daemon's row says so (its locks go with its
+        session); it is deleted `forget_after` later."""
         with self.store.writing() as session:
-            session.execute(text("DELETE FROM daemons WHERE instance = :i"), {"i": self.instance})
+            session.execute(
+                text(
+                    f"UPDATE daemons SET stopped_at = {NOW}, lock_pid = 0, shards = '[]', budgets = false "
+                    "WHERE instance = :i"
+                ),
+                {"i": self.instance},
+            )
 
     # ---- the lease --------------------------------------------------------------------
 

@@ -153,7 +153,7 @@ class Heartbeat(SQLModel, table=True):
 
 
 class Daemon(SQLModel, table=True):
-    """A daemon running on a PostgreSQL store (docs/cluster.md): a row while it runs."""
+    """A daemon on a PostgreSQL store (docs/cluster.md): a row while it runs, and a while after."""
 
     __tablename__ = "daemons"
 
@@ -167,6 +167,7 @@ class Daemon(SQLModel, table=True):
     takeover: float  # its [cluster] takeover: its lease, so when the others may judge it frozen
     shards: list[int] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     budgets: bool = False  # holds budget enforcement
+    stopped_at: float | None = None  # a clean stop; the row is deleted a while later
 
 
 # The tables as SQLAlchemy Core sees them, for bulk statements (SQLModel leaves `__table__` untyped).

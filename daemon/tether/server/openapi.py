@@ -258,6 +258,7 @@ PATHS: dict[str, Any] = {
                                         "budgets": {"type": "boolean"},
                                         "heartbeat_age": {"type": "number"},
                                         "alive": {"type": "boolean"},
+                                        "stopped_at": {"type": ["number", "null"]},
                                     },
                                 },
                             },

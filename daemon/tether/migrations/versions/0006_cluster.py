@@ -26,6 +26,7 @@ def upgrade() -> None:
         sa.Column("takeover", sa.Float(), nullable=False),
         sa.Column("shards", sa.JSON(), nullable=False),
         sa.Column("budgets", sa.Boolean(), nullable=False, server_default=sa.false()),
+        sa.Column("stopped_at", sa.Float(), nullable=True),
     )
     with op.batch_alter_table("events", schema=None) as batch_op:
         batch_op.add_column(sa.Column("instance", sa.String(), nullable=True))
