@@ -33,7 +33,8 @@ CSP = (
 HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # Not no-referrer: under it a browser sends `Origin: null` with a form, which the cancel refuses.
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 REASON_MAX = 500

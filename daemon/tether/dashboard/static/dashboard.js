@@ -25,6 +25,7 @@
 
   const FOLLOW_EVERY = 1000;
   const KEEP_ROWS = 500;
+  const FINAL = ["completed", "failed", "cancelled", "incomplete", "lost"];
 
   function follow(tbody) {
     let after = tbody.dataset.after;
@@ -46,6 +47,9 @@
             if (moved && status) {
               status.textContent = moved.dataset.to;
               status.className = "status status-" + moved.dataset.to;
+              if (FINAL.includes(moved.dataset.to)) {
+                for (const deadline of document.querySelectorAll("[data-live-deadline]")) deadline.remove();
+              }
             }
           }
         }
