@@ -11,7 +11,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -38,12 +38,14 @@ HEADERS = {
     "Cache-Control": "no-store",
 }
 REASON_MAX = 500
+T = TypeVar("T")
 
 
 class Dashboard:
     def __init__(self, front: Front, token: str | None) -> None:
         self.front = front
         self.access = Access(token)
+        self._reading = asyncio.Semaphore(1)
 
     def routes(self) -> list[web.RouteDef | web.StaticDef]:
         routes: list[web.RouteDef | web.StaticDef] = [
@@ -145,7 +147,7 @@ class Dashboard:
             return rendering.page("event_rows.html", events=found, now=time.time(), with_response=not rid), last
 
         try:
-            rows, last = await asyncio.to_thread(read)
+            rows, last = await self._off_loop(read)
         except Refused as exc:
             return _html(exc.message, exc.status, text=True)
         answer = _html(rows, 200)
@@ -213,8 +215,15 @@ class Dashboard:
                     exc.status
                 )
 
-        text, status = await asyncio.to_thread(build)
+        text, status = await self._off_loop(build)
         return _html(text, status)
+
+    async def _off_loop(self, work: Callable[[], T]) -> T:
+        """Run a page's reading and rendering in a thread, one page at a time: threads that
+        run Python share the interpreter lock with the event loop, and a single one leaves it
+        the most, however many people look (docs/benchmarks.md, "The dashboard")."""
+        async with self._reading:
+            return await asyncio.to_thread(work)
 
     def _open_session(self, request: web.Request) -> web.StreamResponse:
         """`?token=…`: the session cookie, and the same page without the token in its address."""
