@@ -58,7 +58,9 @@ def test_metrics_are_scraped_without_a_token_and_count_what_ls_shows(tether: Tet
     assert sum(s.value for s in families["tether_responses_active"]) == len(tether.json("ls", "--active")) == 1
 
 
-def test_a_signed_webhook_shows_the_end_within_a_second_and_a_forged_one_changes_nothing(tether: Tether, fake):
+def test_a_signed_webhook_shows_the_end_within_a_second_and_forged_stale_or_replayed_ones_change_nothing(
+    tether: Tether, fake
+):
     port = free_port()
     tether.write_config(polling='first = "10m"\nmax_interval = "10m"\n')  # only webhooks can tell the end
     with_server(tether, f'listen = "127.0.0.1:{port}"\n\n[webhooks]\nsecret_env = "TETHER_TEST_WEBHOOK_SECRET"\n')
@@ -75,12 +77,14 @@ def test_a_signed_webhook_shows_the_end_within_a_second_and_a_forged_one_changes
 
     assert len(gets(running)) == 1  # the look `tether track` made
     forged = event(rid=running)
-    refused = httpx.post(url, content=forged, headers=signed(forged, key=OTHER_KEY))
-    assert refused.status_code == 400
+    assert httpx.post(url, content=forged, headers=signed(forged, key=OTHER_KEY)).status_code == 400
+    stale = event(rid=running)
+    assert httpx.post(url, content=stale, headers=signed(stale, at=time.time() - 360)).status_code == 400
 
     body = event("response.completed", rid=ending)
+    headers = signed(body)
     posted_at = time.time()
-    assert httpx.post(url, content=body, headers=signed(body)).status_code == 200
+    assert httpx.post(url, content=body, headers=headers).status_code == 200
     shown = wait_for(
         lambda: (r := tether.json("show", ending))["status"] == "completed" and r,
         timeout=10,
@@ -88,7 +92,16 @@ def test_a_signed_webhook_shows_the_end_within_a_second_and_a_forged_one_changes
     )
     [change] = [e for e in shown["events"] if e["kind"] == "status" and e["to"] == "completed"]
     assert datetime.fromisoformat(change["at"]).timestamp() - posted_at <= 1.0
-    assert len(gets(running)) == 1  # the forged event made no look
+    looks_at_ending = len(gets(ending))
+
+    assert httpx.post(url, content=body, headers=headers).status_code == 400  # the same message again
+    # A look any refused request had set off would come before the one this request sets off.
+    late = event("response.in_progress", rid=running)
+    assert httpx.post(url, content=late, headers=signed(late)).status_code == 200
+    wait_for(lambda: len(gets(running)) == 2, timeout=10, what="the look the valid event asked for")
+    assert len(gets(ending)) == looks_at_ending  # the replay made no look
+    assert len(gets(running)) == 2  # neither the forged nor the stale event made one
+    assert tether.json("show", running)["status"] == "in_progress"
 
 
 def with_proxy(tether: Tether, policies: str = "", polling: str = FAST_POLLING) -> str:

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -85,6 +86,38 @@ def test_the_unit_reads_the_key_from_a_credential_and_never_from_an_environment_
     assert "EnvironmentFile" not in text
     reload_lines = re.findall(r"^ExecReload=(.*)$", text, re.MULTILINE)
     assert "check-config" in reload_lines[0] and "kill -HUP $MAINPID" in reload_lines[1]
+
+
+def test_the_deploy_edits_lead_roots_cli_to_the_services_socket_and_store(tmp_path):
+    # The deploy steps (README, docs/operations.md) install config/tether.toml and uncomment its
+    # store url and socket: the CLI reads that file outside the service, without the unit's
+    # RUNTIME_DIRECTORY and STATE_DIRECTORY, and must still reach the daemon and its store.
+    from tether.config import parse_config
+
+    example = (UNIT.parent.parent / "config" / "tether.toml").read_text()
+    edits = {
+        'api_key_env = "OPENAI_API_KEY"': 'api_key_credential = "openai-api-key"',
+        '# url = "sqlite:////var/lib/tether/tether.db"': 'url = "sqlite:////var/lib/tether/tether.db"',
+        "#[server]\n#socket = ": "[server]\nsocket = ",
+    }
+    deployed = example
+    for old, new in edits.items():
+        assert old in deployed
+        deployed = deployed.replace(old, new, 1)
+    (tmp_path / "creds").mkdir()
+    (tmp_path / "creds" / "openai-api-key").write_text("sk-test")
+    service = {"RUNTIME_DIRECTORY": "/run/tether", "STATE_DIRECTORY": "/var/lib/tether"}
+    service["CREDENTIALS_DIRECTORY"] = str(tmp_path / "creds")
+    roots_shell = {"HOME": "/root"}
+
+    def socket_and_store(text: str, environ: dict[str, str]) -> tuple[str | None, str]:
+        cfg = parse_config(tomllib.loads(text), environ=environ)
+        return cfg.server.socket, cfg.store.url
+
+    wanted = ("/run/tether/tether.sock", "sqlite:////var/lib/tether/tether.db")
+    assert socket_and_store(example, service) == wanted
+    assert socket_and_store(example, roots_shell) == (None, "sqlite:////root/.local/state/tether/tether.db")
+    assert socket_and_store(deployed, service) == socket_and_store(deployed, roots_shell) == wanted
 
 
 def test_the_stop_timeout_is_longer_than_the_daemons_shutdown_grace():

@@ -38,16 +38,16 @@ def no_proxy_from_outside(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-@pytest.fixture
-async def client_to() -> AsyncIterator[Callable[[str], ResponsesClient]]:
-    """A client made after the test has set the environment: it is read when a client is made."""
+@pytest.fixture(params=[False, True], ids=["aiohttp", "native"])
+async def client_to(request: pytest.FixtureRequest) -> AsyncIterator[Callable[[str], ResponsesClient]]:
+    """A client made after the test has set the environment: it is read when a client is made.
+    On each transport: the daemon's (aiohttp) and a CLI command's (httpx2's own)."""
     clients: list[ResponsesClient] = []
 
     def make(url: str) -> ResponsesClient:
         config = AccountConfig(name="default", base_url=url, request_timeout=5.0)
-        clients.append(
-            ResponsesClient(config, API_KEY, retry=RetryPolicy(attempts=2, base=0.01, cap=0.02), rng=random.Random(7))
-        )
+        retry = RetryPolicy(attempts=2, base=0.01, cap=0.02)
+        clients.append(ResponsesClient(config, API_KEY, retry=retry, rng=random.Random(7), brief=request.param))
         return clients[-1]
 
     yield make

@@ -11,13 +11,13 @@ Errors are typed by what the caller should do about them:
 
 The API key lives only in the request headers: it never enters an error message.
 
-HTTP is httpx2 on aiohttp's transport (`httpx-aiohttp`, `HttpClient`: half the CPU per request of httpx2's
-own, `bench/client_cost.py`). From the environment, as httpx2 reads it: HTTPS_PROXY,
+HTTP is httpx2, on the transport chosen for the process (tether/transports/: aiohttp's for the
+daemon, httpx2's own for a CLI command). From the environment, as httpx2 reads it: HTTPS_PROXY,
 HTTP_PROXY and NO_PROXY, and SSL_CERT_FILE / SSL_CERT_DIR (else the system's trust store).
 Connections are kept alive; redirects are not followed. A reply is read as it streams in, up
 to the account's `max_reply_bytes`, and a whole request, reply included, has `request_timeout`.
 Only a request that provably never left (no connection could be made) counts as not delivered;
-neither httpx2 nor aiohttp re-sends a POST, so one attempt at a create is at most one create.
+no transport re-sends a request, so one attempt at a create is at most one create.
 """
 
 from __future__ import annotations
@@ -32,11 +32,9 @@ from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
-import aiohttp
 import httpx2
-from httpx_aiohttp.httpx2 import AiohttpTransport
 
-from tether import __version__
+from tether import __version__, transports
 from tether.config import AccountConfig
 
 QUOTA_CODES = frozenset(
@@ -116,29 +114,9 @@ class RetryPolicy:
 NO_RETRY = RetryPolicy(attempts=1)
 
 
-class OneAttemptTransport(AiohttpTransport):
-    """aiohttp re-sends a GET whose kept-alive connection closed under it; here only the
-    retry policy re-sends, so one attempt is one request."""
-
-    def get_client(self) -> aiohttp.ClientSession:
-        session = super().get_client()
-        session._retry_connection = False
-        return session
-
-
-class HttpClient(httpx2.AsyncClient):
-    """httpx2 on aiohttp (as httpx-aiohttp's Httpx2AiohttpClient), proxied or not."""
-
-    # httpx2 calls these two with keyword arguments only, all passed through here.
-    def _init_transport(self, transport: Any = None, **options: Any) -> httpx2.AsyncBaseTransport:  # type: ignore[override]
-        return transport or OneAttemptTransport(**options)
-
-    def _init_proxy_transport(self, proxy: httpx2.Proxy, **options: Any) -> httpx2.AsyncBaseTransport:  # type: ignore[override]
-        return OneAttemptTransport(proxy=proxy, **options)
-
-
 class ResponsesClient:
-    """One account's connection pool, concurrency limit and pause state."""
+    """One account's connection pool, concurrency limit and pause state. `brief`: for a process
+    that sends a request or two (a CLI command), on the transport that is quicker to load."""
 
     def __init__(
         self,
@@ -149,6 +127,7 @@ class ResponsesClient:
         event_hooks: EventHooks | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        brief: bool = False,
     ) -> None:
         self.account = account
         self.retry = retry
@@ -176,8 +155,9 @@ class ResponsesClient:
         # two URLs (50 µs a request against 35 µs for one whole URL).
         self._base = account.base_url.rstrip("/") + "/"
         self._unusable: str | None = None
+        self._transport = transports.load(brief)
         try:
-            self._http = HttpClient(
+            self._http = self._transport.client(
                 headers=headers,
                 timeout=httpx2.Timeout(
                     account.request_timeout, connect=min(CONNECT_TIMEOUT, account.request_timeout / 2)
@@ -190,7 +170,7 @@ class ResponsesClient:
                 cookies=CookieJar(DefaultCookiePolicy(allowed_domains=[])),  # none kept: each request stands alone
             )
         except httpx2.InvalidURL as exc:  # a proxy URL from the environment (the base URL is checked in config)
-            self._http = HttpClient(trust_env=False)  # never used: each request fails with what to set
+            self._http = self._transport.client(trust_env=False)  # never used: each request fails with what to set
             self._unusable = (
                 f"the proxy URL in the environment cannot be used ({exc}); set HTTPS_PROXY=http://HOST:PORT"
             )
@@ -289,8 +269,8 @@ class ResponsesClient:
                 raise TransientError(
                     f"timeout on {method} /{path}: no whole reply within {self.account.request_timeout:g}s"
                 ) from None
-            except (httpx2.RequestError, aiohttp.ClientError) as exc:
-                raise transport_error(exc, method, path) from None
+            except self._transport.errors as exc:
+                raise self._failed(exc, method, path) from None
         if 200 <= status < 300:
             self._pause = ACCOUNT_PAUSE_FIRST
             return self._parse(content, status, headers, method, path)
@@ -359,6 +339,13 @@ class ResponsesClient:
             return NotFound(text, **fields)
         return RequestRejected(text, **fields)
 
+    def _failed(self, exc: BaseException, method: str, path: str) -> TransientError:
+        """The TransientError for a request that failed without a whole reply."""
+        failure = self._transport.failure(exc)
+        if failure.delivered:
+            return TransientError(f"{failure.what} on {method} /{path}: {failure.detail}")
+        return TransientError(f"could not connect for {method} /{path}: {failure.detail}", delivered=False)
+
     def _pause_account(self) -> None:
         self.paused_until = self._clock() + self._pause
         self._pause = min(self._pause * 2, ACCOUNT_PAUSE_MAX)
@@ -386,26 +373,6 @@ def trust_store() -> ssl.SSLContext:
         return httpx2.create_ssl_context()
     except (ssl.SSLError, OSError):
         return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-
-
-def transport_error(exc: httpx2.RequestError | aiohttp.ClientError, method: str, path: str) -> TransientError:
-    """The TransientError for a request that failed without a whole reply. httpx-aiohttp maps
-    nearly every aiohttp connection error, a drop after sending included, to
-    httpx2.ConnectTimeout: the aiohttp error it came from (its cause) tells what happened."""
-    cause = exc if isinstance(exc, aiohttp.ClientError) else exc.__cause__
-    if isinstance(cause, aiohttp.ClientConnectorCertificateError):
-        reason = getattr(cause.certificate_error, "verify_message", None) or str(cause.certificate_error)
-        problem = f"the certificate of {cause.host} is not trusted: {reason}"
-    elif isinstance(cause, aiohttp.ClientHttpProxyError):
-        problem = f"the proxy refused to connect: HTTP {cause.status} {cause.message}"
-    elif isinstance(cause, aiohttp.InvalidURL):  # raised for a proxy URL with no host
-        problem = "the proxy URL in the environment names no host; set HTTPS_PROXY=http://HOST:PORT"
-    elif isinstance(cause, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)):
-        problem = str(cause)  # refused, DNS, unreachable, a proxy that cannot be reached
-    else:  # after it was sent, or when that cannot be told: it may have arrived
-        what = "timeout" if isinstance(cause or exc, (TimeoutError, httpx2.TimeoutException)) else "connection error"
-        return TransientError(f"{what} on {method} /{path}: {type(cause or exc).__name__}: {cause or exc}")
-    return TransientError(f"could not connect for {method} /{path}: {problem}", delivered=False)
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:

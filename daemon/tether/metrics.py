@@ -109,6 +109,15 @@ class Metrics:
     def api_error(self, op: str, exc: APIError) -> None:
         self._api_errors.labels(op, str(exc.status) if exc.status is not None else "network").inc()
 
+    def api_errors(self) -> list[tuple[str, str, int]]:
+        """(op, code, count) of every API error counted since the daemon started."""
+        return [
+            (sample.labels["op"], sample.labels["code"], int(sample.value))
+            for family in self._api_errors.collect()
+            for sample in family.samples
+            if sample.name.endswith("_total")
+        ]
+
     def cancel_requested(self, reason: str | None) -> None:
         """A cancel's intent recorded. Reasons outside the bounded set count as `manual`: the
         daemon's own are bounded by its config, and a manual cancel's note is not its reason."""

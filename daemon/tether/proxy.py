@@ -31,9 +31,10 @@ import httpx2
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from tether.api import CONNECT_TIMEOUT, HttpClient, trust_store
+from tether.api import CONNECT_TIMEOUT, trust_store
 from tether.config import Config
 from tether.logs import log
+from tether.transports.on_aiohttp import HttpClient
 
 # Hop-by-hop headers (RFC 9110 7.6.1), with those a Connection header names and any Proxy-*;
 # Host and Content-Length are the sender's own to set.

@@ -128,6 +128,6 @@ def client_for(config: Config, account: str) -> ResponsesClient:
     from tether.api import ResponsesClient
 
     try:
-        return ResponsesClient(config.accounts[account], config.accounts[account].read_api_key())
+        return ResponsesClient(config.accounts[account], config.accounts[account].read_api_key(), brief=True)
     except ConfigError as exc:
         fail(EXIT_CONFIG, f"invalid configuration: {exc}")

@@ -7,7 +7,8 @@
   It also serves `POST /webhooks/openai` (tether.webhooks; signed, no token) and, with
   `[proxy] enabled`, the OpenAI-compatible proxy `/v1/*` (tether.proxy; its own auth).
 Both answer `/healthz` (the loop runs), `/readyz` (the store answers, the lock is held) and
-`/metrics` (Prometheus scrapes it; no token, like the probes).
+`/metrics` (Prometheus scrapes it; no token, like the probes). The TCP listener also serves the
+dashboard's pages at `/` (tether.dashboard; its one action, cancel, only with the token).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from tether import __version__, webhooks
+from tether import __version__, dashboard, webhooks
 from tether.metrics import METRICS, Metrics, metrics_handler
 from tether.proxy import Proxy
 from tether.server import control, openapi
@@ -122,6 +123,7 @@ class Server:
                     self.front, control_api=token is not None, token=token, metrics=self.front.state.metrics
                 )
                 app.add_routes(webhooks.routes(self.front, self.front.config))
+                dashboard.add_routes(app, self.front, token)
                 if self.front.config.proxy.enabled:
                     self.proxy = Proxy(self.front, self.front.config, token)
                     app.add_routes(self.proxy.routes())
