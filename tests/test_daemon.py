@@ -680,6 +680,44 @@ async def test_a_deadlines_decisions_overtake_the_store_writes_queued_before_the
     assert sessions[0] is not sessions[1] and sessions[1] is sessions[2] is sessions[3]
 
 
+async def test_grouped_store_writes_queued_together_are_one_call_each_caller_getting_its_result(tmp_path):
+    """Creates tracked through the daemon queue grouped writes: those queued while the store
+    thread is busy reach one call of their function, each caller resumes with its own item's
+    result once the batch has committed, and an error of the call is each of its callers'."""
+    import asyncio
+    import threading
+
+    writer = bare_daemon(tmp_path).state.writer
+    writer.store.migrate()
+    running, release = threading.Event(), threading.Event()
+    calls: list[list[int]] = []
+
+    def busy() -> None:
+        running.set()
+        assert release.wait(10)
+
+    def double(items: list[int]) -> list[int]:
+        calls.append(items)
+        return [2 * i for i in items]
+
+    def refuse(items: list[int]) -> list[int]:
+        calls.append(items)
+        raise ValueError("refused")
+
+    first = asyncio.ensure_future(writer.run(busy))
+    await asyncio.to_thread(running.wait, 10)
+    doubled = [asyncio.ensure_future(writer.run_grouped(double, i)) for i in range(4)]
+    refused = [asyncio.ensure_future(writer.run_grouped(refuse, i)) for i in (7, 8)]
+    await asyncio.sleep(0)  # all six have queued behind `busy`
+    release.set()
+    await asyncio.wait_for(first, 10)
+    assert await asyncio.wait_for(asyncio.gather(*doubled), 10) == [0, 2, 4, 6]
+    for future in refused:
+        with pytest.raises(ValueError, match="refused"):
+            await asyncio.wait_for(future, 10)
+    assert calls == [[0, 1, 2, 3], [7, 8]]
+
+
 async def test_a_periodic_job_cancelled_by_the_schedulers_shutdown_ends_without_a_traceback(tmp_path, caplog):
     """At SIGTERM the scheduler's shutdown cancels the jobs still running (a pickup waiting for
     the store, say); APScheduler logs a job that raised, CancelledError included, with its
