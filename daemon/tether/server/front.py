@@ -70,9 +70,19 @@ class Front:
         return await self._store(list(zip(ids, observed, strict=True)), account=account, policy=policy, labels=labels)
 
     async def track_created(self, response: dict, *, account: str, policy: str | None, labels: dict[str, str]) -> dict:
+        """Track a response created through the daemon; returns once it is committed, with
+        the other creates of the store thread's batch (one insert for them all)."""
+        from tether.daemon.queries import Created
+
         actions.checked_id(str(response.get("id")))
-        [(record, _)] = await self._store([(response["id"], response)], account=account, policy=policy, labels=labels)
-        return record
+        state = self.state
+        row, created = await state.writer.run_grouped(
+            state.queries.write_created, Created(response, account, policy, labels)
+        )
+        if created:
+            state.adopt(row)
+        state.budget_wake.set()
+        return render.record(row)
 
     async def submit(self, body: dict, *, policy: str | None, account: str | None, labels: dict[str, str]) -> dict:
         config = self.config
