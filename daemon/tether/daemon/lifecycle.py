@@ -7,7 +7,6 @@ import gc
 import logging
 import os
 import signal
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -35,7 +34,6 @@ from tether.store import Store, WriterLock
 FLUSH_EVERY = 1.0  # poll bookkeeping reaches the store at most this late
 HEARTBEAT_EVERY = 5.0
 SHUTDOWN_GRACE = 10.0  # in-flight requests may finish this long after SIGTERM
-SWITCH_INTERVAL = 0.001  # seconds a thread holds the interpreter when another waits for it
 
 
 class Daemon:
@@ -80,10 +78,6 @@ class Daemon:
         # What start-up loaded lives as long as the daemon: the cycle collector need not go
         # over it again (a full collection of 10,000 records stalled the loop 0.1 to 0.3 s).
         gc.freeze()
-        # The store thread and the reading threads run Python while the loop waits on sockets;
-        # each time the loop wakes it waits for the interpreter up to this long (5 ms by
-        # default), and a proxied create or a cancel wakes it several times.
-        sys.setswitchinterval(SWITCH_INTERVAL)
         await self._heartbeat()  # `tether check` is healthy from READY on
         scheduler = self._scheduler()
         scheduler.start()
