@@ -15,10 +15,10 @@ from sqlalchemy.exc import OperationalError
 from tether.store import Store
 
 T = TypeVar("T")
-StoreJob = tuple[
-    Callable[..., Any], tuple[Any, ...], asyncio.Future[Any], bool
-]  # fn, args, its caller's future, grouped
-Call = tuple[Callable[..., Any], tuple[Any, ...], list[asyncio.Future[Any]], bool]  # one call of fn for these futures
+# fn, args, its caller's future, and whether it is grouped (`run_grouped`)
+StoreJob = tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any], bool]
+# One call of fn for the jobs of these futures (one job's, or a group's)
+Call = tuple[Callable[..., Any], tuple[Any, ...], list[asyncio.Future[Any]], bool]
 Outcomes = list[tuple[asyncio.Future[Any], Any, BaseException | None]]  # (future, result, error) each
 
 
