@@ -680,6 +680,89 @@ async def test_a_deadlines_decisions_overtake_the_store_writes_queued_before_the
     assert sessions[0] is not sessions[1] and sessions[1] is sessions[2] is sessions[3]
 
 
+async def test_grouped_store_writes_queued_together_are_one_call_each_caller_getting_its_result(tmp_path):
+    """Creates tracked through the daemon queue grouped writes: those queued while the store
+    thread is busy reach one call of their function, each caller resumes with its own item's
+    result once the batch has committed, and an error of the call is each of its callers'."""
+    import asyncio
+    import threading
+
+    writer = bare_daemon(tmp_path).state.writer
+    writer.store.migrate()
+    running, release = threading.Event(), threading.Event()
+    calls: list[list[int]] = []
+
+    def busy() -> None:
+        running.set()
+        assert release.wait(10)
+
+    def double(items: list[int]) -> list[int]:
+        calls.append(items)
+        return [2 * i for i in items]
+
+    def refuse(items: list[int]) -> list[int]:
+        calls.append(items)
+        raise ValueError("refused")
+
+    first = asyncio.ensure_future(writer.run(busy))
+    await asyncio.to_thread(running.wait, 10)
+    doubled = [asyncio.ensure_future(writer.run_grouped(double, i)) for i in range(4)]
+    refused = [asyncio.ensure_future(writer.run_grouped(refuse, i)) for i in (7, 8)]
+    await asyncio.sleep(0)  # all six have queued behind `busy`
+    release.set()
+    await asyncio.wait_for(first, 10)
+    assert await asyncio.wait_for(asyncio.gather(*doubled), 10) == [0, 2, 4, 6]
+    for future in refused:
+        with pytest.raises(ValueError, match="refused"):
+            await asyncio.wait_for(future, 10)
+    assert calls == [[0, 1, 2, 3], [7, 8]]
+
+
+async def test_creates_tracked_in_a_group_are_stored_as_the_cli_stores_them_each_once(store_url):
+    """The proxy's creates are tracked in groups as plain rows (one Core insert): on either
+    store each reads back as the row the CLI's tracking stores, with its `tracked` event, and
+    an id tracked already, or twice in the group, is tracked once."""
+    import asyncio
+
+    from sqlalchemy import select
+
+    from tether.config import parse_config
+    from tether.daemon import Daemon
+    from tether.daemon.queries import Created
+    from tether.models import Event, Response
+    from tether.render import record
+    from tether.store import Store
+
+    config = parse_config({"policy": [{"name": "roomy", "max_runtime": "60s"}]}, environ={})
+    store = Store(store_url)
+    store.migrate()
+    state = Daemon(config, store).state
+    created = {"id": "resp_new", "status": "queued", "model": "o3-pro", "created_at": 1_795_636_800}
+    created["metadata"] = {"team": "search"}
+    items = [
+        Created(created, "default", "roomy", {"job": "42"}),
+        Created({**created, "id": "resp_old"}, "default", None, {}),
+        Created(created, "default", None, {}),
+    ]
+    await state.writer.run(state.queries.write_created, [Created({**created, "id": "resp_old"}, "default", None, {})])
+    tracked = await asyncio.gather(*(state.writer.run_grouped(state.queries.write_created, i) for i in items))
+    assert [(row.id, new) for row, new in tracked] == [("resp_new", True), ("resp_old", False), ("resp_new", False)]
+    with store.reading() as session:
+        stored = session.get(Response, "resp_new")
+        assert stored is not None
+        assert record(stored) == record(tracked[0][0])
+        assert (stored.policy, stored.labels, stored.meta, stored.status) == (
+            "roomy",
+            {"job": "42"},
+            {"team": "search"},
+            "queued",
+        )
+        assert stored.deadline_at == 1_795_636_860 and stored.next_poll_at is not None
+        kinds = session.execute(select(Event.response_id, Event.kind).order_by(Event.id)).all()
+    assert [tuple(k) for k in kinds] == [("resp_old", "tracked"), ("resp_new", "tracked")]
+    store.dispose()
+
+
 async def test_a_periodic_job_cancelled_by_the_schedulers_shutdown_ends_without_a_traceback(tmp_path, caplog):
     """At SIGTERM the scheduler's shutdown cancels the jobs still running (a pickup waiting for
     the store, say); APScheduler logs a job that raised, CancelledError included, with its

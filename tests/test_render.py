@@ -409,3 +409,31 @@ def test_the_responses_table_prints_every_id_whole_even_on_a_narrow_terminal():
     rows = [Response(id=LONG_ID[:-1] + str(i), account="default", tracked_at=T0, status="queued") for i in range(3)]
     text = rendered(responses_table([record(r) for r in rows], T0 + 60), width=80)
     assert all(row.id in text for row in rows), text
+
+
+def test_ls_reads_plain_rows_that_render_as_the_stored_responses_do(store_url):
+    """`tether ls` reads only the columns a record shows, as plain rows (not ORM objects): each
+    record is the one its stored row renders, every field set or none."""
+    from tether.actions import list_records
+    from tether.config import parse_config
+    from tether.store import Store
+
+    store = Store(store_url)
+    store.migrate()
+    finished = full_response()
+    finished.id, finished.status, finished.tracked_at = "resp_done", "failed", T0 + 5
+    finished.finished_at, finished.usage, finished.error = T0 + 90, {"output_tokens": 3}, {"code": "x", "message": "y"}
+    finished.incomplete_reason, finished.cost_usd, finished.cost_estimated = "max_output_tokens", 0.25, True
+    finished.cancel_requested_at, finished.cancel_reason = T0 + 80, "manual"
+    rows = [finished, full_response(), Response(id="resp_new", account="work", tracked_at=T0)]
+    with store.writing() as session:
+        session.add_all(rows)
+    with store.reading() as session:
+        expected = [record(session.get(Response, row.id)) for row in rows]
+    config = parse_config({"accounts": {"default": {"api_key_env": "X"}}}, environ={})
+    listed = list_records(store, config, statuses=[], active=False, policy=None, labels={}, limit=10)
+    assert listed == expected
+    assert list_records(store, config, statuses=[], active=False, policy=None, labels={"job": "42"}, limit=1) == [
+        expected[0]
+    ]
+    store.dispose()

@@ -87,16 +87,21 @@ def list_records(
     labels: dict[str, str],
     limit: int,
 ) -> list[dict[str, Any]]:
-    """Tracked responses, newest first (`tether ls`)."""
+    """Tracked responses, newest first (`tether ls`). Read as plain rows of the columns a
+    record shows, not as ORM objects, which cost several times more (the daemon answers
+    `ls` while it tracks and polls)."""
     from sqlalchemy import or_, select
     from sqlmodel import col
 
-    from tether.models import FINAL, Response
+    from tether.models import FINAL, RESPONSES, Response
 
     check_statuses(statuses)
     if limit < 1:
         raise Refused(400, f"limit {limit}: expected at least 1", "invalid_limit")
-    query = select(Response).order_by(col(Response.tracked_at).desc(), col(Response.id))
+    shown = [RESPONSES.c[name] for name in render.RECORD_COLUMNS]
+    query = select(*shown, RESPONSES.c["metadata"].label("meta")).order_by(
+        col(Response.tracked_at).desc(), col(Response.id)
+    )
     if statuses:
         query = query.where(col(Response.status).in_(statuses))
     if active:
@@ -111,7 +116,8 @@ def list_records(
             check_policy(config, policy, set(stored))
         if not labels:
             query = query.limit(limit)
-        matching = (r for r in session.execute(query).scalars() if all(r.labels.get(k) == v for k, v in labels.items()))
+        rows = session.connection().execute(query)
+        matching = (r for r in rows if all(r.labels.get(k) == v for k, v in labels.items()))
         return [render.record(r) for r in islice(matching, limit)]
 
 

@@ -11,6 +11,8 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Row
+
     from tether.budgets import BudgetState
     from tether.models import Event, Response
 
@@ -55,7 +57,32 @@ def stamp(at: float | None) -> str:
     return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def record(row: Response) -> dict[str, Any]:
+# The columns `record` reads but "metadata" (the row's `meta`): what `tether ls` selects.
+RECORD_COLUMNS = (
+    "id",
+    "account",
+    "status",
+    "model",
+    "policy",
+    "labels",
+    "created_at",
+    "tracked_at",
+    "deadline_at",
+    "last_polled_at",
+    "polls",
+    "cancel_requested_at",
+    "cancel_reason",
+    "finished_at",
+    "error",
+    "incomplete_reason",
+    "usage",
+    "cost_usd",
+    "cost_estimated",
+)
+
+
+def record(row: Response | Row) -> dict[str, Any]:
+    """A response's record: from its row, or a plain row of RECORD_COLUMNS and `meta`."""
     return {
         "id": row.id,
         "account": row.account,

@@ -12,9 +12,13 @@ import json
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from copy import copy
+from functools import cache
+from types import SimpleNamespace
+from typing import Any, cast
 
 from sqlalchemy import insert
+from sqlalchemy import inspect as sa_inspect
 from sqlmodel import Session
 
 from tether.accounting import price_unknown_recorded, settle_cost
@@ -37,6 +41,8 @@ from tether.pricing import Pricing
 from tether.render import iso
 from tether.store import Store
 
+# (attribute, column name) of every column of a Response row.
+RESPONSE_COLUMNS = [(a.key, c.name) for a in sa_inspect(Response).column_attrs for c in a.columns]
 EMIT_YIELD_EVERY = 16  # log lines written between two yields of the interpreter (`Recorder.emit`)
 LEVELS = {
     EventKind.TRACKED: "info",
@@ -162,13 +168,47 @@ def track(
     existing = rec.session.get(Response, response_id)
     if existing is not None:
         return existing, False
-    row = Response(
-        id=response_id,
+    row = new_row(
+        rec,
+        config,
+        pricing,
+        response_id=response_id,
         account=account,
-        tracked_at=rec.now,
+        observed=observed,
         policy_requested=policy_requested,
-        labels=dict(labels),
+        labels=labels,
     )
+    rec.session.add(row)
+    return row, True
+
+
+def new_row(
+    rec: Recorder,
+    config: Config,
+    pricing: Pricing,
+    *,
+    response_id: str,
+    account: str,
+    observed: Mapping[str, Any] | None,
+    policy_requested: str | None,
+    labels: Mapping[str, str],
+    plain: bool = False,
+) -> Response:
+    """The row of a response not tracked yet, and its `tracked` event; the caller stores it:
+    adds it to the session, or, `plain`, inserts it with others (`row_values`). A plain row is
+    an object with a Response row's attribute names, not an ORM object, whose construction
+    costs more than the rest of tracking a response (the daemon tracks its proxied creates so)."""
+    given: dict[str, Any] = {
+        "id": response_id,
+        "account": account,
+        "tracked_at": rec.now,
+        "policy_requested": policy_requested,
+        "labels": dict(labels),
+    }
+    if plain:
+        row = cast("Response", SimpleNamespace(**{**blank_row(), **given}))
+    else:
+        row = Response(**given)
     status = None
     if observed is not None:
         fill_facts(row, observed)
@@ -181,14 +221,30 @@ def track(
         record_outcome(rec, row, observed, pricing, previous=None)
     if is_active(row.status):
         row.next_poll_at = rec.now + config.polling.first
-    rec.session.add(row)
     rec.event(
         row,
         EventKind.TRACKED,
         to=status,
         detail={"account": account, "policy": row.policy, "model": row.model, "labels": dict(labels)},
     )
-    return row, True
+    return row
+
+
+def blank_row() -> dict[str, Any]:
+    """A new Response row's attributes, by name, as its defaults set them."""
+    return {name: copy(value) for name, value in _blank_row().items()}
+
+
+@cache
+def _blank_row() -> dict[str, Any]:
+    blank = Response(id="", account="", tracked_at=0.0)
+    return {attribute: getattr(blank, attribute) for attribute, _ in RESPONSE_COLUMNS}
+
+
+def row_values(row: Response) -> dict[str, Any]:
+    """A new row's values by column name, for a Core insert of many at once (an ORM object
+    added to the session costs more than the rest of tracking it)."""
+    return {column: getattr(row, attribute) for attribute, column in RESPONSE_COLUMNS}
 
 
 def observe(

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from tether.api import NO_RETRY, APIError, NotFound, ResponsesClient, TransientError
+from tether.daemon.queries import Observed
 from tether.daemon.records import Active, PollMark
 from tether.daemon.state import State
 from tether.daemon.writer import StoreFailure
@@ -121,7 +122,9 @@ class Polling:
         if self._changes(rec, observed):
             state.metrics.saw_status(rec.status, observed, state.clock())
             mark = self._next_mark(rec, now)
-            row = await state.writer.run(state.queries.write_observation, rec.id, observed, reason, mark)
+            row = await state.writer.run_grouped(
+                state.queries.write_observations, Observed(rec.id, observed, reason, mark)
+            )
             self._after_look(rec, row, now)
         else:
             self.marks[rec.id] = self._next_mark(rec, now)

@@ -8,7 +8,7 @@ import socket
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from sqlalchemy import Text, and_, bindparam, cast, func, literal_column, or_, select, update
+from sqlalchemy import Text, and_, bindparam, cast, func, insert, literal_column, or_, select, update
 from sqlmodel import Session, col
 
 from tether import cancelling, tracker
@@ -23,6 +23,24 @@ if TYPE_CHECKING:
 
 LOAD_PAGE = 5000  # open responses read per step at start
 PICKUP_PAGE = 1000  # events read per pass: a long backlog is taken in bounded steps
+
+
+class Created(NamedTuple):
+    """A response created through the daemon (the proxy, `submit`), to track."""
+
+    response: dict[str, Any]
+    account: str
+    policy: str | None
+    labels: dict[str, str]
+
+
+class Observed(NamedTuple):
+    """What a look (GET) saw of a response whose row it changes."""
+
+    rid: str
+    observed: dict[str, Any]
+    reason: str
+    mark: PollMark
 
 
 class ScheduledRow(NamedTuple):
@@ -147,21 +165,55 @@ class Queries:
                 update(Heartbeat).where(col(Heartbeat.name) == "daemon").values(stopped_at=self.state.clock())
             )
 
+    # ---- tracking ---------------------------------------------------------------
+
+    def write_created(self, items: list[Created]) -> list[tuple[Response, bool]]:
+        """Track responses just created (`StoreWriter.run_grouped`: the creates of a batch
+        together); (row, newly tracked) each. The new rows are plain objects (`tracker.new_row`),
+        inserted with one statement."""
+        state = self.state
+        with self._recording() as rec:
+            known: dict[str, Response] = rows_by_id(rec.session, [item.response["id"] for item in items])
+            tracked, new = [], []
+            for item in items:
+                rid = item.response["id"]
+                if (row := known.get(rid)) is not None:
+                    tracked.append((row, False))
+                    continue
+                known[rid] = row = tracker.new_row(
+                    rec,
+                    state.config,
+                    state.pricing,
+                    response_id=rid,
+                    account=item.account,
+                    observed=item.response,
+                    policy_requested=item.policy,
+                    labels=item.labels,
+                    plain=True,
+                )
+                new.append(row)
+                tracked.append((row, True))
+            if new:
+                rec.session.execute(insert(RESPONSES), [tracker.row_values(row) for row in new])
+            return tracked
+
     # ---- polls ----------------------------------------------------------------
 
-    def write_observation(self, rid: str, observed: dict[str, Any], reason: str, mark: PollMark) -> Response | None:
-        if not self.state.owns(rid):
-            return None
+    def write_observations(self, items: list[Observed]) -> list[Response | None]:
+        """Record what looks saw (`StoreWriter.run_grouped`: the looks of a batch together, their
+        rows read with one query and written with one flush); each one's row, None if not stored
+        or if its shard is no longer this daemon's."""
+        state = self.state
+        owned = [item for item in items if state.owns(item.rid)]
         with self._recording() as rec:
-            row = rec.session.get(Response, rid)
-            if row is None:
-                return None
-            state = self.state
-            tracker.observe(
-                rec, row, observed, state.config, state.pricing, reason=reason, asked_at=mark.last_polled_at
-            )
-            apply_mark(row, mark)
-            return row
+            rows = rows_by_id(rec.session, list({item.rid for item in owned}))
+            for rid, observed, reason, mark in owned:
+                if (row := rows.get(rid)) is not None:
+                    tracker.observe(
+                        rec, row, observed, state.config, state.pricing, reason=reason, asked_at=mark.last_polled_at
+                    )
+                    apply_mark(row, mark)
+            return [rows.get(item.rid) for item in items]
 
     def write_not_found(self, rid: str, mark: PollMark) -> Response | None:
         if not self.state.owns(rid):

@@ -15,7 +15,10 @@ from sqlalchemy.exc import OperationalError
 from tether.store import Store
 
 T = TypeVar("T")
-StoreJob = tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]  # fn, args, its caller's future
+# fn, args, its caller's future, and whether it is grouped (`run_grouped`)
+StoreJob = tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any], bool]
+# One call of fn for the jobs of these futures (one job's, or a group's)
+Call = tuple[Callable[..., Any], tuple[Any, ...], list[asyncio.Future[Any]], bool]
 Outcomes = list[tuple[asyncio.Future[Any], Any, BaseException | None]]  # (future, result, error) each
 
 
@@ -30,7 +33,8 @@ class StoreWriter:
     fsync), each in its own savepoint; each caller resumes once that transaction has committed,
     so what it wrote is durable before it goes on. Urgent ones (a deadline's decisions) go
     first, in a transaction of their own: a cancel waits for the transaction already running,
-    not for everything queued behind it.
+    not for everything queued behind it. Grouped ones (`run_grouped`) queued together are one
+    call of their function, for all their items: one statement for many, not one each.
     """
 
     def __init__(
@@ -51,10 +55,19 @@ class StoreWriter:
     async def run(self, fn: Callable[..., T], *args: Any, urgent: bool = False) -> T:
         """Run `fn(*args)` on the store thread; a store error raises StoreFailure (after
         `on_failure`), any other error of `fn` is raised as is."""
+        return await self._queue((fn, args, asyncio.get_running_loop().create_future(), False), urgent)
+
+    async def run_grouped(self, fn: Callable[[list[Any]], list[T]], item: Any) -> T:
+        """`fn(items)[i]` for this item: the items queued with the same `fn` while the store
+        thread is busy are given to one call, which returns a result per item, in order
+        (an error of that call is every item's)."""
+        return await self._queue((fn, (item,), asyncio.get_running_loop().create_future(), True), False)
+
+    async def _queue(self, job: StoreJob, urgent: bool) -> Any:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
+        future = job[2]
         with self._lock:
-            (self._urgent if urgent else self._jobs).append((fn, args, future))
+            (self._urgent if urgent else self._jobs).append(job)
             start, self._draining = not self._draining, True
         if start:
             self._thread.submit(self._run_batches, loop)
@@ -86,14 +99,33 @@ class StoreWriter:
                     # waiting for their decision) go on before the batch's log lines are written.
                     self.store.after_commit(functools.partial(loop.call_soon_threadsafe, _settle, outcomes))
                     self.store.after_commit(self._on_commit)
-                    for fn, args, future in jobs:
+                    for fn, args, futures, grouped in _calls(jobs):
                         try:
-                            outcomes.append((future, fn(*args), None))
+                            result = fn(*args)
+                            results = result if grouped else [result]
+                            outcomes.extend((f, r, None) for f, r in zip(futures, results, strict=True))
                         except Exception as exc:  # its savepoint is rolled back; the others go on
-                            outcomes.append((future, None, exc))
+                            outcomes.extend((f, None, exc) for f in futures)
             except Exception as exc:  # the commit failed: nothing of this batch is durable
-                failed: Outcomes = [(future, None, exc) for _, _, future in jobs]
+                failed: Outcomes = [(job[2], None, exc) for job in jobs]
                 loop.call_soon_threadsafe(_settle, failed)
+
+
+def _calls(jobs: list[StoreJob]) -> list[Call]:
+    """The calls to make for these jobs, in order: grouped jobs of one function are one call
+    (where the first of them was), given the list of their items."""
+    calls: list[Call] = []
+    groups: dict[Callable[..., Any], Call] = {}
+    for fn, args, future, grouped in jobs:
+        if not grouped:
+            calls.append((fn, args, [future], False))
+        elif (call := groups.get(fn)) is not None:
+            call[1][0].append(args[0])
+            call[2].append(future)
+        else:
+            groups[fn] = call = (fn, ([args[0]],), [future], True)
+            calls.append(call)
+    return calls
 
 
 def _settle(outcomes: Outcomes) -> None:

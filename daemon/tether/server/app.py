@@ -158,6 +158,7 @@ class Server:
         if self.proxy is not None:
             await self.proxy.close()
             self.proxy = None
+        self.front.close()
         if self.socket_path is not None:
             try:
                 info = os.stat(self.socket_path)

@@ -9,6 +9,7 @@ event's `id:`, so a client resumes with `Last-Event-ID` (or `?after=ID`).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -39,6 +40,13 @@ def routes() -> list[web.RouteDef]:
 
 def answer(data: Any, status: int = 200) -> web.Response:
     return web.Response(text=render.dumps(data), status=status, content_type="application/json")
+
+
+async def read_answer(front: Front, reader: Callable[..., Any], *args: Any, **kwargs: Any) -> web.Response:
+    """What a reader of `Front` returns, read and rendered as JSON on the daemon's reading
+    threads (`Front.read`): neither is done on the event loop."""
+    text = await front.read(lambda: render.dumps(reader(*args, **kwargs)))
+    return web.Response(text=text, content_type="application/json")
 
 
 def error_answer(status: int, message: str, code: str) -> web.Response:
@@ -118,7 +126,8 @@ def number(request: web.Request, name: str, convert=float) -> Any:
 async def list_responses(request: web.Request) -> web.Response:
     front = request.app[FRONT]
     limit = number(request, "limit", int)
-    records = await asyncio.to_thread(
+    return await read_answer(
+        front,
         front.list,
         statuses=request.query.getall("status", []),
         active=flag(request, "active"),
@@ -126,7 +135,6 @@ async def list_responses(request: web.Request) -> web.Response:
         labels=label_params(request.query.getall("label", [])),
         limit=100 if limit is None else limit,
     )
-    return answer(records)
 
 
 async def track(request: web.Request) -> web.Response:
@@ -164,7 +172,8 @@ async def submit(request: web.Request) -> web.Response:
 
 
 async def show(request: web.Request) -> web.Response:
-    return answer(await asyncio.to_thread(request.app[FRONT].show, request.match_info["id"]))
+    front = request.app[FRONT]
+    return await read_answer(front, front.show, request.match_info["id"])
 
 
 async def cancel(request: web.Request) -> web.Response:
@@ -173,11 +182,13 @@ async def cancel(request: web.Request) -> web.Response:
 
 
 async def budgets(request: web.Request) -> web.Response:
-    return answer(await asyncio.to_thread(request.app[FRONT].budgets))
+    front = request.app[FRONT]
+    return await read_answer(front, front.budgets)
 
 
 async def health(request: web.Request) -> web.Response:
-    return answer(await asyncio.to_thread(request.app[FRONT].health))
+    front = request.app[FRONT]
+    return await read_answer(front, front.health)
 
 
 async def events(request: web.Request) -> web.StreamResponse:
@@ -188,7 +199,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     if not after.isdigit():
         raise Refused(400, f"after: expected an event id, got {after!r}", "invalid_parameter")
     after_id = int(after)
-    found = await asyncio.to_thread(front.events, rid=rid, since=since, after_id=after_id)
+    found = await front.read(front.events, rid=rid, since=since, after_id=after_id)
     if not (flag(request, "follow") or "text/event-stream" in request.headers.get("Accept", "")):
         return answer(found)
     stream = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
@@ -207,5 +218,5 @@ async def events(request: web.Request) -> web.StreamResponse:
             await asyncio.wait_for(closing.wait(), FOLLOW_EVERY)
         except TimeoutError:
             pass
-        found = await asyncio.to_thread(front.events, rid=rid, since=since, after_id=after_id)
+        found = await front.read(front.events, rid=rid, since=since, after_id=after_id)
     return stream

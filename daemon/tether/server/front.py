@@ -4,15 +4,18 @@ They run on the daemon's event loop and share its parts: the API clients of its 
 its store thread for writes (`State.writer`), its scheduler, which takes a response tracked
 here at once. The store work is the CLI's own (tether.actions), so an answer is the same
 whichever way a command went. The readers (`list`, `show`, `events`, `budgets`, `health`)
-are plain functions that open their own read session: the routes run them off the loop.
+are plain functions that open their own read session: the routes run them off the loop, on
+the few reading threads of `read`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from tether import actions, render
 from tether.actions import Refused
@@ -24,6 +27,10 @@ if TYPE_CHECKING:
     from tether.daemon.state import State
     from tether.models import Response
 
+T = TypeVar("T")
+# The readers of the doors run on this many threads at most: each thread reading and rendering
+# records takes the interpreter from the event loop, whose deadlines and proxied creates wait.
+READERS = 2
 Record = dict[str, Any]  # a JSON shape of docs/cli.md
 Records = list[Record]  # (named here: inside Front, `list` is the method)
 Tracked = list[tuple[Record, bool]]  # (record, newly tracked) each
@@ -38,6 +45,10 @@ class Front:
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
         self.state = daemon.state
+        self._readers = ThreadPoolExecutor(READERS, thread_name_prefix="tether-read")
+
+    def close(self) -> None:
+        self._readers.shutdown(wait=False, cancel_futures=True)
 
     @property
     def config(self) -> Config:
@@ -70,9 +81,19 @@ class Front:
         return await self._store(list(zip(ids, observed, strict=True)), account=account, policy=policy, labels=labels)
 
     async def track_created(self, response: dict, *, account: str, policy: str | None, labels: dict[str, str]) -> dict:
+        """Track a response created through the daemon; returns once it is committed, with
+        the other creates of the store thread's batch (one insert for them all)."""
+        from tether.daemon.queries import Created
+
         actions.checked_id(str(response.get("id")))
-        [(record, _)] = await self._store([(response["id"], response)], account=account, policy=policy, labels=labels)
-        return record
+        state = self.state
+        row, created = await state.writer.run_grouped(
+            state.queries.write_created, Created(response, account, policy, labels)
+        )
+        if created:
+            state.adopt(row)
+        state.budget_wake.set()
+        return render.record(row)
 
     async def submit(self, body: dict, *, policy: str | None, account: str | None, labels: dict[str, str]) -> dict:
         config = self.config
@@ -165,6 +186,11 @@ class Front:
         return True
 
     # ---- reading (plain functions: run them off the loop) ------------------------------
+
+    async def read(self, reader: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`reader(*args, **kwargs)` on one of the daemon's reading threads."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, functools.partial(reader, *args, **kwargs))
 
     def list(
         self, *, statuses: list[str], active: bool, policy: str | None, labels: dict[str, str], limit: int
