@@ -1,21 +1,24 @@
 """How long the `tether` command takes to start and answer: `--help`, `ls`, `track ID`.
 
-Each command runs as a real subprocess of the installed entry point (.venv/bin/tether), the
-way a user types it, several times; the store holds 1,000 responses tracked with tether's own
-code (bench.tether_proc) and `track` looks its id up on the stand-in API over loopback HTTP.
-The package is byte-compiled first: the targets are for an installed, compiled tether. The
-targets are wall-clock times on a quiet machine; the CPU time of each run (user + system) is
-printed too, as it moves less when other work shares the machine.
+Each command runs as a real subprocess of the `tether` entry point of an install as users get
+it: the project installed with its runtime dependencies only, compiled, into a virtual
+environment of its own (the development environment also holds the test tools, Selenium's trio
+among them, which httpcore2 imports when it finds it). The store holds 1,000 responses tracked
+with tether's own code (bench.tether_proc) and `track` looks its id up on the stand-in API over
+loopback HTTP. The targets are wall-clock times on a quiet machine; the CPU time of each run
+(user + system) is printed too, as it moves less when other work shares the machine.
 
-    uv run python -m bench.cli_startup [--runs N]
+    uv run python -m bench.cli_startup [--runs N] [--here]
+
+`--here` times the development environment's entry point instead (no install).
 """
 
 from __future__ import annotations
 
 import argparse
-import compileall
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -43,14 +46,32 @@ def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
     return elapsed, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
+def installed(venv: Path) -> Path:
+    """The `tether` entry point of the project installed, without its development dependencies,
+    into a new virtual environment at `venv` (by uv, from its cache when it can)."""
+    uv = shutil.which("uv") or os.environ.get("UV")
+    if uv is None:
+        raise SystemExit("uv is needed to install tether for the measurement (or use --here)")
+    project = Path(tether.__file__).resolve().parents[2]
+    python = venv / "bin" / "python"
+    subprocess.run([uv, "venv", "--quiet", "--python", sys.executable, str(venv)], check=True)
+    subprocess.run(
+        [uv, "pip", "install", "--quiet", "--compile-bytecode", "--python", str(python), str(project)], check=True
+    )
+    return venv / "bin" / "tether"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=7, help="runs of each command (default 7)")
+    parser.add_argument("--here", action="store_true", help="time the development environment's entry point")
     args = parser.parse_args()
 
-    entry = Path(sys.executable).parent / "tether"
-    compileall.compile_dir(Path(tether.__file__).parent, quiet=1)
     with tempfile.TemporaryDirectory(prefix="tether-cli-startup-") as tmp, Stand() as stand:
+        if args.here:
+            entry = Path(sys.executable).parent / "tether"
+        else:
+            entry = installed(Path(tmp) / "venv")
         install = Tether(Path(tmp) / "tether", stand.base_url)
         install.track(stand.create(STORED))
         fresh = [record.id for record in stand.create(args.runs)]  # one untracked id per `track` run
@@ -63,8 +84,8 @@ def main() -> None:
         }
         timed(base + ["ls"], env)  # warm the page cache once, as a second invocation would find it
         print(
-            f"tether CLI start-up: {args.runs} runs each, {STORED:,} stored responses, {os.cpu_count()} CPUs, "
-            f"load {os.getloadavg()[0]:.2f}"
+            f"tether CLI start-up ({'development environment' if args.here else 'an install of tether alone'}): "
+            f"{args.runs} runs each, {STORED:,} stored responses, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}"
         )
         print(f"{'command':<10} {'median':>8} {'max':>8} {'cpu':>8} {'target':>8}  met")
         for name, argv in commands.items():
