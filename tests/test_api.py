@@ -896,6 +896,21 @@ async def test_without_a_tight_limit_the_same_requests_overlap(fake: FakeServer,
     assert observed.peak == 8
 
 
+async def test_deadline_looks_and_cancels_have_a_lane_of_their_own_as_wide_as_deadline_concurrency(
+    fake: FakeServer, make_client: MakeClient
+) -> None:
+    observed = Observed()
+    client = make_client(max_concurrency=1, deadline_concurrency=3, observed=observed)
+    created = await client.create(RUNNING)
+    fake.state.faults.slow_seconds = 0.15
+    fake.state.faults.get.slow = 1.0
+
+    polls = [asyncio.create_task(client.get(created["id"])) for _ in range(2)]
+    await asyncio.gather(*(client.get(created["id"], priority=True) for _ in range(6)), *polls)
+
+    assert observed.peak == 1 + 3  # one poll and three deadline looks at once, never more
+
+
 # --- valid_id ----------------------------------------------------------------------------------
 
 

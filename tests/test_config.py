@@ -148,7 +148,8 @@ def test_without_settings_every_default_applies():
         first=1.0, max_interval=60.0, backoff=1.5, jitter=0.1, confirm_window=60.0, lost_after=3
     )
     account = cfg.accounts["default"]
-    assert (account.max_concurrency, account.request_timeout, account.max_reply_bytes) == (16, 30.0, 8388608)
+    assert (account.max_concurrency, account.deadline_concurrency) == (16, 256)
+    assert (account.request_timeout, account.max_reply_bytes) == (30.0, 8388608)
 
 
 def test_every_setting_of_a_full_file_is_read():
@@ -165,6 +166,7 @@ def test_every_setting_of_a_full_file_is_read():
         organization = "org_1"
         project = "proj_1"
         max_concurrency = 4
+        deadline_concurrency = 32
         request_timeout = "1m"
         max_reply_bytes = 1048576
         [polling]
@@ -192,6 +194,7 @@ def test_every_setting_of_a_full_file_is_read():
         organization="org_1",
         project="proj_1",
         max_concurrency=4,
+        deadline_concurrency=32,
         request_timeout=60.0,
         max_reply_bytes=1048576,
     )
@@ -614,7 +617,7 @@ def test_an_invalid_budget_or_price_is_rejected_with_its_key_path(text, message)
         pytest.param(
             '[accounts.default]\nkey_env = "X"',
             "accounts.default.key_env: unknown key (known: base_url, api_key_env, api_key_file, api_key_credential, "
-            "organization, project, max_concurrency, request_timeout, max_reply_bytes)",
+            "organization, project, max_concurrency, deadline_concurrency, request_timeout, max_reply_bytes)",
             id="an unknown account key",
         ),
         pytest.param(
@@ -676,6 +679,11 @@ def test_an_invalid_budget_or_price_is_rejected_with_its_key_path(text, message)
             "[accounts.default]\nmax_concurrency = 0",
             "accounts.default.max_concurrency: expected an integer >= 1, got 0",
             id="a concurrency of zero",
+        ),
+        pytest.param(
+            "[accounts.default]\ndeadline_concurrency = 0",
+            "accounts.default.deadline_concurrency: expected an integer >= 1, got 0",
+            id="a deadline concurrency of zero",
         ),
         pytest.param(
             "[accounts.default]\nmax_concurrency = true",

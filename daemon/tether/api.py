@@ -40,7 +40,6 @@ from tether.config import AccountConfig
 QUOTA_CODES = frozenset(
     {"insufficient_quota", "billing_hard_limit_reached", "spend_limit_reached", "usage_limit_reached"}
 )
-PRIORITY_MIN = 4  # the priority lane is max(PRIORITY_MIN, max_concurrency) wide
 ACCOUNT_PAUSE_FIRST = 30.0
 ACCOUNT_PAUSE_MAX = 900.0
 RETRY_AFTER_MAX = 300.0
@@ -134,10 +133,9 @@ class ResponsesClient:
         self._clock = clock
         self._rng = rng or random.Random()
         self._semaphore = asyncio.Semaphore(account.max_concurrency)
-        # Deadline looks and cancels get a lane of their own, as wide as the polls' one:
-        # they never queue behind polls, and a burst of deadlines goes out in parallel.
-        priority_slots = max(PRIORITY_MIN, account.max_concurrency)
-        self._priority = asyncio.Semaphore(priority_slots)
+        # Deadline looks and cancels get a lane of their own: they never queue behind polls,
+        # and a burst of deadlines goes out in parallel.
+        self._priority = asyncio.Semaphore(account.deadline_concurrency)
         self.paused_until = 0.0
         self._pause = ACCOUNT_PAUSE_FIRST
         self._key = api_key
@@ -150,7 +148,7 @@ class ResponsesClient:
             headers["OpenAI-Organization"] = account.organization
         if account.project:
             headers["OpenAI-Project"] = account.project
-        connections = account.max_concurrency + priority_slots
+        connections = account.max_concurrency + account.deadline_concurrency
         # Requests name their whole URL: httpx2 joins a relative one to its base_url by parsing
         # two URLs (50 µs a request against 35 µs for one whole URL).
         self._base = account.base_url.rstrip("/") + "/"

@@ -376,6 +376,7 @@ _ACCOUNT_FIELDS = {
     "organization": string,
     "project": string,
     "max_concurrency": integer(1),
+    "deadline_concurrency": integer(1),
     "request_timeout": positive_duration,
     "max_reply_bytes": integer(1024),
 }

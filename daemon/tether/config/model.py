@@ -29,6 +29,9 @@ class AccountConfig:
     organization: str | None = None
     project: str | None = None
     max_concurrency: int = 16
+    # Deadline looks and cancels have a lane of their own, never queued behind polls; wide, as
+    # a deadline's cancel waits for a free place in it (docs/benchmarks.md, "The front door").
+    deadline_concurrency: int = 256
     request_timeout: float = 30.0
     max_reply_bytes: int = 8 * 1024 * 1024  # a reply longer than this is an error, not read whole
 
