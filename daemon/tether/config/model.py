@@ -9,8 +9,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Literal
 
-from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook
-
 from tether.config.selectors import Match
 from tether.config.values import ConfigError
 
@@ -150,6 +148,8 @@ class WebhooksConfig:
         secret = text.strip()
         if not secret:
             raise ConfigError(f"{key}: the secret from {self.secret_source()} is empty")
+        from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook  # only where webhooks are on
+
         try:
             Webhook(secret)
         except (ValueError, EmptyWebhookSecretError):  # binascii.Error is a ValueError
