@@ -18,7 +18,6 @@ figures by hand). Every process started here is stopped here.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import signal
 import sys
@@ -30,7 +29,7 @@ from typing import Any
 from bench.dashboard_traffic import PAGES, browsing
 from bench.front_load import ms
 from bench.procs import free_port, loadavg
-from bench.run import ROOT, deadline, git, log, machine
+from bench.run import ROOT, deadline, log, run_meta, save_results
 
 RESULTS = ROOT / "bench" / "results" / "dashboard.json"
 SERVER = """
@@ -88,17 +87,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     active, spread, lead = (2_000, 20.0, 20.0) if args.quick else (10_000, 60.0, 35.0)
-    results: dict[str, Any] = {
-        "meta": {
-            "commit": git("rev-parse", "HEAD") or "unknown",
-            "dirty": bool(git("status", "--porcelain", "--", "daemon", "bench", "pyproject.toml", "uv.lock")),
-            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "load_before": loadavg(),
-            "machine": machine(),
-            "quick": args.quick,
-            "active": active,
-        }
-    }
+    results: dict[str, Any] = {"meta": {**run_meta(args.quick), "active": active}}
     work = Path(tempfile.mkdtemp(prefix="tether-dashboard-"))
     try:
         log("dashboard: deadline run, nobody looking")
@@ -109,11 +98,7 @@ def main() -> None:
         results["p99_ratio"] = results["browsed"]["lag"]["p99"] / results["quiet"]["lag"]["p99"]
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    results["meta"]["load_after"] = loadavg()
-    results["meta"]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(results, indent=1, default=float))
-    log(f"results: {args.results}")
+    save_results(results, args.results)
     print(table(results))
 
 

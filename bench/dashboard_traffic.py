@@ -14,19 +14,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
+from contextlib import AbstractContextManager
 from typing import Any
 
 import aiohttp
 
 from bench.front_traffic import Target, loopback, paced, timed
-from bench.procs import cpu_seconds
+from bench.procs import cpu_seconds, traffic_process
 
 PAGES = {
     "responses": "/responses",
@@ -35,7 +30,6 @@ PAGES = {
     "overview": "/",
     "events": "/events",
 }
-ROOT = Path(__file__).resolve().parents[1]
 TAIL_EVERY = 1.0  # what dashboard.js waits between two asks
 
 
@@ -82,33 +76,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-@contextmanager
-def browsing(base: str, seconds: float, page_rate: float, tails: int) -> Iterator[dict[str, Any]]:
+def browsing(base: str, seconds: float, page_rate: float, tails: int) -> AbstractContextManager[dict[str, Any]]:
     """This module in a process of its own for `seconds` from when it is ready; yields its
     result, filled in once it is done."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.dashboard_traffic", "--base", base, "--seconds", f"{seconds:.1f}"]
-        + ["--page-rate", str(page_rate), "--tails", str(tails)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    out: dict[str, Any] = {}
-    try:
-        assert proc.stdout is not None
-        if proc.stdout.readline().strip() != "ready":
-            raise RuntimeError(f"dashboard_traffic did not start: {proc.stderr.read()[-2000:] if proc.stderr else ''}")
-        yield out
-        stdout, stderr = proc.communicate(timeout=seconds + 60)
-        if proc.returncode != 0:
-            raise RuntimeError(f"dashboard_traffic failed: {stderr[-2000:]}")
-        out.update(json.loads(stdout.strip().splitlines()[-1]))
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+    args = ["--base", base, "--page-rate", str(page_rate), "--tails", str(tails)]
+    return traffic_process("bench.dashboard_traffic", args, seconds)
 
 
 def main() -> None:

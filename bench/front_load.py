@@ -19,21 +19,17 @@ under load", are copied from there by hand). Every process started here is stopp
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from bench.procs import free_port, loadavg
-from bench.run import FAR_POLICY, ROOT, deadline, git, log, machine
+from bench.procs import free_port, loadavg, traffic_process
+from bench.run import FAR_POLICY, ROOT, deadline, log, run_meta, save_results
 from bench.stand import Stand
 from bench.tether_proc import Polling, Tether
 
@@ -56,31 +52,9 @@ def front_config(work: Path) -> tuple[str, str, int]:
     return FRONT_CONFIG.format(socket=sock, port=port), sock, port
 
 
-@contextmanager
-def traffic(args: list[str], seconds: float) -> Iterator[dict[str, Any]]:
+def traffic(args: list[str], seconds: float) -> AbstractContextManager[dict[str, Any]]:
     """bench.front_traffic for `seconds` from when it is ready; yields its result once it is done."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.front_traffic", *args, "--seconds", f"{seconds:.1f}"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    out: dict[str, Any] = {}
-    try:
-        assert proc.stdout is not None
-        if proc.stdout.readline().strip() != "ready":
-            raise RuntimeError(f"front_traffic did not start: {proc.stderr.read()[-2000:] if proc.stderr else ''}")
-        yield out
-        stdout, stderr = proc.communicate(timeout=seconds + 60)
-        if proc.returncode != 0:
-            raise RuntimeError(f"front_traffic failed: {stderr[-2000:]}")
-        out.update(json.loads(stdout.strip().splitlines()[-1]))
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+    return traffic_process("bench.front_traffic", args, seconds)
 
 
 def loaded(work: Path, active: int, spread: float, lead: float, create_rate: float, ls_rate: float) -> dict[str, Any]:
@@ -192,16 +166,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     q = args.quick
     active, spread, lead = (2_000, 20.0, 20.0) if q else (10_000, 60.0, 35.0)
-    results: dict[str, Any] = {
-        "meta": {
-            "commit": git("rev-parse", "HEAD") or "unknown",
-            "dirty": bool(git("status", "--porcelain", "--", "daemon", "bench", "pyproject.toml", "uv.lock")),
-            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "load_before": loadavg(),
-            "machine": machine(),
-            "quick": q,
-        }
-    }
+    results: dict[str, Any] = {"meta": run_meta(q)}
     log(f"front door: load average before {results['meta']['load_before']}")
     work = Path(tempfile.mkdtemp(prefix="tether-front-"))
     try:
@@ -215,11 +180,7 @@ def main() -> None:
         results["overhead"] = overhead(work, active, rate=200.0, seconds=8.0 if q else 20.0)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    results["meta"]["load_after"] = loadavg()
-    results["meta"]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(results, indent=1, default=float))
-    log(f"results: {args.results}")
+    save_results(results, args.results)
     print(table(results))
 
 

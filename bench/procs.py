@@ -1,8 +1,9 @@
 """Reading a process's (or a thread's) CPU time and memory from /proc, small stats helpers, and
-the stand-in API as a process of its own."""
+the stand-in API and the traffic generators as processes of their own."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
@@ -11,8 +12,11 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 TICK = os.sysconf("SC_CLK_TCK")
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def cpu_seconds(pid: int | str = "self", tid: int | None = None) -> float:
@@ -100,6 +104,35 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def traffic_process(module: str, args: list[str], seconds: float) -> Iterator[dict[str, Any]]:
+    """`python -m MODULE ARGS --seconds S`, a traffic generator of bench/ that prints `ready`,
+    runs for `seconds`, then prints its result as one JSON line; yields that result, filled in
+    once the process is done."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module, *args, "--seconds", f"{seconds:.1f}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    out: dict[str, Any] = {}
+    try:
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"{module} did not start: {proc.stderr.read()[-2000:] if proc.stderr else ''}")
+        yield out
+        stdout, stderr = proc.communicate(timeout=seconds + 60)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{module} failed: {stderr[-2000:]}")
+        out.update(json.loads(stdout.strip().splitlines()[-1]))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
 
 
 @contextmanager

@@ -555,6 +555,27 @@ def git(*args: str) -> str:
         return ""
 
 
+def run_meta(quick: bool) -> dict[str, Any]:
+    """What a results file records of the run it comes from, at its start."""
+    return {
+        "commit": git("rev-parse", "HEAD") or "unknown",
+        "dirty": bool(git("status", "--porcelain", "--", "daemon", "bench", "pyproject.toml", "uv.lock")),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "load_before": loadavg(),
+        "machine": machine(),
+        "quick": quick,
+    }
+
+
+def save_results(results: dict[str, Any], path: Path) -> None:
+    """Note the run's end in its meta and write the results file."""
+    results["meta"]["load_after"] = loadavg()
+    results["meta"]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1, default=float))
+    log(f"results: {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -639,11 +660,7 @@ def main() -> None:
             }
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    results["meta"]["load_after"] = loadavg()
-    results["meta"]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(json.dumps(results, indent=1, default=float))
-    log(f"results: {args.results}")
+    save_results(results, args.results)
     print(report.tables(results))
     if not args.no_docs:
         report.write_docs(results, ROOT / "docs")
