@@ -219,11 +219,12 @@ class Dashboard:
         return _html(text, status)
 
     async def _off_loop(self, work: Callable[[], T]) -> T:
-        """Run a page's reading and rendering in a thread, one page at a time: threads that
-        run Python share the interpreter lock with the event loop, and a single one leaves it
-        the most, however many people look (docs/benchmarks.md, "The dashboard")."""
+        """Run a page's reading and rendering on the daemon's reading threads (`Front.read`),
+        one page at a time: threads that run Python share the interpreter lock with the event
+        loop, and a single one leaves it the most, however many people look
+        (docs/benchmarks.md, "The dashboard")."""
         async with self._reading:
-            return await asyncio.to_thread(work)
+            return await self.front.read(work)
 
     def _open_session(self, request: web.Request) -> web.StreamResponse:
         """`?token=…`: the session cookie, and the same page without the token in its address."""
