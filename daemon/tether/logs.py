@@ -5,15 +5,41 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-import structlog
+if TYPE_CHECKING:
+    from structlog.typing import FilteringBoundLogger
 
 # syslog(3) priorities, read by journald from a "<N>" line prefix (sd-daemon(3)).
 PRIORITIES = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
-log = structlog.get_logger("tether")
+
+class _Logger:
+    """structlog's logger for tether, imported when first used: a CLI command that logs nothing
+    does not import structlog, whose console renderer brings rich's tracebacks and pygments
+    (about a tenth of `tether track`'s start-up)."""
+
+    _logger: Any = None
+    deferred: tuple[str, str] | None = None  # configure()'s format and level, held until first used
+
+    def __getattr__(self, name: str) -> Any:
+        if self._logger is None:
+            if self.deferred is not None and LEVELS.get(name, logging.CRITICAL) < LEVELS[self.deferred[1]]:
+                return _dropped  # below the level it will have: structlog would drop the line too
+            import structlog
+
+            if self.deferred is not None:
+                configure(*self.deferred)
+            type(self)._logger = structlog.get_logger("tether")
+        return getattr(self._logger, name)
+
+
+def _dropped(*_args: Any, **_fields: Any) -> None:
+    return None
+
+
+log: FilteringBoundLogger = _Logger()
 
 
 def configure(
@@ -22,6 +48,9 @@ def configure(
     stream: TextIO | None = None,
     environ: dict[str, str] | None = None,
 ) -> None:
+    import structlog
+
+    _Logger.deferred = None
     stream = stream or sys.stderr
     env = os.environ if environ is None else environ
     as_json = format == "json" or (format == "auto" and not stream.isatty())
@@ -42,6 +71,11 @@ def configure(
         logger_factory=structlog.WriteLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
+
+
+def configure_when_used(format: str, level: str) -> None:
+    """configure(format, level) at the first log line rather than now: most CLI commands log nothing."""
+    _Logger.deferred = (format, level)
 
 
 def journald_prefix(_logger: Any, method: str, rendered: str) -> str:

@@ -111,7 +111,7 @@ def quiet_logs() -> None:
     next start if it is not running); the CLI itself speaks through its messages."""
     from tether import logs
 
-    logs.configure("console", "error")
+    logs.configure_when_used("console", "error")
 
 
 def parse_labels(values: list[str] | None) -> dict[str, str]:
