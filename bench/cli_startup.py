@@ -11,12 +11,16 @@ loopback HTTP. The targets are wall-clock times on a quiet machine; the CPU time
     uv run python -m bench.cli_startup [--runs N] [--here]
 
 `--here` times the development environment's entry point instead (no install).
+`--instructions` also counts each command's instructions once under valgrind (cachegrind,
+no cache simulation): unlike time, the count does not move with the machine's load or speed,
+so it shows what a change saved on a shared machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import resource
 import shutil
 import statistics
@@ -46,6 +50,26 @@ def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
     return elapsed, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
+def instructions(argv: list[str], env: dict[str, str]) -> int:
+    """Instructions executed by one run of `argv` (valgrind's I refs)."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        raise SystemExit("--instructions needs valgrind (Debian: apt-get install valgrind)")
+    python = Path(argv[0]).parent / "python"  # the entry point's interpreter, not its script's shebang
+    result = subprocess.run(
+        [valgrind, "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null", str(python), *argv],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=600,
+    )
+    found = re.search(r"I\s+refs:\s+([\d,]+)", result.stderr)
+    if result.returncode != 0 or found is None:
+        raise SystemExit(f"valgrind {' '.join(argv)} exited {result.returncode}: {result.stderr[-500:]}")
+    return int(found[1].replace(",", ""))
+
+
 def installed(venv: Path) -> Path:
     """The `tether` entry point of the project installed, without its development dependencies,
     into a new virtual environment at `venv` (by uv, from its cache when it can)."""
@@ -65,6 +89,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=7, help="runs of each command (default 7)")
     parser.add_argument("--here", action="store_true", help="time the development environment's entry point")
+    parser.add_argument("--instructions", action="store_true", help="count each command's instructions (valgrind)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="tether-cli-startup-") as tmp, Stand() as stand:
@@ -74,7 +99,7 @@ def main() -> None:
             entry = installed(Path(tmp) / "venv")
         install = Tether(Path(tmp) / "tether", stand.base_url)
         install.track(stand.create(STORED))
-        fresh = [record.id for record in stand.create(args.runs)]  # one untracked id per `track` run
+        fresh = [record.id for record in stand.create(args.runs + 1)]  # one untracked id per `track` run
         env = {**os.environ, KEY_ENV: API_KEY}
         base = [str(entry), "--config", str(install.config_path)]
         commands = {
@@ -87,14 +112,18 @@ def main() -> None:
             f"tether CLI start-up ({'development environment' if args.here else 'an install of tether alone'}): "
             f"{args.runs} runs each, {STORED:,} stored responses, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}"
         )
-        print(f"{'command':<10} {'median':>8} {'max':>8} {'cpu':>8} {'target':>8}  met")
+        print(
+            f"{'command':<10} {'median':>8} {'max':>8} {'cpu':>8} {'target':>8}  met"
+            + ("  instructions" if args.instructions else "")
+        )
         for name, argv in commands.items():
             runs = [timed(argv(run), env) for run in range(args.runs)]
             walls = [wall for wall, _ in runs]
             median, worst, cpu = statistics.median(walls), max(walls), statistics.median(c for _, c in runs)
+            counted = f"  {instructions(argv(args.runs), env) / 1e9:>10.3f} G" if args.instructions else ""
             print(
                 f"{name:<10} {median:>7.3f}s {worst:>7.3f}s {cpu:>7.3f}s {TARGETS[name]:>7.1f}s  "
-                f"{'yes' if median <= TARGETS[name] else 'no'}"
+                f"{'yes' if median <= TARGETS[name] else 'no':<3}{counted}"
             )
 
 
