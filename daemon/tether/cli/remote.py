@@ -44,10 +44,13 @@ class Remote:
         import httpx2
 
         self.path = path
+        # Plain HTTP on a local socket: no TLS context to build (loading the trust store was a
+        # eighth of `tether ls` through the daemon), and nothing from the environment applies.
         self.client = httpx2.Client(
-            transport=httpx2.HTTPTransport(uds=path),
+            transport=httpx2.HTTPTransport(uds=path, verify=False),
             base_url="http://tether",
             timeout=httpx2.Timeout(REPLY_TIMEOUT, connect=CONNECT_TIMEOUT),
+            trust_env=False,
         )
 
     def call(
