@@ -193,7 +193,7 @@ async def test_a_running_daemons_metrics_match_the_store_and_the_stand_in(
                 {dict(k)["reason"]: v for k, v in series(samples(metrics), "tether_cancels_total").items() if v}
                 == expected_cancels
             ),
-            10,
+            30,
             "the cancels counted by reason",
         )
 
@@ -251,7 +251,7 @@ async def test_a_running_daemons_metrics_match_the_store_and_the_stand_in(
             close = all(exposed[k] is not None and abs(exposed[k] - v) < 1e-6 for k, v in shown.items())
             return shown if close else None
 
-        figures = await until_async(agreeing, 10, "the budget gauges to show what `tether budget` does")
+        figures = await until_async(agreeing, 30, "the budget gauges to show what `tether budget` does")
         assert figures["committed_usd"] == pytest.approx(0.8) and figures["limit_usd"] == 1.0
 
         for (_, labels), _ in samples(metrics).items():
