@@ -180,14 +180,14 @@ def test_a_late_completion_after_a_cancel_is_seen_when_a_confirmation_poll_times
     fake.state.faults = Faults(cancel_then_complete=1.0, cancel_then_complete_after=0.5)
     try:
         rid = tracked_running(install, fake)
-        # The daemon polls at pickup and 1 s later; the next poll is 10 s after that, past the
-        # deadline, so the next GET is the first confirmation poll: the hang is set ahead of it,
-        # not raced against it.
-        wait_for(lambda: len(daemon_calls(fake, rid, "get")) >= 2, timeout=30, what="the daemon's first two polls")
+        # `tether track`'s look (through the daemon), then polls after 1 s and 1 s again; the
+        # next is 10 s after that, past the deadline, so the next GET is the first confirmation
+        # poll: the hang is set ahead of it, not raced against it.
+        wait_for(lambda: len(daemon_calls(fake, rid, "get")) >= 3, timeout=30, what="the look and two polls")
         fake.state.faults.force("get", "hang")
         wait_for(lambda: fake.state.record(rid).cancels, timeout=30, what="the cancel")
         cancelled_at = fake.state.record(rid).cancels[0].at
-        assert daemon_calls(fake, rid, "get")[1]["at"] < cancelled_at, "the machine is too slow for this timing"
+        assert daemon_calls(fake, rid, "get")[2]["at"] < cancelled_at, "the machine is too slow for this timing"
         hung = wait_for(
             lambda: [c for c in daemon_calls(fake, rid, "get") if c["fault"] == "hang" and c["status"] is not None],
             timeout=30,
