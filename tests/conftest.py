@@ -84,6 +84,7 @@ def create(fake: FakeServer, **metadata: str) -> str:
         f"{fake.base_url}/responses",
         json={"model": "o3-pro", "input": "x", "background": True, "metadata": metadata},
         headers={"Authorization": f"Bearer {API_KEY}"},
+        timeout=30,  # not httpx's 5 s: a setup step, on a machine that may stall for seconds
     )
     reply.raise_for_status()
     return reply.json()["id"]

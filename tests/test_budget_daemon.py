@@ -18,12 +18,14 @@ def create(fake, *, created_at: float | None = None, model: str = "o3-pro", **me
         reply = httpx.post(
             f"{fake.url}/_fake/responses",
             json={"model": model, "created_at": created_at, "metadata": metadata, "background": True},
+            timeout=30,
         )
     else:
         reply = httpx.post(
             f"{fake.base_url}/responses",
             json={"model": model, "input": "x", "background": True, "metadata": metadata},
             headers={"Authorization": f"Bearer {API_KEY}"},
+            timeout=30,
         )
     reply.raise_for_status()
     return reply.json()["id"]

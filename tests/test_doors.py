@@ -67,7 +67,8 @@ def test_a_signed_webhook_shows_the_end_within_a_second_and_forged_stale_or_repl
     tether.extra_env["TETHER_TEST_WEBHOOK_SECRET"] = SECRET
     tether.start_daemon()
     url = f"http://127.0.0.1:{port}/webhooks/openai"
-    ending, running = create(fake, fake_run="2"), create(fake, fake_run="600")
+    # `ending` runs long enough to be tracked while in progress on a busy 2-core machine.
+    ending, running = create(fake, fake_run="10"), create(fake, fake_run="600")
     tether.ok("track", ending, running)
     assert tether.records()[ending]["status"] == "in_progress"
     wait_for(lambda: server_record(fake, ending)["status"] == "completed", timeout=30, what="the stand-in's end")

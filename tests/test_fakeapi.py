@@ -460,7 +460,7 @@ def test_stop_is_quick_and_leaves_no_thread_or_port_behind():
     address = (srv.host, srv.port)
     started = time.monotonic()
     srv.stop()
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 3.0  # STOP_GRACE (0.05 s), and room for a busy machine
     assert set(threading.enumerate()) == before
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(address, timeout=1)
@@ -564,8 +564,8 @@ def test_a_hung_request_outlasts_the_client_timeout_and_does_not_delay_stop():
     finally:
         started = time.monotonic()
         srv.stop()
-    assert time.monotonic() - started < 1.0
-    waiter.join(2)
+    assert time.monotonic() - started < 3.0  # not held up by the hung request (its client waits 10 s)
+    waiter.join(30)
     assert isinstance(outcome[0], httpx.RemoteProtocolError)
 
 

@@ -212,6 +212,7 @@ def test_the_key_is_read_from_the_credentials_directory(tether: Tether, fake, tm
         f"{fake.base_url}/responses",
         json={"model": "o3-pro", "input": "x", "background": True, "metadata": {"fake_queue": "2", "fake_run": "0.5"}},
         headers={"Authorization": f"Bearer {API_KEY}"},
+        timeout=30,
     )
     rid = reply.json()["id"]
     result = subprocess.run(

@@ -34,6 +34,7 @@ from tether.store import Store
 DEMO_KEY_ENV = "TETHER_DEMO_API_KEY"
 DEMO_KEY = "sk-demo-not-a-real-key"
 TIME_LIMIT = 50.0
+STARTUP_LIMIT = 30.0  # seconds the daemon gets to start before the responses are made
 
 CONFIG = """\
 [store]
@@ -127,6 +128,9 @@ def _run(console: Console, folder: Path, base_url: str) -> int:
         stderr=subprocess.STDOUT,
     )
     try:
+        if not _started(daemon, Path(daemon_log.name)):
+            console.print(f"the daemon did not start; see {daemon_log.name}", style="red")
+            return 1
         ids = _submit_all(config, store)
         finished = _watch(console, store, ids, daemon)
     finally:
@@ -138,6 +142,18 @@ def _run(console: Console, folder: Path, base_url: str) -> int:
     if not finished:
         console.print("the demo ran out of time before every response finished", style="red")
     return 0 if finished and code == 0 else 1
+
+
+def _started(daemon: subprocess.Popen, log: Path) -> bool:
+    """Wait for the daemon's `daemon.started` line: the deadlines run from the responses'
+    creation, so they are made once the daemon is there to watch them (however slowly it
+    starts on a busy machine)."""
+    until = time.monotonic() + STARTUP_LIMIT
+    while daemon.poll() is None and time.monotonic() < until:
+        if '"daemon.started"' in log.read_text():
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def _submit_all(config, store: Store) -> dict[str, str]:

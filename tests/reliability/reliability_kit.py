@@ -132,7 +132,7 @@ project = "{project}"
         self.cli_outputs += [out, err]
         return proc.returncode, out, err
 
-    def start_daemon(self, extra_env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.Popen:
+    def start_daemon(self, extra_env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.Popen:
         log = (self.root / f"daemon-{len(self.daemons)}.log").open("w")
         proc = subprocess.Popen(
             [sys.executable, "-m", "tether", "--config", str(self.config_path), "run"],

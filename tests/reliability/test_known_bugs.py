@@ -71,7 +71,7 @@ def test_a_cancel_that_fails_once_then_succeeds_logs_the_failure(tmp_path: Path,
         wait_for(lambda: fake.state.record(rid).cancels, timeout=30, what="the cancel to reach the server")
         failed = [c for c in daemon_calls(fake, rid, "cancel") if c["status"] >= 500]
         assert len(failed) == 1
-        wait_for(lambda: store_statuses(install.store)[rid] == "cancelled", timeout=10)
+        wait_for(lambda: store_statuses(install.store)[rid] == "cancelled", timeout=30)
     finally:
         install.stop_daemon(daemon)
         kill_all(install)
@@ -79,21 +79,22 @@ def test_a_cancel_that_fails_once_then_succeeds_logs_the_failure(tmp_path: Path,
 
 
 def test_a_failed_look_after_a_refused_cancel_is_logged(tmp_path: Path, fake: FakeServer):
-    install, daemon = started(tmp_path, fake, '[[policy]]\nname = "p"\nmax_runtime = "12s"\n')
+    install, daemon = started(tmp_path, fake, '[[policy]]\nname = "p"\nmax_runtime = "20s"\n')
     try:
-        # Finishes at 8 s, before its deadline (12 to 13 s after creation); the first poll sees it running.
-        rid = fake.state.create("o3-pro", background=True, metadata={"fake_run": "8"}).id
+        # Finishes at 15 s, before its deadline (20 to 21 s after creation); the first poll sees
+        # it running (15 s: room to track it and poll it first on a busy 2-core machine).
+        rid = fake.state.create("o3-pro", background=True, metadata={"fake_run": "15"}).id
         assert install.cli("track", rid).returncode == 0
-        wait_for(lambda: daemon_calls(fake, rid, "get"), timeout=10, what="the daemon's first poll")
+        wait_for(lambda: daemon_calls(fake, rid, "get"), timeout=30, what="the daemon's first poll")
         assert time.time() < fake.state.record(rid).finishes_at, "the machine is too slow for this timing"
         # Every GET fails from now on: the deadline look fails, tether cancels on what it knows
         # (in_progress), the server refuses (it has finished), and the look after that fails too.
         fake.state.faults.get.drop = 1.0
-        wait_for(lambda: fake.state.record(rid).cancels, timeout=30, what="a cancel (refused: it has finished)")
+        wait_for(lambda: fake.state.record(rid).cancels, timeout=45, what="a cancel (refused: it has finished)")
         refused_at = fake.state.record(rid).cancels[0].at
         wait_for(
             lambda: [c for c in daemon_calls(fake, rid, "get") if c["at"] > refused_at],
-            timeout=10,
+            timeout=30,
             what="the look after the refused cancel",
         )
         fake.state.faults.get.drop = 0.0
@@ -119,7 +120,7 @@ def test_a_failed_look_at_a_max_queued_deadline_does_not_cancel_a_response_that_
         # deadline (14 to 15 s after creation) finds it running.
         rid = fake.state.create("o3-pro", background=True, metadata={"fake_queue": "12", "fake_run": "60"}).id
         assert install.cli("track", rid).returncode == 0
-        wait_for(lambda: daemon_calls(fake, rid, "get"), timeout=10, what="the daemon's first poll")
+        wait_for(lambda: daemon_calls(fake, rid, "get"), timeout=30, what="the daemon's first poll")
         record = fake.state.record(rid)
         assert time.time() < record.created_at + 12, "the machine is too slow for this timing"
         setattr(fake.state.faults.get, fault, 1.0)  # every GET fails until after the deadline
@@ -148,7 +149,7 @@ def test_a_late_completion_after_a_cancel_is_seen_even_when_the_confirmation_pol
         rid = tracked_running(install, fake)
         wait_for(lambda: fake.state.record(rid).cancels, timeout=20, what="the cancel")
         fake.state.faults.outage_for(4.0)  # every request fails for longer than the confirmation window
-        wait_for(lambda: store_statuses(install.store)[rid] == "cancelled", timeout=10)
+        wait_for(lambda: store_statuses(install.store)[rid] == "cancelled", timeout=30)
         # The server says `completed` from 1.5 s after the cancel; tether should come to say so too.
         wait_for(
             lambda: store_statuses(install.store)[rid] == "completed",
@@ -172,27 +173,31 @@ def test_a_late_completion_after_a_cancel_is_seen_when_a_confirmation_poll_times
     install, daemon = started(
         tmp_path,
         fake,
-        '[[policy]]\nname = "p"\nmax_runtime = "6s"\n',
+        '[[policy]]\nname = "p"\nmax_runtime = "10s"\n',
         SPARSE_POLLING_LONG_CONFIRMATION,
         account_extra='request_timeout = "10s"',
     )
     fake.state.faults = Faults(cancel_then_complete=1.0, cancel_then_complete_after=0.5)
     try:
         rid = tracked_running(install, fake)
-        wait_for(lambda: fake.state.record(rid).cancels, timeout=20, what="the cancel")
+        # `tether track`'s look (through the daemon), then polls after 1 s and 1 s again; the
+        # next is 10 s after that, past the deadline, so the next GET is the first confirmation
+        # poll: the hang is set ahead of it, not raced against it.
+        wait_for(lambda: len(daemon_calls(fake, rid, "get")) >= 3, timeout=30, what="the look and two polls")
+        fake.state.faults.force("get", "hang")
+        wait_for(lambda: fake.state.record(rid).cancels, timeout=30, what="the cancel")
         cancelled_at = fake.state.record(rid).cancels[0].at
-        fake.state.faults.force("get", "hang")  # the next GET: the first confirmation poll
-        assert time.time() < cancelled_at + 0.8, "the machine is too slow for this timing"
+        assert daemon_calls(fake, rid, "get")[2]["at"] < cancelled_at, "the machine is too slow for this timing"
         hung = wait_for(
             lambda: [c for c in daemon_calls(fake, rid, "get") if c["fault"] == "hang" and c["status"] is not None],
-            timeout=20,
+            timeout=30,
             what="the confirmation poll to time out",
         )
         assert hung[0]["at"] > cancelled_at, "the poll that hung was not a confirmation poll"
         # The server says `completed` from 0.5 s after the cancel; tether should come to say so too.
         wait_for(
             lambda: store_statuses(install.store)[rid] == "completed",
-            timeout=15,
+            timeout=30,
             what="tether to see the completion that followed the cancel",
         )
     finally:
@@ -220,7 +225,7 @@ def test_a_late_completion_after_a_cancel_is_seen_when_the_window_ends_while_the
         daemon = install.start_daemon()
         wait_for(
             lambda: store_statuses(install.store)[rid] == "completed",
-            timeout=10,
+            timeout=30,
             what="tether to see the completion that followed the cancel",
         )
     finally:
