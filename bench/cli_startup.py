@@ -115,7 +115,7 @@ def main() -> None:
             f"{args.runs} runs each, {STORED:,} stored responses, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}"
         )
         print(
-            f"{'command':<22} {'median':>8} {'max':>8} {'cpu':>8} {'target':>8}  met"
+            f"{'command':<24} {'median':>8} {'max':>8} {'cpu':>8} {'target':>8}  met"
             + ("  instructions" if args.instructions else "")
         )
         for name, argv in commands.items():
@@ -153,7 +153,7 @@ def report(
     median, worst, cpu = statistics.median(walls), max(walls), statistics.median(c for _, c in runs)
     counted = f"  {instructions(argv(), env) / 1e9:>10.3f} G" if args.instructions else ""
     print(
-        f"{name:<22} {median:>7.3f}s {worst:>7.3f}s {cpu:>7.3f}s {target:>7.1f}s  "
+        f"{name:<24} {median:>7.3f}s {worst:>7.3f}s {cpu:>7.3f}s {target:>7.1f}s  "
         f"{'yes' if median <= target else 'no':<3}{counted}"
     )
 
