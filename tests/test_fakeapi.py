@@ -84,8 +84,8 @@ def get(client: httpx.Client, response_id: str) -> Response:
 def test_a_background_response_is_queued_then_in_progress_then_completed_with_usage(client, server):
     metadata = {
         "team": "search",
-        "fake_queue": "0.15",
-        "fake_run": "0.3",
+        "fake_queue": "0.5",  # each status lasts long enough to be seen by a poll on a busy machine
+        "fake_run": "1",
         "fake_input_tokens": "1200",
         "fake_cached_tokens": "200",
         "fake_output_tokens": "900",
@@ -169,7 +169,7 @@ def test_a_streamed_create_sends_sdk_valid_events_each_when_the_simulation_reach
     sdk = openai.OpenAI(base_url=server.base_url, api_key=KEY, max_retries=0)
     arrivals: list[tuple[float, Any]] = []
     with sdk.responses.create(
-        model="o3-pro", input="hi", background=True, stream=True, metadata={"fake_queue": "0.2", "fake_run": "0.6"}
+        model="o3-pro", input="hi", background=True, stream=True, metadata={"fake_queue": "2", "fake_run": "0.6"}
     ) as stream:
         for event in stream:
             if not arrivals:  # the stand-in's own view when the first event is in the SDK's hands

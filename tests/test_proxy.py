@@ -243,7 +243,7 @@ async def test_a_streamed_background_create_is_relayed_unbuffered_and_tracked_fr
             input="hi",
             background=True,
             stream=True,
-            metadata={"fake_queue": "0.5", "fake_run": "1"},
+            metadata={"fake_queue": "0.5", "fake_run": "3"},
             extra_headers={"X-Tether-Label": "kind=stream"},
         )
         async with stream:
