@@ -17,10 +17,7 @@ figures by hand). Every process started here is stopped here.
 
 from __future__ import annotations
 
-import argparse
 import shutil
-import signal
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +26,7 @@ from typing import Any
 from bench.dashboard_traffic import PAGES, browsing
 from bench.front_load import ms
 from bench.procs import free_port, loadavg
-from bench.run import ROOT, deadline, log, run_meta, save_results
+from bench.run import ROOT, deadline, harness_parser, log, run_meta, save_results, stop_cleanly_on_signals
 
 RESULTS = ROOT / "bench" / "results" / "dashboard.json"
 SERVER = """
@@ -78,14 +75,8 @@ def table(results: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.dashboard_load", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="small and short: checks that the harness works")
-    parser.add_argument("--results", type=Path, default=RESULTS)
-    args = parser.parse_args()
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    args = harness_parser("python -m bench.dashboard_load", __doc__, RESULTS).parse_args()
+    stop_cleanly_on_signals()
     active, spread, lead = (2_000, 20.0, 20.0) if args.quick else (10_000, 60.0, 35.0)
     results: dict[str, Any] = {"meta": {**run_meta(args.quick), "active": active}}
     work = Path(tempfile.mkdtemp(prefix="tether-dashboard-"))

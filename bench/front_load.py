@@ -18,10 +18,7 @@ under load", are copied from there by hand). Every process started here is stopp
 
 from __future__ import annotations
 
-import argparse
 import shutil
-import signal
-import sys
 import tempfile
 import time
 from contextlib import AbstractContextManager
@@ -29,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.procs import free_port, loadavg, traffic_process
-from bench.run import FAR_POLICY, ROOT, deadline, log, run_meta, save_results
+from bench.run import FAR_POLICY, ROOT, deadline, harness_parser, log, run_meta, save_results, stop_cleanly_on_signals
 from bench.stand import Stand
 from bench.tether_proc import Polling, Tether
 
@@ -156,14 +153,8 @@ def table(results: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.front_load", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--quick", action="store_true", help="small and short: checks that the harness works")
-    parser.add_argument("--results", type=Path, default=RESULTS)
-    args = parser.parse_args()
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    args = harness_parser("python -m bench.front_load", __doc__, RESULTS).parse_args()
+    stop_cleanly_on_signals()
     q = args.quick
     active, spread, lead = (2_000, 20.0, 20.0) if q else (10_000, 60.0, 35.0)
     results: dict[str, Any] = {"meta": run_meta(q)}

@@ -576,20 +576,28 @@ def save_results(results: dict[str, Any], path: Path) -> None:
     log(f"results: {path}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def harness_parser(prog: str, doc: str | None, results: Path) -> argparse.ArgumentParser:
+    """A benchmark's command line: `--quick` and `--results`, to which it adds its own."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small and short: checks that the harness works")
-    parser.add_argument("--only", action="append", choices=SCENARIOS, help="run only these scenarios")
-    parser.add_argument("--no-docs", action="store_true", help="do not touch docs/ (results JSON only)")
-    parser.add_argument("--results", type=Path, default=RESULTS)
-    parser.add_argument("--commit", help="what was measured, when not this checkout's HEAD (e.g. a scratch copy)")
-    args = parser.parse_args()
-    # Stopped by a signal (even from a background job, where SIGINT starts ignored), the
-    # `finally` blocks still stop every process started here.
+    parser.add_argument("--results", type=Path, default=results)
+    return parser
+
+
+def stop_cleanly_on_signals() -> None:
+    """Stopped by a signal (even from a background job, where SIGINT starts ignored), the
+    `finally` blocks still stop every process the benchmark started."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
+def main() -> None:
+    parser = harness_parser("python -m bench", __doc__, RESULTS)
+    parser.add_argument("--only", action="append", choices=SCENARIOS, help="run only these scenarios")
+    parser.add_argument("--no-docs", action="store_true", help="do not touch docs/ (results JSON only)")
+    parser.add_argument("--commit", help="what was measured, when not this checkout's HEAD (e.g. a scratch copy)")
+    args = parser.parse_args()
+    stop_cleanly_on_signals()
     only = set(args.only or SCENARIOS)
     q = args.quick
 

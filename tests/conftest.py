@@ -214,10 +214,14 @@ class Tether:
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
 
-    def start_daemon(self, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
-        log = (self.root / f"daemon-{len(self.daemons)}.log").open("w")
+    def start_daemon(
+        self, extra_env: dict[str, str] | None = None, config: Path | None = None, name: str | None = None
+    ) -> subprocess.Popen:
+        """`tether run` on this install's config (or `config`), logging to `name`.log; returns once it
+        logged daemon.started."""
+        log = (self.root / f"{name or f'daemon-{len(self.daemons)}'}.log").open("w")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tether", "--config", str(self.config_path), "run"],
+            [sys.executable, "-m", "tether", "--config", str(config or self.config_path), "run"],
             env={**self.env, **(extra_env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -227,7 +231,7 @@ class Tether:
         wait_for(
             lambda: "daemon.started" in proc.log_path.read_text() or proc.poll() is not None,
             timeout=60,
-            what="daemon.started",
+            what=f"{name or 'the daemon'} started",
         )
         assert proc.poll() is None, proc.log_path.read_text()
         return proc

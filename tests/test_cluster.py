@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -71,23 +70,7 @@ socket = "{tether.root / "run" / name / "tether.sock"}"
 
 
 def start(tether: Tether, name: str, extra: str = "") -> subprocess.Popen:
-    config = daemon_config(tether, name, extra)
-    log = (tether.root / f"{name}.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tether", "--config", str(config), "run"],
-        env=tether.env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    proc.log_path = Path(log.name)  # type: ignore[attr-defined]
-    tether.daemons.append(proc)
-    wait_for(
-        lambda: "daemon.started" in proc.log_path.read_text() or proc.poll() is not None,
-        timeout=60,
-        what=f"{name} started",
-    )
-    assert proc.poll() is None, proc.log_path.read_text()
-    return proc
+    return tether.start_daemon(config=daemon_config(tether, name, extra), name=name)
 
 
 def events_of(tether: Tether, proc: subprocess.Popen, name: str) -> list[dict]:
