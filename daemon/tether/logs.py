@@ -25,7 +25,7 @@ class _Logger:
 
     def __getattr__(self, name: str) -> Any:
         if self._logger is None:
-            if self.deferred is not None and LEVELS.get(name, logging.CRITICAL) < LEVELS[self.deferred[1]]:
+            if self.deferred is not None and LEVELS.get(name, logging.CRITICAL) < LEVELS.get(self.deferred[1], logging.INFO):
                 return _dropped  # below the level it will have: structlog would drop the line too
             import structlog
 
