@@ -25,7 +25,8 @@ class _Logger:
 
     def __getattr__(self, name: str) -> Any:
         if self._logger is None:
-            if self.deferred is not None and LEVELS.get(name, logging.CRITICAL) < LEVELS.get(self.deferred[1], logging.INFO):
+            deferred_level = LEVELS.get(self.deferred[1], logging.INFO) if self.deferred is not None else 0
+            if LEVELS.get(name, logging.CRITICAL) < deferred_level:
                 return _dropped  # below the level it will have: structlog would drop the line too
             import structlog
 
