@@ -136,8 +136,9 @@ class Tether:
         from tether.config import load_config
         from tether.facts import fill_facts, known_status
         from tether.fakeapi.objects import response_object
-        from tether.models import EVENTS, RESPONSES, TERMINAL, EventKind, Response, Status, is_active
+        from tether.models import EVENTS, RESPONSES, EventKind, Response
         from tether.pricing import Pricing
+        from tether.statuses import TERMINAL, Status, is_active
         from tether.store import Store
 
         logs.configure("json", "warning", stream=open(os.devnull, "w"))

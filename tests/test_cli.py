@@ -420,6 +420,38 @@ def test_show_json_is_the_record_plus_its_event_history(tether, fake):
     assert tracked["at"].endswith("Z")
 
 
+IMPORTED = """
+import json, sys
+from tether.cli import main
+sys.argv = ["tether", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as exit:
+    assert not exit.code, exit.code
+heavy = [m for m in ("sqlmodel", "sqlalchemy.orm", "tether.models") if m in sys.modules]
+print("imported:", json.dumps(heavy), file=sys.stderr)
+"""
+
+
+def test_ls_show_and_log_read_the_store_without_importing_sqlmodel_or_the_orm(tether, fake):
+    """They read in SQLAlchemy Core (Store.table): SQLModel and the ORM would cost `ls` a sixth of
+    its start-up (docs/benchmarks.md, CLI start-up)."""
+    rid = create(fake, fake_run="60")
+    tether.ok("track", rid, "--label", "job=1")
+    for command in (["ls"], ["ls", "--active", "--label", "job=1"], ["show", rid], ["log", "--id", rid]):
+        result = subprocess.run(
+            [sys.executable, "-c", IMPORTED, "--config", str(tether.config_path), *command, "--json"],
+            env=tether.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        assert rid in result.stdout
+        [imported] = [line for line in result.stderr.splitlines() if line.startswith("imported:")]
+        assert imported == "imported: []", f"tether {' '.join(command)} {imported}"
+
+
 @pytest.mark.parametrize(("rid", "code"), [("resp_not_tracked", 3), ("../etc/passwd", 2)], ids=["unknown", "malformed"])
 def test_show_of_an_unknown_id_exits_3_and_of_a_malformed_one_2(tether, fake, rid, code):
     result = tether.cli("show", rid, "--json")

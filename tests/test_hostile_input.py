@@ -38,8 +38,9 @@ from tether import render, tracker
 from tether.cli import app
 from tether.config import parse_config
 from tether.fakeapi import FakeServer, Faults, RouteFaults
-from tether.models import API_STATUSES, TERMINAL, Response
+from tether.models import Response
 from tether.pricing import Pricing
+from tether.statuses import API_STATUSES, TERMINAL
 from tether.store import Store
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,20 +1,11 @@
-"""The status vocabulary and allowed transitions of `tether.models` (docs/cli.md: statuses, event kinds; docs/behaviour.md)."""
+"""The status vocabulary and allowed transitions of `tether.statuses`, and the event kinds of `tether.models` (docs/cli.md: statuses, event kinds; docs/behaviour.md)."""
 
 from __future__ import annotations
 
 import pytest
 
-from tether.models import (
-    ACTIVE,
-    API_STATUSES,
-    FINAL,
-    TERMINAL,
-    TRANSITIONS,
-    EventKind,
-    Status,
-    is_active,
-    is_allowed,
-)
+from tether.models import EventKind
+from tether.statuses import ACTIVE, API_STATUSES, FINAL, TERMINAL, TRANSITIONS, Status, is_active, is_allowed
 
 API = ["queued", "in_progress", "completed", "failed", "cancelled", "incomplete"]
 TERMINALS = ["completed", "failed", "cancelled", "incomplete"]

@@ -18,8 +18,9 @@ from sqlmodel import Session, col
 
 from tether.budgets import BudgetState, Commitment, assess, window_at
 from tether.config import BudgetConfig, Config
-from tether.models import ACTIVE, CancelState, Event, EventKind, Response, Status
+from tether.models import CancelState, Event, EventKind, Response
 from tether.pricing import Pricing
+from tether.statuses import ACTIVE, Status
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from tether import render
 from tether.config import Config
 from tether.ids import valid_id
+from tether.statuses import FINAL, Status
 
 if TYPE_CHECKING:
+    from sqlalchemy import ColumnElement, Table
+
     from tether.api import ResponsesClient
     from tether.models import Response
     from tether.pricing import Pricing
@@ -26,7 +29,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 StoreRunner = Callable[..., Awaitable[Any]]  # runs a store function: in the CLI's thread, or the daemon's store thread
 
-STATUSES = ("cancelled", "completed", "failed", "in_progress", "incomplete", "lost", "queued")
+STATUSES = tuple(sorted(s.value for s in Status))  # as --status takes them
 HEARTBEAT_STALE = 30.0  # seconds without a heartbeat before `tether check` fails
 
 
@@ -91,32 +94,25 @@ def list_records(
     record shows, not as ORM objects, which cost several times more (the daemon answers
     `ls` while it tracks and polls)."""
     from sqlalchemy import or_, select
-    from sqlmodel import col
-
-    from tether.models import FINAL, RESPONSES, Response
 
     check_statuses(statuses)
     if limit < 1:
         raise Refused(400, f"limit {limit}: expected at least 1", "invalid_limit")
-    shown = [RESPONSES.c[name] for name in render.RECORD_COLUMNS]
-    query = select(*shown, RESPONSES.c["metadata"].label("meta")).order_by(
-        col(Response.tracked_at).desc(), col(Response.id)
-    )
+    responses = store.table("responses")
+    query = select(*record_columns(responses)).order_by(responses.c.tracked_at.desc(), responses.c.id)
     if statuses:
-        query = query.where(col(Response.status).in_(statuses))
+        query = query.where(responses.c.status.in_(statuses))
     if active:
-        query = query.where(or_(col(Response.status).is_(None), col(Response.status).not_in(FINAL)))
+        query = query.where(or_(responses.c.status.is_(None), responses.c.status.not_in(FINAL)))
     if policy:
-        query = query.where(col(Response.policy) == policy)
-    with store.reading() as session:
+        query = query.where(responses.c.policy == policy)
+    with store.engine.connect() as conn:
         if policy and config.policy_named(policy) is None:
-            stored = session.execute(
-                select(col(Response.policy)).distinct().where(col(Response.policy).is_not(None))
-            ).scalars()
-            check_policy(config, policy, set(stored))
+            stored = conn.execute(select(responses.c.policy).distinct().where(responses.c.policy.is_not(None)))
+            check_policy(config, policy, set(stored.scalars()))
         if not labels:
             query = query.limit(limit)
-        rows = session.connection().execute(query)
+        rows = conn.execute(query)
         matching = (r for r in rows if all(r.labels.get(k) == v for k, v in labels.items()))
         return [render.record(r) for r in islice(matching, limit)]
 
@@ -124,38 +120,39 @@ def list_records(
 def show_record(store: Store, rid: str) -> dict[str, Any]:
     """One response's record with its whole event history (`tether show`)."""
     from sqlalchemy import select
-    from sqlmodel import col
-
-    from tether.models import Event, Response
 
     checked_id(rid)
-    with store.reading() as session:
-        row = session.get(Response, rid)
+    responses, events = store.table("responses"), store.table("events")
+    with store.engine.connect() as conn:
+        row = conn.execute(select(*record_columns(responses)).where(responses.c.id == rid)).first()
         if row is None:
             raise Refused(404, f"{rid} is not tracked (see `tether ls`, or `tether track {rid}`)", "not_tracked")
-        query = select(Event).where(col(Event.response_id) == rid).order_by(col(Event.at), col(Event.id))
-        events = [render.event(e) for e in session.execute(query).scalars()]
-    return {**render.record(row), "events": events}
+        query = select(events).where(events.c.response_id == rid).order_by(events.c.at, events.c.id)
+        history = [render.event(e) for e in conn.execute(query)]
+    return {**render.record(row), "events": history}
 
 
 def read_events(store: Store, *, rid: str | None, since: float | None, after_id: int) -> list[dict[str, Any]]:
     """Events after the one with id `after_id`, oldest first, each with its "id" (`tether log`)."""
     from sqlalchemy import select
-    from sqlmodel import col
-
-    from tether.models import Event
 
     if rid is not None:
         checked_id(rid)
+    events = store.table("events")
     # Time order: an event is written after the moment it records, so the ids of
     # events from the daemon and the CLI do not always follow their times.
-    query = select(Event).where(col(Event.id) > after_id).order_by(col(Event.at), col(Event.id))
+    query = select(events).where(events.c.id > after_id).order_by(events.c.at, events.c.id)
     if rid:
-        query = query.where(col(Event.response_id) == rid)
+        query = query.where(events.c.response_id == rid)
     if since is not None:
-        query = query.where(col(Event.at) >= since)
-    with store.reading() as session:
-        return [{"id": ev.id, **render.event(ev)} for ev in session.execute(query).scalars()]
+        query = query.where(events.c.at >= since)
+    with store.engine.connect() as conn:
+        return [{"id": ev.id, **render.event(ev)} for ev in conn.execute(query)]
+
+
+def record_columns(responses: Table) -> list[ColumnElement[Any]]:
+    """The columns a record shows (render.record), of the store's table as Store.table reads it."""
+    return [*(responses.c[name] for name in render.RECORD_COLUMNS), responses.c["metadata"].label("meta")]
 
 
 def budget_records(store: Store, config: Config, pricing: Pricing) -> list[dict[str, Any]]:
@@ -338,7 +335,8 @@ async def cancel(
     """A manual cancel: the intent recorded, the API called, its answer recorded (one cancel
     path: tether.cancelling). Returns the row after it, and what failed (None: answered)."""
     from tether import cancelling, tracker
-    from tether.models import TERMINAL, CancelState, Response
+    from tether.models import CancelState, Response
+    from tether.statuses import TERMINAL
 
     checked_id(rid)
 

@@ -16,8 +16,9 @@ from typing import Any
 from tether import tracker
 from tether.api import NO_RETRY, APIError, NotFound, RequestRejected, ResponsesClient, RetryPolicy
 from tether.config import Config
-from tether.models import TERMINAL, CancelState, Response
+from tether.models import CancelState, Response
 from tether.pricing import Pricing
+from tether.statuses import TERMINAL
 
 # The answer to a cancel is the first look of its confirmation window; the confirmation
 # polls (for a late `completed`) start at this fraction of the window and back off, ~4 in all.

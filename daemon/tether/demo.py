@@ -27,8 +27,9 @@ from sqlmodel import col
 from tether import render, tracker
 from tether.config import load_config
 from tether.fakeapi import FakeServer
-from tether.models import Event, Response, is_active
+from tether.models import Event, Response
 from tether.pricing import Pricing
+from tether.statuses import is_active
 from tether.store import Store
 
 DEMO_KEY_ENV = "TETHER_DEMO_API_KEY"

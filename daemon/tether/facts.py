@@ -10,7 +10,8 @@ from collections.abc import Mapping
 from typing import Any, TypeGuard
 
 from tether.logs import log
-from tether.models import API_STATUSES, Response
+from tether.models import Response
+from tether.statuses import API_STATUSES
 
 MAX_TIMESTAMP = 253_402_300_799.0  # 9999-12-31T23:59:59Z: beyond it no date can be rendered
 MAX_TOKENS = 2**63 - 1

@@ -30,7 +30,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from tether import __version__
-from tether.models import TERMINAL, is_active
+from tether.statuses import TERMINAL, is_active
 
 if TYPE_CHECKING:
     from tether.accounting import Measured

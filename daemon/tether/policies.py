@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from tether.config import PolicyConfig
-from tether.models import Status, is_active
+from tether.statuses import Status, is_active
 
 Limit = Literal["max_queued", "max_runtime"]
 

@@ -107,7 +107,7 @@ def record(row: Response | Row) -> dict[str, Any]:
     }
 
 
-def event(ev: Event) -> dict[str, Any]:
+def event(ev: Event | Row) -> dict[str, Any]:
     return {
         "at": iso(ev.at),
         "response_id": ev.response_id,

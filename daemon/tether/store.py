@@ -22,13 +22,16 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Engine, MetaData, Table, create_engine, event, inspect
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import OperationalError
-from sqlmodel import Session
 
 from tether.diskspace import free_space_problem, preallocate_on_checkout, read_only_message, read_only_problem
+
+if TYPE_CHECKING:
+    from sqlmodel import Session
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SCHEMA_HEAD = "0006"  # the newest revision in migrations/versions (a test keeps them equal)
@@ -59,9 +62,24 @@ class Store:
         self._writer: Engine | Connection = self.engine.execution_options(tether_immediate=True)
         self._batch = threading.local()
         self.instance: str | None = None  # the daemon writing through this store, on PostgreSQL (events.instance)
+        self._reflected = MetaData()  # see table()
+        self._reflecting = threading.Lock()
+
+    def table(self, name: str) -> Table:
+        """The table `name` as the store's database declares it, for reads in SQLAlchemy Core
+        without the models: `tether ls`, `show` and `log` import neither SQLModel nor SQLAlchemy's
+        ORM, a sixth of what an `ls` costs (docs/benchmarks.md). Read from the database once."""
+        with self._reflecting:
+            known = self._reflected.tables.get(name)
+            if known is not None:
+                return known
+            with self.engine.connect() as conn:
+                return Table(name, self._reflected, autoload_with=conn)
 
     @contextmanager
     def reading(self) -> Iterator[Session]:
+        from sqlmodel import Session  # not at the top: see table()
+
         with Session(self.engine, expire_on_commit=False) as session:
             yield session
 
@@ -78,6 +96,8 @@ class Store:
             with session.begin_nested():
                 yield session
             return
+        from sqlmodel import Session
+
         with Session(self._writer, expire_on_commit=False) as session:
             with session.begin():
                 yield session
@@ -86,6 +106,8 @@ class Store:
     def batch(self) -> Iterator[None]:
         """Group commit: every `writing()` in this block (this thread) shares one transaction,
         so one fsync. Callbacks given to `after_commit` run once it has committed."""
+        from sqlmodel import Session
+
         callbacks: list[Callable[[], object]] = []
         with Session(self._writer, expire_on_commit=False) as session:
             with session.begin():

@@ -25,20 +25,11 @@ from tether.accounting import price_unknown_recorded, settle_cost
 from tether.config import Config, PolicyConfig
 from tether.facts import fill_facts, known_status, valid_timestamp
 from tether.logs import log
-from tether.models import (
-    EVENTS,
-    TERMINAL,
-    BudgetMark,
-    CancelState,
-    EventKind,
-    Response,
-    Status,
-    is_active,
-    is_allowed,
-)
+from tether.models import EVENTS, BudgetMark, CancelState, EventKind, Response
 from tether.policies import next_deadline
 from tether.pricing import Pricing
 from tether.render import iso
+from tether.statuses import TERMINAL, Status, is_active, is_allowed
 from tether.store import Store
 
 # (attribute, column name) of every column of a Response row.

@@ -18,8 +18,9 @@ from tether.daemon.records import Active
 from tether.daemon.state import State
 from tether.daemon.writer import StoreFailure
 from tether.logs import log
-from tether.models import CancelState, Response, is_active
+from tether.models import CancelState, Response
 from tether.schedule import cancel_retry_delay
+from tether.statuses import is_active
 
 DEADLINE_BATCH = 500  # deadlines due together are decided in transactions of up to this many
 LOOK_TIMEOUT = 0.5  # the look (GET) just before acting on a deadline; then act on what we know

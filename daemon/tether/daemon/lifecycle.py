@@ -27,10 +27,10 @@ from tether.daemon.sharing import Sharing
 from tether.daemon.state import State
 from tether.daemon.writer import StoreFailure
 from tether.logs import log
-from tether.models import is_active
 from tether.notify import Notifier
 from tether.pricing import Pricing
 from tether.server.app import Server, ServerError
+from tether.statuses import is_active
 from tether.store import Store, WriterLock
 
 FLUSH_EVERY = 1.0  # poll bookkeeping reaches the store at most this late

@@ -17,8 +17,9 @@ from tether.daemon.state import State
 from tether.daemon.writer import StoreFailure
 from tether.facts import facts_after
 from tether.logs import log
-from tether.models import API_STATUSES, Response
+from tether.models import Response
 from tether.schedule import jittered, next_interval
+from tether.statuses import API_STATUSES
 
 POLL_SLOTS = 256  # polls in flight at once, over all accounts
 POLLS_HELD_MAX = 0.5  # polls wait at most this long for cancels being sent (`held`)

@@ -15,8 +15,9 @@ from tether import cancelling, tracker
 from tether.cancelling import Outcome
 from tether.cluster import SHARD_SQL
 from tether.daemon.records import PollMark
-from tether.models import ACTIVE, RESPONSES, CancelState, Event, Heartbeat, Response
+from tether.models import RESPONSES, CancelState, Event, Heartbeat, Response
 from tether.policies import Act, decide
+from tether.statuses import ACTIVE
 
 if TYPE_CHECKING:
     from tether.daemon.state import State

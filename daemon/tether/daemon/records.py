@@ -9,7 +9,8 @@ from types import SimpleNamespace
 from typing import Any
 
 from tether.facts import Facts, facts_of, interned, row_facts
-from tether.models import CancelState, Response, is_active
+from tether.models import CancelState, Response
+from tether.statuses import is_active
 
 
 @dataclass(slots=True)

@@ -20,9 +20,10 @@ from tether.daemon.records import Active
 from tether.daemon.writer import StoreWriter
 from tether.logs import log
 from tether.metrics import Metrics
-from tether.models import CancelState, Response, is_active
+from tether.models import CancelState, Response
 from tether.pricing import Pricing
 from tether.stats import Stats
+from tether.statuses import is_active
 from tether.store import Store
 
 # Deadlines are taken up this long before they fall due: their decisions are written and

@@ -15,8 +15,9 @@ from sqlmodel import col
 from tether import accounting, actions
 from tether.budgets import window_at
 from tether.config import Config
-from tether.models import FINAL, Event, EventKind, Response
+from tether.models import Event, EventKind, Response
 from tether.pricing import Pricing
+from tether.statuses import FINAL
 from tether.store import Store
 
 PAGE_SIZE = 50
