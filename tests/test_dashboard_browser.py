@@ -1,27 +1,26 @@
-"""The dashboard in a real browser: Debian's headless Chromium driven by Selenium, on a real
+"""The dashboard in a real browser: Debian's headless Chromium driven by Playwright, on a real
 daemon against the stand-in. With TETHER_SCREENSHOTS=<folder> the tests save a screenshot of
 each page there (docs/images/ holds the ones the README shows)."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
-from selenium import webdriver
-from selenium.common.exceptions import NoAlertPresentException
-from selenium.webdriver.chrome.service import Service
-from selenium.webdriver.common.by import By
-from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.support.ui import WebDriverWait
+from playwright.sync_api import Dialog, Page, expect, sync_playwright
 
 from conftest import Tether, create, server_record, wait_for
 from dashboard_support import TOKEN, serve_dashboard
 from tether.render import usd
 
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+# Debian's build, not one that Playwright downloads: `playwright install` is never run.
+CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = os.environ.get("TETHER_SCREENSHOTS")
+TIMEOUT_MS = 40_000  # each wait on the page (an element to appear, a text to change), on a busy 2-core machine
 
 POLICIES = """
 [[policy]]
@@ -47,44 +46,65 @@ period = "day"
 """
 
 
+@dataclass
+class Browser:
+    """A page of headless Chromium, with every message its console logged (the Content-Security-Policy's
+    reports included) and every dialog (alert, confirm, prompt) it opened, each dismissed."""
+
+    page: Page
+    console: list[str] = field(default_factory=list)
+    dialogs: list[str] = field(default_factory=list)
+
+    def dismiss(self, dialog: Dialog) -> None:
+        self.dialogs.append(f"{dialog.type}: {dialog.message}")
+        dialog.dismiss()
+
+
 @pytest.fixture
-def browser() -> Iterator[WebDriver]:
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
-    if missing:
-        pytest.fail(f"{', '.join(missing)} missing: install Debian's chromium and chromium-driver (.ci/run does)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900"):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
+def browser() -> Iterator[Browser]:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} missing: install Debian's chromium (.ci/run does)")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=["--disable-dev-shm-usage"], timeout=60_000
+        )
+        try:
+            page = chromium.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(TIMEOUT_MS)
+            page.set_default_navigation_timeout(60_000)
+            opened = Browser(page)
+            page.on("console", lambda message: opened.console.append(message.text))
+            page.on("dialog", opened.dismiss)
+            yield opened
+        finally:
+            chromium.close()
 
 
-def shoot(driver: WebDriver, name: str) -> None:
+def shoot(page: Page, name: str) -> None:
     if SCREENSHOTS:
         Path(SCREENSHOTS).mkdir(parents=True, exist_ok=True)
-        driver.save_screenshot(str(Path(SCREENSHOTS) / f"dashboard-{name}.png"))
+        page.screenshot(path=Path(SCREENSHOTS) / f"dashboard-{name}.png")
 
 
-def text_of(driver: WebDriver, element_id: str) -> str:
-    return driver.find_element(By.ID, element_id).text
+def text_of(page: Page, element_id: str) -> str:
+    return page.locator(f"#{element_id}").inner_text().strip()
 
 
-def no_policy_violations(driver: WebDriver) -> None:
+def texts(page: Page, selector: str) -> list[str]:
+    return [text.strip() for text in page.locator(selector).all_inner_texts()]
+
+
+def no_policy_violations(browser: Browser) -> None:
     """Nothing the Content-Security-Policy blocked (an inline script or style would be)."""
-    messages = [entry["message"] for entry in driver.get_log("browser")]
-    assert not [m for m in messages if "Content Security Policy" in m], messages
+    assert not [m for m in browser.console if "Content Security Policy" in m], browser.console
 
 
-def until(driver: WebDriver, condition, timeout: float = 40, what: str = ""):
-    return WebDriverWait(driver, timeout, poll_frequency=0.2).until(lambda d: condition(d), what)
+def until(condition: Callable[[], Any], timeout: float = 40, what: str = "") -> Any:
+    return wait_for(condition, timeout=timeout, interval=0.2, what=what)
 
 
-def test_the_overview_shows_the_counts_and_a_countdown_ticks(tether: Tether, fake, browser: WebDriver):
+def test_the_overview_shows_the_counts_and_a_countdown_ticks(tether: Tether, fake, browser: Browser):
+    page = browser.page
     running = [create(fake, fake_run="3600") for _ in range(3)]
     queued = [create(fake, fake_queue="3600", case="waiting") for _ in range(2)]
     done = create(fake, fake_run="0", fake_outcome="completed")
@@ -99,102 +119,98 @@ def test_the_overview_shows_the_counts_and_a_countdown_ticks(tether: Tether, fak
         return sorted(statuses) == sorted(["in_progress"] * 3 + ["queued"] * 2 + ["completed", "cancelled"])
 
     wait_for(settled, timeout=40, what="the stand-in's statuses seen by the daemon")
-    browser.get(base + "/")
-    assert text_of(browser, "active-total") == "5"
-    assert text_of(browser, "active-in_progress") == "3" and text_of(browser, "active-queued") == "2"
-    manual = browser.find_elements(By.CSS_SELECTOR, '#cancels td[data-reason="manual"]')
-    assert [cell.text for cell in manual] == ["1", "1"]  # the last hour, the last day
+    page.goto(base + "/")
+    assert text_of(page, "active-total") == "5"
+    assert text_of(page, "active-in_progress") == "3" and text_of(page, "active-queued") == "2"
+    manual = texts(page, '#cancels td[data-reason="manual"]')
+    assert manual == ["1", "1"]  # the last hour, the last day
     [team] = tether.json("budget")
-    budget_text = browser.find_element(By.ID, "budget-team").text
+    budget_text = text_of(page, "budget-team")
     assert f"{usd(team['spent_usd'])} spent + {usd(team['committed_usd'])} committed of $5.00" in budget_text
     assert team["committed_usd"] == pytest.approx(3 * 0.5 + 2 * 0.25)
-    shoot(browser, "overview")
+    shoot(page, "overview")
     no_policy_violations(browser)
 
-    browser.get(base + "/responses?status=in_progress")
-    rows = browser.find_elements(By.CSS_SELECTOR, "#responses tbody tr")
-    assert sorted(r.get_attribute("data-id") for r in rows) == sorted(running)
-    countdown = browser.find_element(By.CSS_SELECTOR, "#responses .countdown")
-    first = countdown.text
+    page.goto(base + "/responses?status=in_progress")
+    rows = page.locator("#responses tbody tr").all()
+    assert sorted(r.get_attribute("data-id") or "" for r in rows) == sorted(running)
+    countdown = page.locator("#responses .countdown").first
+    first = countdown.inner_text().strip()
     assert first.startswith("in 1") and first.endswith("s"), first  # about 2h less what has run: "in 119m54s"
-    until(browser, lambda d: countdown.text not in ("", first), timeout=10, what="the countdown to tick")
-    browser.get(base + "/responses")
-    shoot(browser, "responses")
-    browser.get(base + "/budgets")
-    assert (
-        usd(team["committed_usd"])
-        in browser.find_element(By.CSS_SELECTOR, '#budget-team [data-figure="committed"]').text
-    )
-    assert browser.find_elements(By.CSS_SELECTOR, "#budget-team svg polyline.chart-spend")
-    shoot(browser, "budgets")
-    browser.get(base + "/events?kind=cancel_requested")
-    assert [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#events .kind")] == ["cancel_requested"]
+    until(lambda: countdown.inner_text().strip() not in ("", first), timeout=10, what="the countdown to tick")
+    page.goto(base + "/responses")
+    shoot(page, "responses")
+    page.goto(base + "/budgets")
+    assert usd(team["committed_usd"]) in page.locator('#budget-team [data-figure="committed"]').first.inner_text()
+    assert page.locator("#budget-team svg polyline.chart-spend").count()
+    shoot(page, "budgets")
+    page.goto(base + "/events?kind=cancel_requested")
+    assert texts(page, "#events .kind") == ["cancel_requested"]
     no_policy_violations(browser)
 
 
-def test_a_response_cancelled_by_its_policy_shows_its_events_live(tether: Tether, fake, browser: WebDriver):
+def test_a_response_cancelled_by_its_policy_shows_its_events_live(tether: Tether, fake, browser: Browser):
+    page = browser.page
     base = serve_dashboard(tether, token=False, policies=POLICIES)
-    browser.get(f"{base}/events")  # open before the response is even tracked: all it shows comes live
-    browser.execute_script("window.notReloaded = true")
+    page.goto(f"{base}/events")  # open before the response is even tracked: all it shows comes live
+    page.evaluate("window.notReloaded = true")
     rid = create(fake, fake_run="600", case="runaway")
     tether.ok("track", rid)
 
-    def kinds(driver: WebDriver) -> list[str]:
-        rows = driver.find_elements(By.CSS_SELECTOR, f'#events tr:has(a[href="/responses/{rid}"]) .kind')
-        return [row.text for row in rows]
+    def kinds() -> list[str]:
+        return texts(page, f'#events tr:has(a[href="/responses/{rid}"]) .kind')
 
-    until(browser, lambda d: "tracked" in kinds(d), what="the tracked event on the open page")
-    until(browser, lambda d: "cancel_requested" in kinds(d), what="the policy's cancel on the open page")
-    until(browser, lambda d: kinds(d)[0] == "status", what="the cancelled status on the open page")
-    assert kinds(browser) == ["status", "cancel_requested", "limit_exceeded", "tracked"]
-    assert browser.execute_script("return window.notReloaded") is True
+    until(lambda: "tracked" in kinds(), what="the tracked event on the open page")
+    until(lambda: "cancel_requested" in kinds(), what="the policy's cancel on the open page")
+    until(lambda: kinds()[0] == "status", what="the cancelled status on the open page")
+    assert kinds() == ["status", "cancel_requested", "limit_exceeded", "tracked"]
+    assert page.evaluate("window.notReloaded") is True
     assert len(server_record(fake, rid)["cancels"]) == 1
-    shoot(browser, "events")
+    shoot(page, "events")
     no_policy_violations(browser)
 
-    browser.get(f"{base}/responses/{rid}")
-    assert text_of(browser, "status") == "cancelled"
-    timeline = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#events .kind")]
+    page.goto(f"{base}/responses/{rid}")
+    assert text_of(page, "status") == "cancelled"
+    timeline = texts(page, "#events .kind")
     assert timeline == ["status", "cancel_requested", "limit_exceeded", "tracked"]
-    shoot(browser, "response")
+    shoot(page, "response")
 
 
-def test_a_cancel_through_the_page_with_the_token_reaches_the_api(tether: Tether, fake, browser: WebDriver):
+def test_a_cancel_through_the_page_with_the_token_reaches_the_api(tether: Tether, fake, browser: Browser):
+    page = browser.page
     rid = create(fake, fake_run="600")
     tether.ok("track", rid)
     base = serve_dashboard(tether, token=True)
-    browser.get(f"{base}/responses/{rid}?token={TOKEN}")
-    assert TOKEN not in browser.current_url and TOKEN not in browser.page_source
-    assert browser.execute_script("return document.cookie") == ""  # HttpOnly: no script reads it
-    assert text_of(browser, "mode") == "operator: cancel enabled"
-    browser.find_element(By.CSS_SELECTOR, '#cancel input[name="reason"]').send_keys("stuck in a loop")
-    browser.find_element(By.CSS_SELECTOR, "#cancel button").click()
-    until(browser, lambda d: d.find_elements(By.ID, "confirm"), what="the confirmation page")
-    assert text_of(browser, "reason") == "stuck in a loop"
+    page.goto(f"{base}/responses/{rid}?token={TOKEN}")
+    assert TOKEN not in page.url and TOKEN not in page.content()
+    assert page.evaluate("document.cookie") == ""  # HttpOnly: no script reads it
+    assert text_of(page, "mode") == "operator: cancel enabled"
+    page.locator('#cancel input[name="reason"]').press_sequentially("stuck in a loop")
+    page.locator("#cancel button").click()
+    expect(page.locator("#confirm"), "the confirmation page").to_be_attached(timeout=TIMEOUT_MS)
+    assert text_of(page, "reason") == "stuck in a loop"
     assert server_record(fake, rid)["cancels"] == []  # asked, not sent
-    shoot(browser, "confirm")
-    browser.find_element(By.CSS_SELECTOR, "#confirm button").click()
+    shoot(page, "confirm")
+    page.locator("#confirm button").click()
     wait_for(lambda: server_record(fake, rid)["cancels"], timeout=20, what="the cancel at the stand-in")
-    until(browser, lambda d: d.current_url == f"{base}/responses/{rid}", what="back on the response")
-    until(browser, lambda d: "stuck in a loop" in text_of(d, "events"), what="the cancel in the timeline")
+    expect(page, "back on the response").to_have_url(f"{base}/responses/{rid}", timeout=TIMEOUT_MS)
+    until(lambda: "stuck in a loop" in text_of(page, "events"), what="the cancel in the timeline")
     [requested] = [e for e in tether.json("show", rid)["events"] if e["kind"] == "cancel_requested"]
     assert requested["reason"] == "manual" and requested["detail"]["note"] == "stuck in a loop"
     no_policy_violations(browser)
 
 
-def test_the_read_only_page_has_no_cancel_control_and_runs_no_script_from_data(
-    tether: Tether, fake, browser: WebDriver
-):
+def test_the_read_only_page_has_no_cancel_control_and_runs_no_script_from_data(tether: Tether, fake, browser: Browser):
+    page = browser.page
     rid = create(fake, fake_run="600", note="<script>alert(1)</script>")
     tether.ok("track", rid, "--label", "team=<img src=x onerror=alert(2)>")
     base = serve_dashboard(tether, token=True)  # a token exists, but this page was not opened with it
-    browser.get(f"{base}/responses/{rid}")
-    assert text_of(browser, "mode") == "read-only"
-    assert browser.find_elements(By.ID, "cancel") == []
-    assert browser.find_elements(By.CSS_SELECTOR, "form[method=post], button.danger") == []
-    record = browser.find_element(By.CSS_SELECTOR, ".record").text
+    page.goto(f"{base}/responses/{rid}")
+    assert text_of(page, "mode") == "read-only"
+    assert page.locator("#cancel").count() == 0
+    assert page.locator("form[method=post], button.danger").count() == 0
+    record = page.locator(".record").first.inner_text()
     assert "note=<script>alert(1)</script>" in record and "team=<img src=x onerror=alert(2)>" in record
-    assert browser.find_elements(By.CSS_SELECTOR, "main script, main img") == []
-    with pytest.raises(NoAlertPresentException):
-        browser.switch_to.alert.text  # noqa: B018
+    assert page.locator("main script, main img").count() == 0
+    assert browser.dialogs == []  # no alert() ran
     no_policy_violations(browser)
