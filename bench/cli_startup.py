@@ -2,12 +2,12 @@
 
 Each command runs as a real subprocess of the `tether` entry point of an install as users get
 it: the project installed with its runtime dependencies only, compiled, into a virtual
-environment of its own (the development environment also holds the test tools, Selenium's trio
-among them, which httpcore2 imports when it finds it). The store holds 1,000 responses tracked
-with tether's own code (bench.tether_proc) and `track` looks its id up on the stand-in API over
-loopback HTTP. Then `ls` and `track ID` again with the daemon running, as deployed: the
-commands ask it through its control socket and open no store. The targets are wall-clock times on a quiet machine; the CPU time of each run
-(user + system) is printed too, as it moves less when other work shares the machine.
+environment of its own (the development environment also holds the test tools). The store holds
+1,000 responses tracked with tether's own code (bench.tether_proc) and `track` looks its id up
+on the stand-in API over loopback HTTP. Then `ls` and `track ID` again with the daemon running,
+as deployed: the commands ask it through its control socket and open no store. The targets are
+wall-clock times on a quiet machine; the CPU time of each run (user + system) is printed too, as
+it moves less when other work shares the machine.
 
     uv run python -m bench.cli_startup [--runs N] [--here]
 
