@@ -4,8 +4,8 @@ long its pages take with 10,000 responses active.
     uv run python -m bench.dashboard_load            # 10,000 active responses (about 5 minutes)
     uv run python -m bench.dashboard_load --quick    # smaller and shorter: checks the harness works
 
-1. The deadline scenario of bench.run (10,000 deadlines within 60 s) with the TCP listener on
-   (so the dashboard is served), nobody looking.
+1. The deadline scenario of bench.deadline (10,000 deadlines within 60 s) with the TCP
+   listener on (so the dashboard is served), nobody looking.
 2. The same, while bench.dashboard_traffic (its own process) loads 4 pages a second (the
    responses table's first, 100th and an active-filtered page, the overview, the events page)
    and keeps 4 live tails open, from the daemon's start to the window's end: the page figures
@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.dashboard_traffic import PAGES, browsing
+from bench.deadline import deadline
 from bench.front_load import ms
+from bench.harness import ROOT, harness_parser, log, run_meta, save_results, stop_cleanly_on_signals
 from bench.procs import free_port, loadavg
-from bench.run import ROOT, deadline, harness_parser, log, run_meta, save_results, stop_cleanly_on_signals
 
 RESULTS = ROOT / "bench" / "results" / "dashboard.json"
 SERVER = """

@@ -6,8 +6,8 @@ the first poll at or after it ends. Durations are drawn uniformly within ±10 % 
 duration, and the jitter from a seeded generator, so every figure is a distribution over
 2,000 simulated responses. The documented fixed loop polls every 2 s from creation.
 
-The same model, fed the exact durations of a real run, is what `bench.run` compares with the
-polls and detection latencies measured against the stand-in.
+The same model, fed the exact durations of a real run, is what `bench.economy_run` compares
+with the polls and detection latencies measured against the stand-in.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ and what the proxy adds to a create.
     uv run python -m bench.front_load            # 10,000 active responses (about 6 minutes)
     uv run python -m bench.front_load --quick    # smaller and shorter: checks the harness works
 
-1. The deadline scenario of bench.run (10,000 deadlines within 60 s) with the proxy and the TCP
-   listener on, no traffic.
+1. The deadline scenario of bench.deadline (10,000 deadlines within 60 s) with the proxy and
+   the TCP listener on, no traffic.
 2. The same, while bench.front_traffic (its own process) sends 200 background creates per
    second through the proxy and `GET /api/responses?limit=100` 20 times per second on the
    control socket, from the daemon's start to the window's end.
@@ -25,10 +25,12 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+from bench.deadline import deadline
+from bench.harness import ROOT, harness_parser, log, run_meta, save_results, stop_cleanly_on_signals
 from bench.procs import free_port, loadavg, traffic_process
-from bench.run import FAR_POLICY, ROOT, deadline, harness_parser, log, run_meta, save_results, stop_cleanly_on_signals
 from bench.stand import Stand
 from bench.tether_proc import Polling, Tether
+from bench.tracking import FAR_POLICY
 
 RESULTS = ROOT / "bench" / "results" / "front.json"
 
