@@ -336,7 +336,6 @@ async def cancel(
     path: tether.cancelling). Returns the row after it, and what failed (None: answered)."""
     from tether import cancelling, tracker
     from tether.models import CancelState, Response
-    from tether.statuses import TERMINAL
 
     checked_id(rid)
 
@@ -345,7 +344,7 @@ async def cancel(
             row = rec.session.get(Response, rid)
             if row is None:
                 raise Refused(404, f"{rid} is not tracked (see `tether ls`, or `tether track {rid}`)", "not_tracked")
-            if row.status in TERMINAL or row.status == "lost":
+            if row.status in FINAL:
                 raise Refused(409, f"{row.id} is already {row.status}; nothing to cancel", "already_finished")
             tracker.request_cancel(rec, row, "manual", note=reason)
             return row
