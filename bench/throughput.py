@@ -17,7 +17,7 @@ from bench.harness import ROOT, log
 from bench.procs import Others
 from bench.stand import Stand
 from bench.tether_proc import Polling, Tether
-from bench.tracking import FAR_POLICY, churning
+from bench.tracking import FAR_POLICY, churning, steady_window
 
 
 def throughput(work: Path, active: int, warmup: float, window: float) -> dict[str, Any]:
@@ -38,28 +38,10 @@ def throughput(work: Path, active: int, warmup: float, window: float) -> dict[st
             t.spread([r.id for r in records], start=time.time() + 3, interval=1.0)
             log(f"throughput: tether run, {active} responses every 1 s")
             t.start()
-            time.sleep(warmup)
-            gets0, cpu0, fake0, t0 = stand.requests(), t.cpu(), stand.cpu(), time.time()
-            status0 = len(t.events("response.status"))
-            others = Others(t.pid)
-            time.sleep(window)
-            gets1, cpu1, fake1, t1 = stand.requests(), t.cpu(), stand.cpu(), time.time()
-            others_cores = others.cores()
-            status1 = len(t.events("response.status"))
+            _, _, out["tether"] = steady_window(t, stand, warmup, window)
             t.stop()
         finally:
             t.kill()
-        polls = gets1 - gets0
-        out["tether"] = {
-            "polls": polls,
-            "seconds": t1 - t0,
-            "polls_per_second": polls / (t1 - t0),
-            "cpu_seconds": cpu1 - cpu0,
-            "polls_per_cpu_second": polls / (cpu1 - cpu0),
-            "status_changes_persisted": status1 - status0,
-            "stand_cpu_share": (fake1 - fake0) / (t1 - t0),
-            "others_cores": others_cores,
-        }
         log("throughput: SDK loop (AsyncOpenAI.responses.retrieve, 16 concurrent)")
         fake0, others = stand.cpu(), Others()
         sdk = run_json(

@@ -53,32 +53,19 @@ def tracking(work: Path, active: int, interval: float, warmup: float, window: fl
             log(f"tracking {active}: store filled in {result['populate_seconds']:.1f}s; starting tether run")
             result["start_to_ready"] = t.start()
             result["rss_after_start_mb"] = t.memory()
-            time.sleep(warmup)
-            gets0, cpu0, fake0, t0 = stand.requests(), t.cpu(), stand.cpu(), time.time()
-            status0 = len(t.events("response.status"))
-            others = Others(t.pid)
-            time.sleep(window)
-            gets1, cpu1, fake1, t1 = stand.requests(), t.cpu(), stand.cpu(), time.time()
-            result["others_cores"] = others.cores()
+            start, end, figures = steady_window(t, stand, warmup, window)
             memory = t.memory()
-            status1 = len(t.events("response.status"))
-            lines = t.stats_lines(t0 + 1, t1 + 1)
-            polls = gets1 - gets0
+            lines = t.stats_lines(start + 1, end + 1)
+            polls = figures["polls"]
             result.update(
-                seconds=t1 - t0,
-                polls=polls,
-                polls_per_second=polls / (t1 - t0),
-                cpu_seconds=cpu1 - cpu0,
-                cpu_per_1000_polls=(cpu1 - cpu0) / polls * 1000 if polls else None,
-                polls_per_cpu_second=polls / (cpu1 - cpu0) if cpu1 > cpu0 else None,
-                stand_cpu_share=(fake1 - fake0) / (t1 - t0),
-                status_changes_persisted=status1 - status0,
+                figures,
+                cpu_per_1000_polls=figures["cpu_seconds"] / polls * 1000 if polls else None,
                 peak_rss_mb=memory.get("VmHWM"),
                 rss_mb=memory.get("VmRSS"),
                 store_mb=t.store_mb(),
                 lag=lag_from_stats(lines),
                 stats_lines=[strip(line) for line in lines],
-                server_gap_excess=gap_excess(records, interval, t0, t1),
+                server_gap_excess=gap_excess(records, interval, start, end),
                 api_errors=sum(line.get("api_errors", 0) for line in lines),
             )
             t.stop()
@@ -87,6 +74,35 @@ def tracking(work: Path, active: int, interval: float, warmup: float, window: fl
         finally:
             t.kill()
     return result
+
+
+def steady_window(t: Tether, stand: Stand, warmup: float, window: float) -> tuple[float, float, dict[str, Any]]:
+    """A running tether in its steady state: after `warmup` seconds, what `window` seconds hold
+    (the polls the stand-in answered, tether's and the stand-in's CPU, the status changes
+    persisted, other processes' CPU). Returns the window's start, its end and those figures."""
+    time.sleep(warmup)
+    gets0, cpu0, fake0, t0 = stand.requests(), t.cpu(), stand.cpu(), time.time()
+    status0 = len(t.events("response.status"))
+    others = Others(t.pid)
+    time.sleep(window)
+    gets1, cpu1, fake1, t1 = stand.requests(), t.cpu(), stand.cpu(), time.time()
+    others_cores = others.cores()
+    status1 = len(t.events("response.status"))
+    polls, cpu = gets1 - gets0, cpu1 - cpu0
+    return (
+        t0,
+        t1,
+        {
+            "seconds": t1 - t0,
+            "polls": polls,
+            "polls_per_second": polls / (t1 - t0),
+            "cpu_seconds": cpu,
+            "polls_per_cpu_second": polls / cpu if cpu > 0 else None,
+            "stand_cpu_share": (fake1 - fake0) / (t1 - t0),
+            "status_changes_persisted": status1 - status0,
+            "others_cores": others_cores,
+        },
+    )
 
 
 def restart_after_stop(t: Tether, stand: Stand) -> dict[str, Any]:
